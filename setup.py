@@ -1,0 +1,62 @@
+"""P2O: joint policy and prompt optimisation (GRPO + GEPA) on Megatron-Core, vLLM and Triton."""
+from setuptools import find_packages, setup
+
+# CPU installs pin exact versions through constraints.txt (`make setup`); ranges here state compatibility.
+RUNTIME = [
+    "torch>=2.6",
+    "megatron-core>=0.16.1,<0.17",  # no extras: [dev]/[lts] pull transformer-engine
+    "triton>=3.2",
+    "transformers>=5.0",
+    "accelerate>=1.0",  # transformers' GGUF loader (embedded SmolLM2)
+    "gguf>=0.10",
+    "safetensors>=0.4",
+    "omegaconf>=2.3",
+    "sympy>=1.13",
+    "openai>=1.40",
+    "nvidia-ml-py>=12.0",
+    "psutil>=5.9",  # also needed by megatron dist_checkpointing
+    "numpy>=1.26",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "fastapi>=0.110",
+    "uvicorn>=0.29",
+    "httpx>=0.27",
+    "pyarrow>=15",
+    "pyyaml>=6",
+]
+
+EXTRAS = {
+    # One mutually compatible GPU set (docs/install_gpu.md). NVIDIA apex is built from source, never from PyPI.
+    "gpu": [
+        "vllm==0.33.0",  # pins torch==2.14.0 (CUDA 13) and transformers>=5.16.1,<5.21
+        "transformers>=5.16.1,<5.21",
+        "transformer-engine[pytorch]==2.20.2",
+        "flash-attn==2.8.3.post2",
+        "liger-kernel==0.8.5",  # benchmark baseline only
+    ],
+    "dev": [
+        "pytest>=8",
+        "pytest-xdist>=3.5",
+        "pytest-timeout>=2.3",
+        "ruff>=0.5",
+        "math-verify>=0.7",
+        "gepa==0.1.4",
+    ],
+    "logging": ["tensorboard>=2.16", "wandb>=0.17"],
+}
+
+setup(
+    name="p2o",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["p2o", "p2o.*", "kernels", "kernels.*", "megatron_bridge", "megatron_bridge.*"]),
+    include_package_data=True,
+    package_data={"p2o": ["py.typed"]},
+    install_requires=RUNTIME,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["p2o=p2o.cli:main"]},
+)
