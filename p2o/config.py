@@ -256,6 +256,16 @@ class GEPAConfig:
     """Environment variable holding the shared service token."""
     poll_interval_s: float = 1.0
     """Trainer's polling interval for GEPA jobs."""
+    eval_concurrency: int = 64
+    """Concurrent scoring requests to the task-model endpoint (one evaluation wave is bounded by this)."""
+    eval_timeout_s: float = 600.0
+    """Per-request timeout of a scoring request."""
+    pause_poll_s: float = 5.0
+    """While paused (task-model or reflection endpoint down): seconds between retries of the missing work."""
+    max_template_chars: int = 4000
+    """Proposed templates longer than this are counted as unusable and skipped."""
+    skip_perfect_parent: bool = True
+    """Skip the reflection when the parent already solves its whole minibatch (no child can strictly improve)."""
 
 
 @dataclass
@@ -282,6 +292,16 @@ class ReflectionConfig:
     """Retries with jittered exponential backoff on 429/5xx/connection errors."""
     enable_thinking: bool = False
     """Sent as chat_template_kwargs.enable_thinking."""
+    priority: str = "reflection"
+    """Gateway priority class sent in the request body ('' = send none, e.g. for external APIs that reject it)."""
+    backoff_base_s: float = 1.0
+    """First retry delay; doubles per retry, with +-50% jitter."""
+    backoff_max_s: float = 30.0
+    """Cap on one retry delay."""
+    breaker_failures: int = 5
+    """Consecutive failed calls (retries exhausted) that open the circuit breaker."""
+    breaker_cooldown_s: float = 30.0
+    """While open, calls fail fast; after this many seconds one probe call is let through."""
 
 
 # ----------------------------------------------------------------------------- run plumbing
@@ -375,7 +395,10 @@ _MINIMUM: dict[str, tuple[float, bool]] = {
     "gepa.dev_size": (1, True), "gepa.num_parents": (1, True), "gepa.minibatch_size": (1, True),
     "gepa.budget_metric_calls": (1, True), "gepa.max_wall_s": (0, True), "gepa.no_improvement_iters": (0, True),
     "gepa.eval_temperature": (0, True), "gepa.eval_n": (1, True), "gepa.eval_max_tokens": (1, True),
-    "gepa.poll_interval_s": (0, False),
+    "gepa.poll_interval_s": (0, False), "gepa.eval_concurrency": (1, True), "gepa.eval_timeout_s": (0, False),
+    "gepa.pause_poll_s": (0, False), "gepa.max_template_chars": (1, True),
+    "reflection.backoff_base_s": (0, True), "reflection.backoff_max_s": (0, True),
+    "reflection.breaker_failures": (1, True), "reflection.breaker_cooldown_s": (0, True),
     "reflection.max_tokens": (1, True), "reflection.context_tokens": (1, True), "reflection.concurrency": (1, True),
     "reflection.timeout_s": (0, False), "reflection.retries": (0, True),
     "checkpoint.save_every_steps": (0, True), "checkpoint.keep_last": (1, True),
@@ -473,13 +496,45 @@ def read_hf_config(path: str) -> Optional[dict]:
 
 
 # ----------------------------------------------------------------------------- loading
+def _declared_type(key: str) -> Optional[str]:
+    """The annotated type of a dotted config key (e.g. 'rollout.n' -> 'int'), or None if unknown."""
+    cls: Any = RunConfig
+    ann = None
+    for part in key.split("."):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            return None
+        ann = fields[part].type
+        cls = fields[part].default_factory() if fields[part].default_factory is not dataclasses.MISSING else None
+        cls = type(cls) if dataclasses.is_dataclass(cls) else None
+    return ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+
+
 def _omegaconf_error(e: OmegaConfBaseException) -> ConfigError:
     key = getattr(e, "full_key", None) or "?"
-    msg = str(e).splitlines()[0]
-    if "Key '" in msg and "not in" in msg:
+    msg = (getattr(e, "msg", None) or str(e)).splitlines()[0]
+    if "not in" in msg or "Key '" in msg and "not" in msg:
         return ConfigError(key, "(unknown key)", "a known option; see `p2o config show` for the full list")
-    value = getattr(e, "value", None)
-    return ConfigError(key, value, msg)
+    declared = _declared_type(key)
+    expected = f"a value of type {declared}" if declared else msg
+    return ConfigError(key, getattr(e, "value", None), f"{expected} ({msg})")
+
+
+def _check_sections(data: Any, cls: Any, prefix: str) -> None:
+    """Sections (nested dataclasses) must be given as mappings; OmegaConf's own error names no key there."""
+    if not isinstance(data, dict):
+        return
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in data.items():
+        f = fields.get(name)
+        if f is None or f.default_factory is dataclasses.MISSING:
+            continue
+        sub = f.default_factory()
+        if dataclasses.is_dataclass(sub):
+            key = f"{prefix}{name}"
+            if not isinstance(value, dict):
+                raise ConfigError(key, value, f"a mapping of the '{key}' section's options")
+            _check_sections(value, type(sub), key + ".")
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> RunConfig:
@@ -505,6 +560,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
             layers.append(OmegaConf.from_dotlist(list(overrides)))
         except OmegaConfBaseException as e:
             raise _omegaconf_error(e) from e
+    for layer in layers:
+        _check_sections(OmegaConf.to_container(layer) if layer is not None else {}, RunConfig, "")
     try:
         merged = OmegaConf.merge(base, *layers)
         cfg = OmegaConf.to_object(merged)
