@@ -1,0 +1,133 @@
+"""GRPO: group advantages, the clipped (dual-clip) policy-gradient loss and its aggregation.
+
+Shapes: N rollouts, T packed response tokens (see p2o/train/policy.py). Everything is a pure function of
+tensors; no distributed or global state.
+
+Advantage (Shao et al., 2024):  A_i = (r_i - mean_g r) / (std_g r + eps) for rollout i in group g;
+`adv_norm="batch"` divides by the std over the whole batch instead, `"none"` skips the division (Dr. GRPO).
+std is the unbiased sample std (torch.std), as in verl; a singleton group gets advantage 0.
+
+Per-token loss with ratio rho_t = exp(logp_t - old_logp_t):
+  l_t = max(-A rho_t, -A clip(rho_t, 1 - clip_low, 1 + clip_high))        (PPO, Schulman et al., 2017)
+  for A < 0 with dual clip c > 1:  l_t = min(l_t, -A c)                  (Ye et al., 2020)
+
+Aggregation is a weighted sum  L = sum_t w_t l_t  with per-token weights fixed once per optimizer step
+(`token_weights`), so micro-batching and data parallelism never change the normaliser:
+  token-mean:               w_t = M_t / (unmasked tokens of the step)
+  seq-mean-token-mean:      w_t = M_t / (len(seq_t) * sequences of the step)
+  seq-mean-token-sum-norm:  w_t = M_t / (sequences of the step * max_new_tokens)   (Dr. GRPO)
+M_t is the response mask; P2O's context-ratio mask multiplies w_t afterwards (masked tokens stay in the
+denominator, as in the released P2O code).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from p2o.config import GRPOConfig
+
+
+def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm: str = "group",
+                     eps: float = 1e-6) -> torch.Tensor:
+    """Advantages [N] for rewards [N] grouped by integer `group_ids` [N] (any labels, variable group sizes)."""
+    if rewards.shape != group_ids.shape or rewards.dim() != 1:
+        raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must be equal 1-D shapes")
+    r = rewards.double()
+    _, inv, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inv, r)
+    mean = sums / counts
+    centred = r - mean[inv]
+    if norm == "none":
+        return centred.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+    if norm == "group":
+        sq = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inv, centred**2)
+        std = torch.sqrt(sq / (counts - 1).clamp(min=1))
+        adv = torch.where(counts[inv] > 1, centred / (std[inv] + eps), torch.zeros_like(centred))
+    elif norm == "batch":
+        std = r.std() if r.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
+        adv = centred / (std + eps)
+    else:
+        raise ValueError(f"grpo.adv_norm: got {norm!r}; expected group, batch or none")
+    return adv.float()
+
+
+def zero_variance_groups(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Bool [G] per unique group (sorted ids): all rewards of the group equal, i.e. advantage collapse."""
+    _, inv, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    lo = torch.full((len(counts),), float("inf"), dtype=torch.float64).scatter_reduce(0, inv, rewards.double(), "amin")
+    hi = torch.full((len(counts),), float("-inf"), dtype=torch.float64).scatter_reduce(0, inv, rewards.double(), "amax")
+    return hi == lo
+
+
+def token_weights(response_lens: list[int], mode: str, num_sequences: int, num_tokens: int,
+                  max_new_tokens: int) -> torch.Tensor:
+    """Packed weights [T] for `aggregate` given this rank's rows and the step's GLOBAL sequence/token counts."""
+    lens = torch.tensor(response_lens, dtype=torch.float64)
+    if mode == "token-mean":
+        per_seq = torch.full_like(lens, 1.0 / max(num_tokens, 1))
+    elif mode == "seq-mean-token-mean":
+        per_seq = 1.0 / (lens.clamp(min=1) * max(num_sequences, 1))
+    elif mode == "seq-mean-token-sum-norm":
+        per_seq = torch.full_like(lens, 1.0 / (max(num_sequences, 1) * max_new_tokens))
+    else:
+        raise ValueError(f"grpo.loss_agg: got {mode!r}")
+    return torch.repeat_interleave(per_seq, torch.tensor(response_lens)).float()
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-token KL(pi || ref) estimate: k1 = logp - ref_logp; k3 = exp(ref - logp) - (ref - logp) - 1 (Schulman)."""
+    if kind == "k1":
+        return logprobs - ref_logprobs
+    if kind == "k3":
+        d = (ref_logprobs - logprobs).clamp(-20, 20)
+        return torch.exp(d) - d - 1
+    raise ValueError(f"grpo.kl_type: got {kind!r}; expected k1 or k3")
+
+
+@dataclass
+class PolicyLoss:
+    """Per-token loss [T] and whether each token was clipped (for the clip fraction)."""
+
+    loss: torch.Tensor
+    clipped: torch.Tensor
+
+
+def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                        clip_low: float, clip_high: float, dual_clip: float = 0.0) -> PolicyLoss:
+    """The PPO/dual-clip surrogate per token (see module docstring); all inputs [T]."""
+    ratio = torch.exp((logprobs - old_logprobs).clamp(-20, 20))
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
+    loss = torch.maximum(unclipped, clipped)
+    was_clipped = clipped > unclipped
+    if dual_clip:
+        dual = -advantages * dual_clip
+        use_dual = (advantages < 0) & (loss > dual)
+        loss = torch.where(use_dual, dual, loss)
+        was_clipped = was_clipped | use_dual
+    return PolicyLoss(loss, was_clipped)
+
+
+def make_loss_fn(cfg: GRPOConfig):
+    """A `p2o.train.policy.LossFn` over token inputs: old_logprobs, advantages, weights (+ ref_logprobs if kl_coef)."""
+
+    def loss_fn(logprobs: torch.Tensor, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        pl = clipped_policy_loss(logprobs, inputs["old_logprobs"], inputs["advantages"],
+                                 cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+        w = inputs["weights"]
+        loss = (pl.loss * w).sum()
+        active = w > 0
+        metrics = {
+            "pg_loss": float(loss.detach()),
+            "clip_frac_sum": float((pl.clipped & active).sum()),
+            "active_tokens": float(active.sum()),
+            "approx_kl_sum": float(((inputs["old_logprobs"] - logprobs.detach()) * active).sum()),
+        }
+        if cfg.kl_coef:
+            kl = kl_penalty(logprobs, inputs["ref_logprobs"], cfg.kl_type)
+            loss = loss + cfg.kl_coef * (kl * w).sum()
+            metrics["kl_sum"] = float((kl.detach() * active).sum())
+        return loss, metrics
+
+    return loss_fn
