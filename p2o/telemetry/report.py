@@ -1,0 +1,127 @@
+"""The run report: PNG plots + report.html from a run directory's metrics.jsonl.
+
+Plots: training reward (P2O vs a baseline run when given), hard samples per epoch, templated-rollout success
+vs the plain prompt, mask rate / zero-advantage groups, held-out accuracy, and the step-time breakdown.
+Written at the end of `p2o train` and on demand by `p2o report RUN_DIR [--baseline RUN_DIR]`.
+"""
+from __future__ import annotations
+
+import html
+import json
+import statistics
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from p2o.telemetry.metrics import read_metrics  # noqa: E402
+
+TIME_KEYS = ["time_generate_s", "time_old_logprob_s", "time_update_s", "time_weight_sync_s"]
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list, list]], xlabel: str = "step") -> Optional[str]:
+    lines = [ln for ln in lines if ln[1]]
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110)
+    for label, xs, ys in lines:
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(lines) > 1 or lines[0][0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name
+
+
+def _time_breakdown(path: Path, steps: list[dict]) -> Optional[str]:
+    if not steps:
+        return None
+    means = {k.removeprefix("time_").removesuffix("_s"): statistics.fmean(s.get(k) or 0.0 for s in steps)
+             for k in TIME_KEYS}
+    fig, ax = plt.subplots(figsize=(6, 2.4), dpi=110)
+    left = 0.0
+    for name, v in means.items():
+        ax.barh([0], [v], left=left, label=f"{name} {v:.2f}s")
+        left += v
+    ax.set_yticks([])
+    ax.set_xlabel("mean seconds per step")
+    ax.set_title("Step time breakdown")
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.45))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name
+
+
+def _table(rows: list[dict], keys: list[str]) -> str:
+    if not rows:
+        return "<p><i>none</i></p>"
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = ""
+    for r in rows:
+        cells = []
+        for k in keys:
+            v = r.get(k)
+            cells.append(f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v if v is not None else ''))}</td>")
+        body += "<tr>" + "".join(cells) + "</tr>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(run_dir: str | Path, baseline_dir: Optional[str | Path] = None) -> Path:
+    """Write plots and report.html into run_dir; returns the report path."""
+    run = Path(run_dir)
+    if not (run / "metrics.jsonl").is_file():
+        raise FileNotFoundError(f"{run}: no metrics.jsonl (is this a run directory?)")
+    steps = list(read_metrics(run, "step"))
+    epochs = list(read_metrics(run, "epoch"))
+    gepa = list(read_metrics(run, "gepa"))
+    base_steps = list(read_metrics(baseline_dir, "step")) if baseline_dir else []
+    figs = []
+    label = "P2O" if base_steps else ""
+    figs.append(_plot(run / "reward.png", "Training reward", "mean reward",
+                      [(label, *_series(steps, "reward_mean")), ("baseline", *_series(base_steps, "reward_mean"))]))
+    figs.append(_plot(run / "hard_samples.png", "Hard samples per epoch", "count",
+                      [("", [e["epoch"] for e in epochs], [e.get("hard_count", 0) for e in epochs])], xlabel="epoch"))
+    figs.append(_plot(run / "template_success.png", "Success on hard samples: templated vs plain prompt", "success rate",
+                      [("templated rollouts", *_series(steps, "templated_success")),
+                       ("plain prompt", *_series(steps, "untemplated_success"))]))
+    figs.append(_plot(run / "masks.png", "Zero-advantage groups and context-ratio mask", "fraction",
+                      [("zero-advantage groups", *_series(steps, "zero_adv_frac")),
+                       ("masked tokens (templated rows)", *_series(steps, "mask_rate"))]))
+    if any("heldout_greedy" in e for e in epochs):
+        figs.append(_plot(run / "heldout.png", "Held-out accuracy (no templates)", "accuracy",
+                          [("greedy", [e["epoch"] for e in epochs if "heldout_greedy" in e],
+                            [e["heldout_greedy"] for e in epochs if "heldout_greedy" in e])], xlabel="epoch"))
+    figs.append(_time_breakdown(run / "time_breakdown.png", steps))
+    imgs = "".join(f'<img src="{f}" alt="{f}">' for f in figs if f)
+    config = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
+    summary = {}
+    if (run / "summary.json").is_file():
+        summary = json.loads((run / "summary.json").read_text())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>P2O run report: {html.escape(run.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}img{{margin:6px;border:1px solid #ddd}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px}}pre{{background:#f6f6f6;padding:1em}}</style>
+</head><body><h1>P2O run report: {html.escape(run.name)}</h1>
+<h2>Summary</h2>{_table([summary], list(summary)) if summary else "<p><i>run not finished</i></p>"}
+<h2>Plots</h2>{imgs}
+<h2>Epochs</h2>{_table(epochs, sorted({k for e in epochs for k in e if k not in ("kind", "time")}))}
+<h2>GEPA rounds</h2>{_table(gepa, sorted({k for g in gepa for k in g if k not in ("kind", "time")}))}
+<h2>Config</h2><pre>{html.escape(config)}</pre></body></html>"""
+    out = run / "report.html"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out
