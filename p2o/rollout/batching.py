@@ -1,0 +1,50 @@
+"""Requests -> sequences -> decode batches, shared by the engines.
+
+A request with `params.n = k` becomes k sequences; sequence j gets the seed `sequence_seed(seed, j)`, so
+its random stream does not depend on how the sequences are later batched. Requests without a seed get one
+from the engine's own `random.Random` (seeded at construction): reproducible for the same engine and
+the same order of calls, not across engines.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterator
+
+from p2o.rollout.engine import GenerationRequest, SamplingParams
+from p2o.rollout.sampling import sequence_seed
+
+
+@dataclass
+class Sequence:
+    """One response to produce: request `request_index`, sample `sample_index`."""
+
+    request_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    seed: int
+
+
+def expand(requests: list[GenerationRequest], rng: random.Random) -> list[Sequence]:
+    """All sequences of `requests`, in request order then sample order."""
+    out: list[Sequence] = []
+    for i, req in enumerate(requests):
+        base = req.params.seed if req.params.seed is not None else rng.getrandbits(63)
+        for j in range(req.params.n):
+            out.append(Sequence(i, j, list(req.prompt_ids), req.params, sequence_seed(base, j)))
+    return out
+
+
+def decode_batches(seqs: list[Sequence], max_batch_size: int) -> Iterator[list[Sequence]]:
+    """Chunks of at most `max_batch_size` sequences, prompts of similar length together (less padding)."""
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size: got {max_batch_size}; expected >= 1")
+    ordered = sorted(seqs, key=lambda s: len(s.prompt_ids))
+    for start in range(0, len(ordered), max_batch_size):
+        yield ordered[start:start + max_batch_size]
+
+
+def regroup(requests: list[GenerationRequest], results: dict[tuple[int, int], object]) -> list[list]:
+    """Results keyed by (request_index, sample_index) back into one list of `n` per request."""
+    return [[results[(i, j)] for j in range(req.params.n)] for i, req in enumerate(requests)]

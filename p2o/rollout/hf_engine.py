@@ -1,0 +1,219 @@
+"""Rollout engine on plain transformers models (CPU or GPU): batched decoding with a KV cache.
+
+Decode loop (one `generate` call): the requests are expanded into sequences (n per request), sorted by
+prompt length and decoded in slots of `max_batch_size` rows. Prompts are left-padded and prefilled
+together; each step samples one token per row (`sampling.py`), rows that finish leave the batch (their KV
+is dropped) and waiting sequences are prefilled and merged into the free slots (continuous refilling,
+`kv.py`), until nothing is left.
+
+Determinism:
+- Each sequence draws its randomness from its own generator, seeded from (request seed, sample index), one
+  uniform per step. A seeded request gives identical tokens across calls and engine instances on the same
+  machine, software and batch composition.
+- Across different batch compositions (other requests in the same call, a different `max_batch_size`) the
+  random draws are identical, but padding and batch shape change the floating-point rounding of the logits
+  (~1e-6 in fp32). A token can then differ only where its uniform lands within that distance of a CDF
+  boundary (or, for greedy, where the top two logits tie within it): rare in fp32, more frequent in bf16.
+- Unseeded requests draw a seed from the engine's `random.Random(seed)`: reproducible for the same engine
+  and the same sequence of calls.
+
+Log-probs follow the convention in `engine.py` (the sampled distribution after temperature, top-k, top-p).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+
+from p2o.rollout.batching import Sequence, expand, regroup
+from p2o.rollout.engine import EngineAsleep, Generation, GenerationRequest, WeightBucket
+from p2o.rollout.kv import PaddedKV, supports_refill
+from p2o.rollout.sampling import process_logits, sample
+from p2o.rollout.stopping import StopChecker, eos_token_ids
+from p2o.rollout.weights import HFWeightLoader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Row:
+    """A sequence being decoded."""
+
+    seq: Sequence
+    checker: StopChecker
+    generator: torch.Generator
+    response: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+
+class HFEngine:
+    """`RolloutEngine` over a transformers causal LM. Not thread-safe: one caller at a time (the scheduler)."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 64, seed: int = 0,
+                 max_prompt_tokens: Optional[int] = None, refill: bool = True):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size: got {max_batch_size}; expected >= 1")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_prompt_tokens = max_prompt_tokens
+        self.refill = refill and supports_refill(model.config)
+        self.eos_ids = eos_token_ids(tokenizer, model.config, getattr(model, "generation_config", None))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        self.pad_id = int(pad)
+        self.policy_version = 0
+        self._rng = random.Random(seed)
+        self._sleeping = False
+        self._device = next(model.parameters()).device
+        self._loader = HFWeightLoader(model)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                        **kwargs: Any) -> "HFEngine":
+        """Load model + tokenizer from an HF directory (see `p2o.models.resolve_model_dir` for named models)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model directory '{path}': no config.json")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        return cls(model, tokenizer, **kwargs)
+
+    # ------------------------------------------------------------------------------------------ protocol
+    @property
+    def is_sleeping(self) -> bool:
+        return self._sleeping
+
+    def sleep(self) -> None:
+        """Move the weights to host memory when on an accelerator (a flag only on CPU)."""
+        if self._device.type != "cpu":
+            self.model.to("cpu")
+            torch.cuda.empty_cache()
+        self._sleeping = True
+
+    def wake_up(self) -> None:
+        if self._device.type != "cpu":
+            self.model.to(self._device)
+        self._sleeping = False
+
+    def load_weights(self, bucket_stream: Iterator[WeightBucket], version: int) -> None:
+        """Copy the HF-named stream into the model in place (partial updates allowed), then set the version."""
+        if version < self.policy_version:
+            raise ValueError(f"load_weights: version {version} is older than the loaded {self.policy_version}")
+        cov = self._loader.load(bucket_stream)
+        log.info("loaded %d tensors (%.1f MB) -> policy version %d", cov.tensors, cov.bytes / 1e6, version)
+        self.policy_version = version
+
+    @torch.inference_mode()
+    def generate(self, requests: list[GenerationRequest]) -> list[list[Generation]]:
+        if self._sleeping:
+            raise EngineAsleep("HFEngine.generate called while asleep; call wake_up() first")
+        for req in requests:
+            self._check_prompt(req)
+        seqs = sorted(expand(requests, self._rng), key=lambda s: len(s.prompt_ids))
+        results: dict[tuple[int, int], Generation] = {}
+        if self.refill:
+            self._decode(seqs, results)
+        else:
+            for start in range(0, len(seqs), self.max_batch_size):
+                self._decode(seqs[start:start + self.max_batch_size], results)
+        return regroup(requests, results)
+
+    # ------------------------------------------------------------------------------------------ decoding
+    def _check_prompt(self, req: GenerationRequest) -> None:
+        n = len(req.prompt_ids)
+        if self.max_prompt_tokens is not None and n > self.max_prompt_tokens:
+            raise ValueError(f"request {req.request_id!r}: prompt has {n} tokens; max_prompt_tokens is "
+                             f"{self.max_prompt_tokens}")
+        vocab = self.model.config.get_text_config(decoder=True).vocab_size
+        bad = [t for t in req.prompt_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"request {req.request_id!r}: token id {bad[0]} outside the vocabulary [0, {vocab})")
+
+    def _decode(self, pending: list[Sequence], results: dict[tuple[int, int], Generation]) -> None:
+        """Decode `pending` in slots of max_batch_size, refilling freed slots when `self.refill`."""
+        pending = list(pending)
+        rows: list[_Row] = []
+        kv: Optional[PaddedKV] = None
+        logits: Optional[torch.Tensor] = None
+        while pending or rows:
+            free = self.max_batch_size - len(rows)
+            if pending and free > 0 and (self.refill or not rows):
+                new, pending = pending[:free], pending[free:]
+                new_rows = [self._row(s) for s in new]
+                new_kv, new_logits = self._prefill(new)
+                if kv is None:
+                    kv, logits = new_kv, new_logits
+                else:
+                    kv.merge(new_kv)
+                    logits = torch.cat([logits, new_logits], dim=0)
+                rows.extend(new_rows)
+            assert kv is not None and logits is not None
+            tokens, lps = self._sample(rows, logits)
+            keep: list[int] = []
+            for i, row in enumerate(rows):
+                row.response.append(int(tokens[i]))
+                row.logprobs.append(float(lps[i]))
+                status = row.checker.check(row.response)
+                if status.finished:
+                    results[(row.seq.request_index, row.seq.sample_index)] = self._finish(row, status.reason)
+                else:
+                    keep.append(i)
+            if len(keep) < len(rows):
+                rows = [rows[i] for i in keep]
+                if not rows:
+                    kv, logits = None, None
+                    continue
+                idx = torch.tensor(keep, dtype=torch.long)
+                kv.select(idx)
+                tokens = tokens[idx.to(tokens.device)]
+            logits = self._step(kv, tokens)
+
+    def _row(self, seq: Sequence) -> _Row:
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(seq.seed)
+        checker = StopChecker(self.tokenizer, self.eos_ids, seq.params.stop, seq.params.max_new_tokens)
+        return _Row(seq, checker, gen)
+
+    def _prefill(self, seqs: list[Sequence]) -> tuple[PaddedKV, torch.Tensor]:
+        from transformers import DynamicCache
+
+        width = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids, dtype=torch.long)
+            mask[i, width - len(s.prompt_ids):] = 1
+        ids, mask = ids.to(self._device), mask.to(self._device)
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        return PaddedKV(cache, mask), out.logits[:, -1, :].float()
+
+    def _step(self, kv: PaddedKV, tokens: torch.Tensor) -> torch.Tensor:
+        mask, positions = kv.step_inputs()
+        out = self.model(input_ids=tokens[:, None].to(self._device), attention_mask=mask, position_ids=positions,
+                         cache=kv.cache, use_cache=True, logits_to_keep=1)   # the cache grows in place
+        kv.append_step()
+        return out.logits[:, -1, :].float()
+
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = logits.device
+        temperature = torch.tensor([r.seq.params.temperature for r in rows], device=dev)
+        top_k = torch.tensor([r.seq.params.top_k for r in rows], device=dev)
+        top_p = torch.tensor([r.seq.params.top_p for r in rows], device=dev)
+        uniforms = torch.cat([torch.rand(1, generator=r.generator) for r in rows]).to(dev)
+        logp = process_logits(logits, temperature, top_k, top_p)
+        tokens, lps = sample(logp, temperature <= 0, uniforms)
+        return tokens.cpu(), lps.cpu()
+
+    def _finish(self, row: _Row, reason: Optional[str]) -> Generation:
+        return Generation(prompt_ids=row.seq.prompt_ids, response_ids=row.response, logprobs=row.logprobs,
+                          text=row.checker.text(row.response), finish_reason=reason or "length",
+                          policy_version=self.policy_version)

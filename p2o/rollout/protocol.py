@@ -1,0 +1,104 @@
+"""Request bodies of the OpenAI-compatible gateway (pydantic) and its error type.
+
+Standard OpenAI fields are accepted as the `openai` client sends them; unknown fields are ignored.
+Extensions (send them with the client's `extra_body=`):
+- `priority`: 'training' | 'evaluation' | 'reflection' (default: the `X-Priority` header, else 'evaluation');
+- `min_policy_version`: wait until the served policy reaches this version (or time out with 504);
+- `timeout_s`: per-request deadline, capped by the gateway's own request timeout;
+- `top_k`: top-k sampling (0 or -1: off), as in vLLM;
+- `return_token_ids`: add `prompt_token_ids` / `token_ids` to each choice;
+- chat only: `chat_template_kwargs` (e.g. {"enable_thinking": false}) passed to the chat template.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class GatewayError(Exception):
+    """An error answered as OpenAI-style JSON `{"error": {...}}` with HTTP `status`."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: Optional[str] = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param = status, message, type, param
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: Optional[str] = None
+    n: int = Field(1, ge=1)
+    temperature: Optional[float] = Field(None, ge=0)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_k: int = Field(0, ge=-1)
+    max_tokens: Optional[int] = Field(None, ge=1)
+    stop: Optional[Union[str, list[str]]] = None
+    seed: Optional[int] = None
+    stream: bool = False
+    priority: Optional[str] = None
+    min_policy_version: int = Field(0, ge=0)
+    timeout_s: Optional[float] = Field(None, gt=0)
+    return_token_ids: bool = False
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[int], list[str], list[list[int]]]
+    logprobs: Optional[int] = Field(None, ge=0, le=1)
+    echo: bool = False
+
+    def prompts(self) -> list[Union[str, list[int]]]:
+        """One entry per prompt: text or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: str
+    text: Optional[str] = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: Optional[Union[str, list[ContentPart]]] = None
+
+    def as_template_message(self) -> dict[str, str]:
+        if self.content is None or isinstance(self.content, str):
+            return {"role": self.role, "content": self.content or ""}
+        if any(part.type != "text" for part in self.content):
+            raise GatewayError(400, "only text content parts are supported", param="messages")
+        return {"role": self.role, "content": "".join(part.text or "" for part in self.content)}
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=0)
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+
+
+def parse(model: type[BaseModel], body: Any) -> Any:
+    """Validate a decoded JSON body; a `GatewayError(400)` naming the first bad field otherwise."""
+    if not isinstance(body, dict):
+        raise GatewayError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err.get("loc", ())) or None
+        raise GatewayError(400, f"invalid field '{loc}': {err.get('msg')}", param=loc) from e
