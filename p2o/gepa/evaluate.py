@@ -1,0 +1,47 @@
+"""The `Evaluator` protocol: score (template, problem) pairs with the current policy.
+
+One evaluated pair is one metric call. An evaluator receives a whole wave of pairs at once and should
+issue them concurrently (bounded). For every pair it returns an `EvalOutcome`:
+
+- a scored outcome (`error == ""`): `score` in [0, 1] (fraction of correct samples), the first response
+  text, the verifier's extracted answer and reason;
+- an unavailable outcome (`error != ""`): the task-model endpoint could not be reached or failed with a
+  server error. The search pauses, reports `error` as the pause reason, and retries only those pairs.
+
+Requests the endpoint rejects for good (e.g. a prompt that is too long) are scored 0 with the reason, so
+a bad pair never blocks the search. Implementations: `p2o.gepa.policy_evaluator.PolicyEvaluator`
+(OpenAI-compatible gateway + `p2o.reward.Verifier`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol, Sequence
+
+from p2o.data.problem import Problem
+
+
+@dataclass
+class EvalItem:
+    template: str
+    problem: Problem
+
+
+@dataclass
+class EvalOutcome:
+    score: float = 0.0
+    response: str = ""
+    extracted: Optional[str] = None
+    reason: str = ""
+    policy_version: Optional[int] = None
+    error: str = ""
+    """Non-empty: the pair was not evaluated (endpoint unavailable); the search retries it."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+class Evaluator(Protocol):
+    def evaluate(self, items: Sequence[EvalItem]) -> list[EvalOutcome]:
+        """One outcome per item, in order."""
+        ...

@@ -1,0 +1,455 @@
+"""The GEPA search loop over prompt templates, resumable at every evaluation wave.
+
+    state = new_state(problems, cfg)                  # dev/feedback split, seeded
+    Search(problems, cfg, evaluator, reflector, state, hooks=...).run()   # until a stopper fires
+
+One iteration (W = `num_parents`, B = `minibatch_size`):
+
+1. pick up to W distinct parents (`pool.select_parents`, mode `parent_selection`) and draw a minibatch of
+   B feedback problems per parent, without replacement across the run (reshuffled when exhausted);
+2. wave 1: every parent on its minibatch, one concurrent wave;
+3. reflection: one child per parent (skipped when the parent already solves its whole minibatch and
+   `skip_perfect_parent`); unusable / failed answers are counted and skipped;
+4. wave 2: every usable child on its parent's minibatch (children identical to a pool member are rejected
+   without evaluation);
+5. acceptance: child minibatch sum strictly greater than the parent's;
+6. wave 3: accepted children on the whole dev set; they join the pool (fronts update implicitly).
+
+Budget (`budget_metric_calls`, one metric call = one evaluated (template, problem) pair):
+
+- ``honest``: every evaluation is charged (seed dev evaluation, parents, children, dev evaluations). An
+  iteration starts only when 2B per parent fits; the number of parents is capped to what fits. Dev
+  evaluations of the last iteration's accepted children may overshoot; `metric_calls` is always exact.
+- ``authors`` (the released code, for reproduction): nothing is charged in iterations 0 and 1 nor for the
+  seed; later iterations charge B per parent + |dev| per accepted child (children's minibatch evaluations
+  are free); when the next iteration's estimate B|P| + |dev||P| exceeds the remainder, one last iteration
+  runs if anything remains.
+
+Other stoppers: `max_wall_s` (summed over resumes), `no_improvement_iters`, and `hooks.should_stop()`
+(cancellation). Every phase ends with `hooks.checkpoint(state)`; the state holds the random generator's
+state, the minibatch order and the partial iteration, so a resumed search re-derives exactly the same
+choices and never re-charges a completed wave. When the evaluator reports pairs as unavailable, or every
+reflection call finds the reflection endpoint down, the search calls `hooks.on_pause(reason)`, sleeps
+`pause_poll_s`, retries only the missing work, and calls `hooks.on_resume()` once it goes through.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from p2o.config import GEPAConfig
+from p2o.data.problem import Problem
+from p2o.gepa.evaluate import EvalItem, EvalOutcome, Evaluator
+from p2o.gepa.pool import Pool, select_parents
+from p2o.gepa.reflect import Proposal, ReflectionExample, ReflectionRequest, Reflector
+from p2o.prompts import DEFAULT_USER_TEMPLATE, user_text
+
+log = logging.getLogger(__name__)
+
+AUTHORS_FREE_ITERATIONS = 2
+
+
+# ----------------------------------------------------------------------------- records
+@dataclass
+class ProposalRecord:
+    """One parent slot of one iteration. status: accepted | rejected | duplicate | unusable |
+    reflection_failed | parent_perfect."""
+
+    iteration: int
+    parent: int
+    minibatch: list[str]
+    parent_scores: list[float]
+    status: str
+    reason: str = ""
+    child_template: str = ""
+    child_scores: list[float] = field(default_factory=list)
+    child: Optional[int] = None
+    dev_mean: Optional[float] = None
+
+
+@dataclass
+class Pending:
+    """The iteration in progress; each phase's output is filled in as it completes."""
+
+    parents: list[int]
+    minibatches: list[list[int]]
+    charge: bool = True
+    last: bool = False
+    parent_outcomes: Optional[list[list[dict]]] = None
+    proposals: Optional[list[dict]] = None
+    child_outcomes: Optional[list[Optional[list[dict]]]] = None
+
+
+@dataclass
+class SearchState:
+    dev_ids: list[str]
+    feedback_ids: list[str]
+    rng_state: Any
+    pool: Pool = field(default_factory=Pool)
+    iteration: int = 0
+    metric_calls: int = 0
+    """Every (template, problem) evaluation made, whatever the accounting mode."""
+    charged: int = 0
+    """Metric calls charged to the budget under the accounting mode."""
+    feedback_order: list[int] = field(default_factory=list)
+    feedback_cursor: int = 0
+    log: list[ProposalRecord] = field(default_factory=list)
+    pending: Optional[Pending] = None
+    iters_since_accept: int = 0
+    wall_s: float = 0.0
+    stop_reason: str = ""
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.stop_reason)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pool"] = self.pool.to_dict()
+        d["rng_state"] = _rng_to_json(self.rng_state)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "SearchState":
+        d = dict(d)
+        d["pool"] = Pool.from_dict(d["pool"])
+        d["rng_state"] = _rng_from_json(d["rng_state"])
+        d["log"] = [ProposalRecord(**r) for r in d["log"]]
+        d["pending"] = Pending(**d["pending"]) if d.get("pending") else None
+        return SearchState(**d)
+
+
+def _rng_to_json(state: Any) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _rng_from_json(data: Any) -> tuple:
+    if isinstance(data, tuple):
+        return data
+    version, internal, gauss = data
+    return (version, tuple(internal), gauss)
+
+
+def split_hard_set(ids: Sequence[str], dev_size: int, rng: random.Random) -> tuple[list[str], list[str]]:
+    """(dev, feedback): dev_size random ids, or a random 50/50 split when len(ids) < 1.5 x dev_size."""
+    if len(ids) < 2:
+        raise ValueError(f"the hard set has {len(ids)} problem(s); GEPA needs at least 2 (a dev and a feedback one)")
+    order = list(ids)
+    rng.shuffle(order)
+    n_dev = len(order) // 2 if len(order) < 1.5 * dev_size else dev_size
+    return order[:n_dev], order[n_dev:]
+
+
+def new_state(problems: Sequence[Problem], cfg: GEPAConfig) -> SearchState:
+    """The initial state: the seeded split; the seed template is evaluated by the first `Search.run`."""
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"problems: duplicate problem id {dup!r}; ids must be unique within a hard set")
+    rng = random.Random(cfg.seed)
+    dev, feedback = split_hard_set(ids, cfg.dev_size, rng)
+    return SearchState(dev_ids=dev, feedback_ids=feedback, rng_state=rng.getstate())
+
+
+# ----------------------------------------------------------------------------- hooks
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class SearchHooks:
+    checkpoint: Callable[[SearchState], None] = lambda state: None
+    should_stop: Callable[[], Optional[str]] = lambda: None
+    """A non-empty return (e.g. "cancelled") stops the search at the next phase boundary or pause retry."""
+    on_pause: Callable[[str], None] = lambda reason: None
+    on_resume: Callable[[], None] = lambda: None
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+
+# ----------------------------------------------------------------------------- the loop
+class Search:
+    def __init__(self, problems: Sequence[Problem], cfg: GEPAConfig, evaluator: Evaluator, reflector: Reflector,
+                 state: SearchState, user_template: str = DEFAULT_USER_TEMPLATE,
+                 hooks: Optional[SearchHooks] = None):
+        self.problems = {p.id: p for p in problems}
+        self.cfg = cfg
+        self.evaluator = evaluator
+        self.reflector = reflector
+        self.state = state
+        self.user_template = user_template
+        self.hooks = hooks or SearchHooks()
+        self._mark = self.hooks.clock()
+        missing = [pid for pid in state.dev_ids + state.feedback_ids if pid not in self.problems]
+        if missing:
+            raise ValueError(f"state refers to problem id {missing[0]!r}, which is not in the submitted problems")
+
+    # -- plumbing
+    def _checkpoint(self) -> None:
+        now = self.hooks.clock()
+        self.state.wall_s += now - self._mark
+        self._mark = now
+        self.hooks.checkpoint(self.state)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.state.counters[key] = self.state.counters.get(key, 0) + n
+
+    def _charge(self, n: int, charge_authors: bool) -> None:
+        self.state.metric_calls += n
+        if self.cfg.accounting == "honest" or charge_authors:
+            self.state.charged += n
+
+    def _check_cancel(self) -> None:
+        reason = self.hooks.should_stop()
+        if reason:
+            raise Cancelled(reason)
+
+    def _wave(self, items: list[EvalItem]) -> list[EvalOutcome]:
+        """Evaluate all items; pause and retry the unavailable ones until every item is scored."""
+        results: list[Optional[EvalOutcome]] = [None] * len(items)
+        todo = list(range(len(items)))
+        paused = False
+        while todo:
+            outs = self.evaluator.evaluate([items[i] for i in todo]) if todo else []
+            if len(outs) != len(todo):
+                raise RuntimeError(f"evaluator returned {len(outs)} outcomes for {len(todo)} items")
+            failed = []
+            for i, o in zip(todo, outs):
+                if o.ok:
+                    results[i] = o
+                else:
+                    failed.append((i, o))
+            if not failed:
+                break
+            paused = True
+            self.hooks.on_pause(f"task-model endpoint unavailable ({len(failed)} of {len(items)} requests): "
+                                f"{failed[0][1].error}")
+            self._count("task_model_pauses")
+            self._check_cancel()
+            self.hooks.sleep(self.cfg.pause_poll_s)
+            self._check_cancel()
+            todo = [i for i, _ in failed]
+        if paused:
+            self.hooks.on_resume()
+        return [r for r in results if r is not None]
+
+    def _items(self, template: str, problem_ids: Sequence[str]) -> list[EvalItem]:
+        return [EvalItem(template, self.problems[pid]) for pid in problem_ids]
+
+    # -- phases
+    def _evaluate_seed(self) -> None:
+        outs = self._wave(self._items("", self.state.dev_ids))
+        self._charge(len(outs), charge_authors=False)
+        self.state.pool.add("", None, -1, [o.score for o in outs], self.state.metric_calls)
+        self._checkpoint()
+
+    def _draw_minibatch(self, rng: random.Random) -> list[int]:
+        st = self.state
+        b = min(self.cfg.minibatch_size, len(st.feedback_ids))
+        out: list[int] = []
+        while len(out) < b:
+            if st.feedback_cursor >= len(st.feedback_order):
+                st.feedback_order = list(range(len(st.feedback_ids)))
+                rng.shuffle(st.feedback_order)
+                st.feedback_cursor = 0
+            i = st.feedback_order[st.feedback_cursor]
+            st.feedback_cursor += 1
+            if i not in out:
+                out.append(i)
+        return out
+
+    def _stop_before_iteration(self) -> Optional[str]:
+        cfg, st = self.cfg, self.state
+        if cfg.max_wall_s and st.wall_s >= cfg.max_wall_s:
+            return "wall_time"
+        if cfg.no_improvement_iters and st.iters_since_accept >= cfg.no_improvement_iters:
+            return "no_improvement"
+        if cfg.accounting == "honest" and cfg.budget_metric_calls - st.charged < 2 * self._b():
+            return "budget"
+        if (cfg.accounting == "authors" and st.iteration >= AUTHORS_FREE_ITERATIONS
+                and cfg.budget_metric_calls - st.charged <= 0):
+            return "budget"
+        return None
+
+    def _b(self) -> int:
+        return min(self.cfg.minibatch_size, len(self.state.feedback_ids))
+
+    def _start_iteration(self) -> Optional[Pending]:
+        cfg, st = self.cfg, self.state
+        rng = random.Random()
+        rng.setstate(st.rng_state)
+        w = cfg.num_parents
+        if cfg.accounting == "honest":
+            w = min(w, (cfg.budget_metric_calls - st.charged) // (2 * self._b()))
+        parents = select_parents(st.pool, w, cfg.parent_selection, rng)
+        charge = cfg.accounting == "honest" or st.iteration >= AUTHORS_FREE_ITERATIONS
+        last = False
+        if cfg.accounting == "authors" and st.iteration >= AUTHORS_FREE_ITERATIONS:
+            remaining = cfg.budget_metric_calls - st.charged
+            last = remaining < self._b() * len(parents) + len(st.dev_ids) * len(parents)
+        minibatches = [self._draw_minibatch(rng) for _ in parents]
+        st.rng_state = rng.getstate()
+        return Pending(parents=parents, minibatches=minibatches, charge=charge, last=last)
+
+    def _evaluate_parents(self, p: Pending) -> None:
+        st = self.state
+        items = [item for parent, mb in zip(p.parents, p.minibatches)
+                 for item in self._items(st.pool.candidates[parent].template, [st.feedback_ids[i] for i in mb])]
+        outs = self._wave(items)
+        self._charge(len(outs), p.charge)
+        p.parent_outcomes = _split([asdict(o) for o in outs], [len(mb) for mb in p.minibatches])
+
+    def _request(self, parent: int, mb: list[int], outcomes: list[dict]) -> ReflectionRequest:
+        examples = []
+        for i, o in zip(mb, outcomes):
+            prob = self.problems[self.state.feedback_ids[i]]
+            examples.append(ReflectionExample(
+                inputs=user_text(prob.question, self.user_template), output=o["response"], answer=prob.answer,
+                correct=o["score"] >= 1.0, extracted=o["extracted"], reason=o["reason"], score=o["score"]))
+        return ReflectionRequest(self.state.pool.candidates[parent].template, examples)
+
+    def _propose(self, p: Pending) -> None:
+        assert p.parent_outcomes is not None
+        slots, requests = [], []
+        proposals: list[dict] = [{}] * len(p.parents)
+        for s, (parent, mb, outs) in enumerate(zip(p.parents, p.minibatches, p.parent_outcomes)):
+            if self.cfg.skip_perfect_parent and all(o["score"] >= 1.0 for o in outs):
+                proposals[s] = asdict(Proposal("parent_perfect", detail="parent solves its whole minibatch"))
+            else:
+                slots.append(s)
+                requests.append(self._request(parent, mb, outs))
+        paused = False
+        while True:
+            got = self.reflector.propose(requests)
+            if not got or any(g.status != "unavailable" for g in got):
+                break
+            paused = True
+            self.hooks.on_pause(f"reflection endpoint unavailable: {got[0].detail}")
+            self._count("reflection_pauses")
+            self._check_cancel()
+            self.hooks.sleep(self.cfg.pause_poll_s)
+            self._check_cancel()
+        if paused:
+            self.hooks.on_resume()
+        for s, g in zip(slots, got):
+            proposals[s] = asdict(g)
+        p.proposals = proposals
+
+    def _evaluate_children(self, p: Pending) -> None:
+        st = self.state
+        assert p.proposals is not None
+        items, sizes, slots = [], [], []
+        for s, (prop, mb) in enumerate(zip(p.proposals, p.minibatches)):
+            if prop["status"] == "ok" and st.pool.index_of(prop["template"]) is None:
+                ids = [st.feedback_ids[i] for i in mb]
+                items += self._items(prop["template"], ids)
+                sizes.append(len(ids))
+                slots.append(s)
+        outs = self._wave(items)
+        self._charge(len(outs), charge_authors=False)
+        per = _split([asdict(o) for o in outs], sizes)
+        child_outcomes: list[Optional[list[dict]]] = [None] * len(p.parents)
+        for s, o in zip(slots, per):
+            child_outcomes[s] = o
+        p.child_outcomes = child_outcomes
+
+    def _finish_iteration(self, p: Pending) -> None:
+        st = self.state
+        assert p.parent_outcomes is not None and p.proposals is not None and p.child_outcomes is not None
+        records: list[ProposalRecord] = []
+        accepted: list[int] = []  # indices into records
+        seen: set[str] = set()
+        for s, parent in enumerate(p.parents):
+            prop, child = p.proposals[s], p.child_outcomes[s]
+            ps = [o["score"] for o in p.parent_outcomes[s]]
+            rec = ProposalRecord(st.iteration, parent, [st.feedback_ids[i] for i in p.minibatches[s]], ps,
+                                 status="", child_template=prop.get("template", ""))
+            if prop["status"] == "parent_perfect":
+                rec.status, rec.reason = "parent_perfect", prop["detail"]
+            elif prop["status"] in ("failed", "unavailable"):
+                rec.status, rec.reason = "reflection_failed", prop["detail"]
+            elif prop["status"] == "unusable":
+                rec.status, rec.reason = "unusable", prop["detail"]
+            elif child is None:
+                rec.status, rec.reason = "duplicate", f"same template as candidate {st.pool.index_of(prop['template'])}"
+            else:
+                rec.child_scores = [o["score"] for o in child]
+                better = sum(rec.child_scores) > sum(ps)
+                key = prop["template"].strip()
+                if better and key in seen:
+                    rec.status, rec.reason = "duplicate", "same template accepted earlier in this iteration"
+                elif better:
+                    rec.status, rec.reason = "accepted", f"minibatch sum {sum(rec.child_scores):g} > {sum(ps):g}"
+                    seen.add(key)
+                    accepted.append(len(records))
+                else:
+                    rec.status, rec.reason = "rejected", f"minibatch sum {sum(rec.child_scores):g} <= {sum(ps):g}"
+            self._count(rec.status)
+            records.append(rec)
+        if accepted:
+            items = [it for r in accepted for it in self._items(records[r].child_template, st.dev_ids)]
+            outs = self._wave(items)
+            self._charge(len(outs), p.charge)
+            for r, scores in zip(accepted, _split([o.score for o in outs], [len(st.dev_ids)] * len(accepted))):
+                cand = st.pool.add(records[r].child_template, records[r].parent, st.iteration, scores,
+                                   st.metric_calls)
+                records[r].child, records[r].dev_mean = cand.idx, cand.dev_mean
+        st.log.extend(records)
+        st.iters_since_accept = 0 if accepted else st.iters_since_accept + 1
+        st.iteration += 1
+        st.pending = None
+        if p.last:
+            st.stop_reason = "budget"
+        log.info("GEPA iteration %d: %d parents, %d accepted, pool %d, metric calls %d (charged %d), best dev %.3f",
+                 st.iteration - 1, len(p.parents), len(accepted), len(st.pool), st.metric_calls, st.charged,
+                 st.pool.best().dev_mean)
+
+    def step(self) -> bool:
+        """Run the next phase; False when the search has finished."""
+        st = self.state
+        if st.done:
+            return False
+        self._check_cancel()
+        if not len(st.pool):
+            self._evaluate_seed()
+            return True
+        if st.pending is None:
+            reason = self._stop_before_iteration()
+            if reason:
+                st.stop_reason = reason
+                self._checkpoint()
+                return False
+            st.pending = self._start_iteration()
+        elif st.pending.parent_outcomes is None:
+            self._evaluate_parents(st.pending)
+        elif st.pending.proposals is None:
+            self._propose(st.pending)
+        elif st.pending.child_outcomes is None:
+            self._evaluate_children(st.pending)
+        else:
+            self._finish_iteration(st.pending)
+        self._checkpoint()
+        return not st.done
+
+    def run(self) -> SearchState:
+        """Run until a stopper fires; cancellation sets `stop_reason` to the returned reason."""
+        try:
+            while self.step():
+                pass
+        except Cancelled as e:
+            self.state.stop_reason = str(e) or "cancelled"
+            self._checkpoint()
+        return self.state
+
+
+def _split(flat: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
+    out, at = [], 0
+    for n in sizes:
+        out.append(list(flat[at:at + n]))
+        at += n
+    return out
