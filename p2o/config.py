@@ -112,6 +112,11 @@ class RewardConfig:
     """Worker processes for verification."""
     max_answer_chars: int = 1000
     """Extracted answers longer than this are rejected without parsing."""
+    rel_tol: float = 1e-6
+    """Relative tolerance for numeric equality when either answer is written with a decimal point
+    (0.3333333 = 1/3); answers without a decimal point are compared exactly."""
+    worker_memory_mb: int = 2048
+    """Address-space limit of each verifier worker process in MiB (0: no limit)."""
 
 
 # ----------------------------------------------------------------------------- rollout
@@ -383,6 +388,7 @@ _MINIMUM: dict[str, tuple[float, bool]] = {
     "parallel.tp": (1, True), "parallel.pp": (1, True), "parallel.vpp": (1, True),
     "data.max_problems": (0, True), "data.eval_size": (0, True), "data.arithmetic.num_problems": (1, True),
     "reward.timeout_s": (0, False), "reward.workers": (1, True), "reward.max_answer_chars": (1, True),
+    "reward.rel_tol": (0, True), "reward.worker_memory_mb": (0, True),
     "rollout.prompts_per_step": (1, True), "rollout.n": (2, True), "rollout.temperature": (0, True),
     "rollout.top_k": (0, True), "rollout.max_new_tokens": (1, True), "rollout.max_prompt_tokens": (1, True),
     "rollout.max_batch_size": (1, True), "rollout.gateway_port": (0, True), "rollout.gateway_max_queue": (1, True),
