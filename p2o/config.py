@@ -156,6 +156,16 @@ class RolloutConfig:
     """vLLM sleep level: 1 keeps weights in host memory, 2 discards them."""
     vllm_tp: int = 1
     """vLLM tensor-parallel size (independent of the trainer's)."""
+    device: str = "auto"
+    """HF engine device: auto (cuda when available, else cpu) | cpu | cuda."""
+    gateway_request_timeout_s: float = 600.0
+    """Longest a gateway request may wait and run (queue + generation) before a 504."""
+    gateway_max_body_bytes: int = 4 * 1024 * 1024
+    """Larger request bodies are refused with 413."""
+    gateway_max_tokens: int = 4096
+    """Largest `max_tokens` a gateway request may ask for (400 above)."""
+    gateway_token_env: str = "P2O_GATEWAY_TOKEN"
+    """Environment variable holding the gateway's bearer token (unset or empty: no auth)."""
 
 
 # ----------------------------------------------------------------------------- algorithm
@@ -371,6 +381,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "parallel.backend": ("auto", "nccl", "gloo"),
     "reward.fallback": ("none", "last_number", "answer_is"),
     "rollout.engine": ("hf", "vllm"),
+    "rollout.device": ("auto", "cpu", "cuda"),
     "grpo.adv_norm": ("group", "batch", "none"),
     "grpo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "grpo.kl_type": ("k1", "k3"),
@@ -393,6 +404,8 @@ _MINIMUM: dict[str, tuple[float, bool]] = {
     "rollout.top_k": (0, True), "rollout.max_new_tokens": (1, True), "rollout.max_prompt_tokens": (1, True),
     "rollout.max_batch_size": (1, True), "rollout.gateway_port": (0, True), "rollout.gateway_max_queue": (1, True),
     "rollout.weight_bucket_bytes": (1, True), "rollout.vllm_tp": (1, True),
+    "rollout.gateway_request_timeout_s": (0, False), "rollout.gateway_max_body_bytes": (1, True),
+    "rollout.gateway_max_tokens": (1, True), "rollout.vllm_sleep_level": (1, True),
     "grpo.adv_eps": (0, True), "grpo.clip_low": (0, True), "grpo.clip_high": (0, True), "grpo.dual_clip": (0, True),
     "grpo.kl_coef": (0, True), "grpo.ppo_minibatches": (1, True), "grpo.ppo_epochs": (1, True),
     "grpo.micro_batch_size": (1, True),
