@@ -8,8 +8,8 @@ the prompt it was trained with. Verdicts come from the training verifier.
 
 The harness needs two small things, both given by the caller:
 - an engine with `generate(list[GenerationRequest]) -> list[list[Generation]]` (`p2o.rollout`'s protocol);
-- a scorer with `score_many(responses, answers) -> list[verdict]`, each verdict having `.correct` and
-  `.extracted` (`p2o.reward.Verifier`).
+- a scorer with `score_many([(response, gold answer), ...]) -> list[verdict]`, each verdict having
+  `.correct` and `.extracted` (`p2o.reward.Verifier`, the training reward).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Engine(Protocol):
 
 
 class Scorer(Protocol):
-    def score_many(self, responses: Sequence[str], answers: Sequence[str]) -> list[Any]: ...
+    def score_many(self, pairs: list[tuple[str, str]]) -> list[Any]: ...
 
 
 @dataclass
@@ -152,9 +152,7 @@ def run_benchmark(engine: Engine, tokenizer: Any, scorer: Scorer, spec: Benchmar
         generations = engine.generate(requests)
         if len(generations) != len(requests):
             raise RuntimeError(f"engine returned {len(generations)} results for {len(requests)} requests")
-        texts = [g.text for gens in generations for g in gens]
-        answers = [p.answer for p, gens in zip(chunk, generations) for _ in gens]
-        verdicts = scorer.score_many(texts, answers)
+        verdicts = scorer.score_many([(g.text, p.answer) for p, gens in zip(chunk, generations) for g in gens])
         pos = 0
         for p, gens in zip(chunk, generations):
             vs = verdicts[pos:pos + len(gens)]

@@ -1,0 +1,138 @@
+"""`p2o eval`: score a checkpoint on the math benchmarks; `p2o eval compare`: runs side by side.
+
+    p2o eval --model runs/p2o/hf --data-dir benchmarks/ --benchmarks all --out runs/p2o/eval
+    p2o eval --model tiny-qwen3 --data-dir benchmarks/ --benchmarks math500 --limit 8 --max-new-tokens 32 --out /tmp/e
+    p2o eval compare runs/grpo/eval runs/p2o/eval --bootstrap 2000 --seed 0
+
+`--config` takes a training YAML so the prompt (user template, system message), the thinking mode and the
+verifier settings are those the checkpoint was trained with. See docs/evaluation.md for the protocol.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # what to evaluate
+    parser.add_argument("--model", default=None, help="HF model directory or embedded name (default: the config's model.path)")
+    parser.add_argument("--config", default=None, help="training YAML: prompt, model.thinking and reward settings")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--label", default=None, help="name of this run in tables (default: the output folder name)")
+    # benchmarks
+    parser.add_argument("--benchmarks", default="all", help="comma-separated names or 'all' (the paper's six)")
+    parser.add_argument("--data-dir", default=None, help="folder with <name>.jsonl/.json/.parquet or <name>/ per benchmark")
+    parser.add_argument("--file", action="append", default=[], metavar="NAME=PATH", help="explicit file for a benchmark")
+    parser.add_argument("--limit", type=int, default=0, help="first N problems per benchmark (0: all)")
+    parser.add_argument("--out", default=None, help="output run directory")
+    # protocol
+    parser.add_argument("--samples", type=int, default=16, help="responses per problem on sampled benchmarks")
+    parser.add_argument("--temperature", type=float, default=0.6, help="temperature on sampled benchmarks")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=12288, help="maximum response length in tokens")
+    parser.add_argument("--sampled-below", type=int, default=100,
+                        help="benchmarks with fewer problems (full release) are sampled, the rest greedy")
+    parser.add_argument("--pass-k", default="1,4,8,16", help="pass@k values to report on sampled benchmarks")
+    parser.add_argument("--seed", type=int, default=0, help="base sampling seed")
+    parser.add_argument("--template-file", default=None, help="a prompt template z to insert as T(x, z)")
+    parser.add_argument("--no-responses", action="store_true", help="do not store response texts")
+    # runtime
+    parser.add_argument("--engine", default="hf", choices=("hf",), help="generation engine")
+    parser.add_argument("--device", default="cpu", help="torch device for the HF engine")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--batch-size", type=int, default=32, help="problems per engine call")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="sequences decoded together")
+    sub = parser.add_subparsers(dest="eval_command", metavar="ACTION")
+    c = sub.add_parser("compare", help="side-by-side table of run directories with deltas and a bootstrap CI")
+    c.add_argument("runs", nargs="+", help="run directories; the first is the baseline")
+    c.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
+    c.add_argument("--seed", type=int, default=0, dest="compare_seed", help="bootstrap seed")
+    c.add_argument("--confidence", type=float, default=0.95)
+    c.add_argument("--out", default=None, dest="compare_out", help="also write the table to this Markdown file")
+
+
+def main(args: argparse.Namespace) -> int:
+    if getattr(args, "eval_command", None) == "compare":
+        return compare_main(args)
+    return evaluate_main(args)
+
+
+def compare_main(args: argparse.Namespace) -> int:
+    from p2o.eval.compare import compare_runs, comparison_markdown
+    from p2o.eval.results import read_run, write_text_atomic
+
+    try:
+        runs = [read_run(r) for r in args.runs]
+        table = comparison_markdown(compare_runs(runs, samples=args.bootstrap, seed=args.compare_seed,
+                                                 confidence=args.confidence))
+    except (OSError, ValueError) as e:
+        print(f"p2o eval compare: {e}", file=sys.stderr)
+        return 2
+    print(table, end="")
+    if args.compare_out:
+        write_text_atomic(Path(args.compare_out), table)
+    return 0
+
+
+def evaluate_main(args: argparse.Namespace) -> int:
+    from p2o.config import ConfigError, load_config
+    from p2o.eval.benchmarks import BenchmarkError, get_spec, load_benchmark, parse_names
+    from p2o.eval.checkpoint import resolve_checkpoint
+    from p2o.eval.harness import EvalSettings, run_benchmark
+    from p2o.eval.results import write_run
+
+    try:
+        cfg = load_config(args.config, args.override)
+        if args.out is None:
+            raise ValueError("--out: an output directory is required")
+        names = parse_names(args.benchmarks)
+        files: dict[str, list[str]] = {}
+        for item in args.file:
+            name, sep, path = item.partition("=")
+            if not sep or not path:
+                raise ValueError(f"--file {item}: expected NAME=PATH")
+            files.setdefault(get_spec(name).name, []).append(path)
+        if args.data_dir is None and not all(n in files for n in names):
+            raise ValueError("--data-dir: required unless every benchmark is given with --file NAME=PATH")
+        problems = {n: load_benchmark(n, args.data_dir, files.get(n), args.limit) for n in names}
+        template = Path(args.template_file).read_text(encoding="utf-8") if args.template_file else ""
+        settings = EvalSettings(
+            samples=args.samples, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            max_new_tokens=args.max_new_tokens, sampled_below=args.sampled_below,
+            pass_ks=tuple(int(k) for k in args.pass_k.split(",") if k.strip()), seed=args.seed,
+            batch_size=args.batch_size, thinking=cfg.model.thinking, user_template=cfg.prompt.user_template,
+            system=cfg.prompt.system, template=template, keep_responses=not args.no_responses)
+        model_dir = resolve_checkpoint(args.model or cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
+    except (BenchmarkError, ConfigError, OSError, ValueError) as e:
+        print(f"p2o eval: {e}", file=sys.stderr)
+        return 2
+    engine = build_engine(args, model_dir)
+    from p2o.reward import Verifier
+
+    results = []
+    with Verifier(cfg.reward) as scorer:
+        for name in names:
+            log.info("evaluating %s (%d problems)", name, len(problems[name]))
+            results.append(run_benchmark(engine, engine.tokenizer, scorer, get_spec(name), problems[name], settings))
+    label = args.label or Path(args.out).name
+    info = {"model": str(args.model or cfg.model.path), "model_dir": str(model_dir), "engine": args.engine,
+            "settings": {k: v for k, v in vars(settings).items()}, "limit": args.limit}
+    out = write_run(args.out, results, label, info)
+    print((out / "summary.md").read_text(encoding="utf-8"), end="")
+    return 0
+
+
+def build_engine(args: argparse.Namespace, model_dir: Path):
+    """The generation engine for `--engine` (an object with `.generate` and `.tokenizer`)."""
+    import torch
+
+    from p2o.rollout.hf_engine import HFEngine
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    return HFEngine.from_pretrained(model_dir, device=args.device, dtype=dtype, max_batch_size=args.max_batch_size,
+                                    seed=args.seed)
