@@ -1,0 +1,131 @@
+"""Batches of token rows -> Megatron forward(/backward) through `get_forward_backward_func` (any PP schedule).
+
+Rows are right-padded to one sequence length S and grouped into micro-batches of exactly `micro_batch_size`
+rows (the last one filled with empty rows), because the pipeline schedules exchange fixed-shape activations
+[S, micro_batch_size, H]. Right padding needs no attention mask beyond the causal one: real tokens never
+attend to later (pad) positions.
+
+Log-probs: `logits[b, t]` scores `tokens[b, t + 1]`; a row `prompt + response` with P prompt tokens scores its
+response tokens at positions P-1 .. P+R-2. Padded vocabulary columns (ids >= the HF vocab size) are set to -inf
+before the vocab-parallel log-softmax, so log-probs equal the HF model's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from p2o.train.policy import SequenceBatch
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch: tokens [B, S] (int64), and the packed positions of its response tokens."""
+
+    tokens: torch.Tensor
+    rows: list[int]
+    """Indices (into the step's batch) of the real rows, in order; rows beyond len(rows) are padding."""
+    score_index: tuple[torch.Tensor, torch.Tensor]
+    """(row, position) index tensors [T_mb] of the logits that score response tokens, in packed order."""
+    targets: torch.Tensor
+    """[T_mb] the scored response token ids."""
+    token_slice: slice
+    """This micro-batch's range in the step's packed per-token tensors."""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.targets.numel())
+
+
+def make_micro_batches(batch: SequenceBatch, micro_batch_size: int, device, pad_id: int = 0,
+                       seq_len: Optional[int] = None) -> tuple[list[MicroBatch], int]:
+    """Split rows into fixed-shape micro-batches; returns (micro_batches, S)."""
+    if len(batch) == 0:
+        raise ValueError("empty batch")
+    lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
+    for i, (p, r) in enumerate(zip(batch.prompt_ids, batch.response_ids)):
+        if not p:
+            raise ValueError(f"row {i}: empty prompt (the first response token needs a context token)")
+    S = seq_len or max(lengths)
+    if max(lengths) > S:
+        raise ValueError(f"row of {max(lengths)} tokens exceeds the sequence length {S}")
+    out: list[MicroBatch] = []
+    start_tok = 0
+    for start in range(0, len(batch), micro_batch_size):
+        rows = list(range(start, min(start + micro_batch_size, len(batch))))
+        tokens = torch.full((micro_batch_size, S), pad_id, dtype=torch.long)
+        bidx, pidx, tgt = [], [], []
+        for b, i in enumerate(rows):
+            p, r = batch.prompt_ids[i], batch.response_ids[i]
+            tokens[b, : len(p) + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
+            bidx += [b] * len(r)
+            pidx += range(len(p) - 1, len(p) + len(r) - 1)
+            tgt += list(r)
+        n = len(tgt)
+        out.append(MicroBatch(tokens.to(device), rows,
+                              (torch.tensor(bidx, dtype=torch.long, device=device),
+                               torch.tensor(pidx, dtype=torch.long, device=device)),
+                              torch.tensor(tgt, dtype=torch.long, device=device), slice(start_tok, start_tok + n)))
+        start_tok += n
+    return out, S
+
+
+def causal_inputs(batch_size: int, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position_ids [B, S], attention_mask [B, 1, S, S] bool, True = masked) for causal attention."""
+    pos = torch.arange(seq_len, device=device).unsqueeze(0).expand(batch_size, -1)
+    mask = torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool, device=device), diagonal=1)
+    return pos, mask.view(1, 1, seq_len, seq_len).expand(batch_size, 1, -1, -1)
+
+
+def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, tp_rank: int) -> torch.Tensor:
+    """Set columns of padded vocabulary entries (global id >= vocab_size) to -inf; logits [..., V_local]."""
+    v_local = logits.shape[-1]
+    start = tp_rank * v_local
+    if start + v_local <= vocab_size:
+        return logits
+    ids = torch.arange(start, start + v_local, device=logits.device)
+    return logits.masked_fill(ids >= vocab_size, float("-inf"))
+
+
+def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int, tp_rank: int) -> torch.Tensor:
+    """fp32 log p(target) [T] from vocab-parallel logits [T, V_local] (differentiable, TP-reduced)."""
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    logits = mask_padded_vocab(logits.float(), vocab_size, tp_rank)
+    # Megatron's op expects [S, B, V]; use S=T, B=1.
+    return -vocab_parallel_cross_entropy(logits.unsqueeze(1), targets.unsqueeze(1)).squeeze(1)
+
+
+def run_schedule(chunks: list, layout, micro_batches: list[MicroBatch], seq_len: int,
+                 loss_func: Callable[[MicroBatch, torch.Tensor], tuple], forward_only: bool,
+                 collect_non_loss_data: bool = False, hidden_only: bool = False) -> list:
+    """Run Megatron's forward(/backward) schedule over `micro_batches`; returns what the last stage's loss_func
+    reported, per micro-batch (empty elsewhere). `loss_func(mb, output)` gets logits [B, S, V_local] (or final
+    hidden states [S, B, H] with `hidden_only`)."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    mbs = micro_batches[0].tokens.shape[0]
+    pos, mask = causal_inputs(mbs, seq_len, layout.device)
+
+    def forward_step(data_iterator, model):
+        mb = next(data_iterator)
+        inner = model
+        while hasattr(inner, "module"):
+            inner = inner.module
+        if hidden_only and inner.post_process:
+            inner.post_process = False  # GPTModel then returns the final (normed) hidden states
+            try:
+                out = model(mb.tokens, pos, mask)
+            finally:
+                inner.post_process = True
+        else:
+            out = model(mb.tokens, pos, mask)
+        return out, lambda output, non_loss_data=False: loss_func(mb, output)
+
+    data = [iter(micro_batches) for _ in chunks] if len(chunks) > 1 else iter(micro_batches)
+    fb = get_forward_backward_func()
+    return fb(forward_step_func=forward_step, data_iterator=data, model=chunks if len(chunks) > 1 else chunks[0],
+              num_microbatches=len(micro_batches), seq_length=seq_len, micro_batch_size=mbs,
+              forward_only=forward_only, collect_non_loss_data=collect_non_loss_data)
