@@ -354,6 +354,11 @@ class TrainConfig:
     """Global seed."""
     use_kernels: bool = False
     """Use the fused Triton log-prob/loss kernels (torch reference path when off)."""
+    skip_zero_advantage_rows: bool = True
+    """Leave rows whose loss is exactly zero (advantage 0, or every token masked) out of the forward/backward
+    pass when grpo.kl_coef = 0; they still count in the normaliser, so the gradient is unchanged."""
+    nproc: int = 0
+    """Processes to launch (0: parallel.tp x parallel.pp; more gives data parallelism)."""
 
 
 @dataclass
@@ -421,7 +426,7 @@ _MINIMUM: dict[str, tuple[float, bool]] = {
     "reflection.max_tokens": (1, True), "reflection.context_tokens": (1, True), "reflection.concurrency": (1, True),
     "reflection.timeout_s": (0, False), "reflection.retries": (0, True),
     "checkpoint.save_every_steps": (0, True), "checkpoint.keep_last": (1, True),
-    "train.epochs": (1, True), "train.steps_per_epoch": (0, True),
+    "train.epochs": (1, True), "train.steps_per_epoch": (0, True), "train.nproc": (0, True),
 }
 
 
