@@ -5,6 +5,11 @@
   optionally fused with the log-prob kernel into one autograd node.
 - `dual_context_logprob`: the same response under contexts x and x+z in one pass over the LM head.
 """
+from kernels.dual_context import DualContextLogprob, DualContextOutput, dual_context_logprob
 from kernels.fused_linear_logprob import FusedLinearLogprob, fused_linear_logprob
+from kernels.grpo_loss import (FusedLinearGRPOLoss, GRPOLossOutput, GRPOLossParams, fused_linear_grpo_loss,
+                               grouped_advantages, grpo_token_loss, token_advantages)
 
-__all__ = ["FusedLinearLogprob", "fused_linear_logprob"]
+__all__ = ["DualContextLogprob", "DualContextOutput", "FusedLinearGRPOLoss", "FusedLinearLogprob", "GRPOLossOutput",
+           "GRPOLossParams", "dual_context_logprob", "fused_linear_grpo_loss", "fused_linear_logprob",
+           "grouped_advantages", "grpo_token_loss", "token_advantages"]
