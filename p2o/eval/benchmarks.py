@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from p2o.data.loaders import DataError, read_rows
 from p2o.data.problem import Problem
@@ -116,7 +116,7 @@ def find_files(name: str, data_dir: str | Path) -> list[Path]:
                          f"or a folder {folder}/ (see docs/evaluation.md for where to obtain it)")
 
 
-def _first(record: dict, keys: tuple[str, ...]) -> tuple[Optional[str], Any]:
+def _first(record: dict, keys: tuple[str, ...]) -> tuple[str | None, Any]:
     for k in keys:
         if k in record:
             return k, record[k]
@@ -158,7 +158,7 @@ def problems_from_records(spec: BenchmarkSpec, rows: list[tuple[int, dict]], pat
     return problems
 
 
-def load_benchmark(name: str, data_dir: str | Path | None = None, files: Optional[list[str | Path]] = None,
+def load_benchmark(name: str, data_dir: str | Path | None = None, files: list[str | Path] | None = None,
                    limit: int = 0) -> list[Problem]:
     """Problems of benchmark `name` from `files` (or those found under `data_dir`), with unique ids.
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 from p2o.data.problem import Problem
 from p2o.eval.benchmarks import SAMPLED_BELOW, BenchmarkSpec
@@ -97,7 +98,7 @@ class ProblemResult:
     score: float
     """correct / n (avg@n for this problem)."""
     verdicts: list[bool]
-    extracted: list[Optional[str]]
+    extracted: list[str | None]
     response_tokens: list[int]
     finish_reasons: list[str]
     responses: list[str] = field(default_factory=list)
@@ -106,7 +107,7 @@ class ProblemResult:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "ProblemResult":
+    def from_dict(d: dict[str, Any]) -> ProblemResult:
         return ProblemResult(**{k: d[k] for k in ProblemResult.__dataclass_fields__ if k in d})
 
 
@@ -152,9 +153,9 @@ def run_benchmark(engine: Engine, tokenizer: Any, scorer: Scorer, spec: Benchmar
         generations = engine.generate(requests)
         if len(generations) != len(requests):
             raise RuntimeError(f"engine returned {len(generations)} results for {len(requests)} requests")
-        verdicts = scorer.score_many([(g.text, p.answer) for p, gens in zip(chunk, generations) for g in gens])
+        verdicts = scorer.score_many([(g.text, p.answer) for p, gens in zip(chunk, generations, strict=True) for g in gens])
         pos = 0
-        for p, gens in zip(chunk, generations):
+        for p, gens in zip(chunk, generations, strict=True):
             vs = verdicts[pos:pos + len(gens)]
             pos += len(gens)
             ok = [bool(v.correct) for v in vs]

@@ -7,7 +7,7 @@ A benchmark score is the mean over its problems; the paper's "Avg" is the unweig
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -59,7 +59,7 @@ def paired_bootstrap(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]],
     rng = np.random.default_rng(seed)
     deltas = np.zeros(samples)
     point = 0.0
-    for xa, xb in zip(a, b):
+    for xa, xb in zip(a, b, strict=True):
         da = np.asarray(xb, dtype=np.float64) - np.asarray(xa, dtype=np.float64)  # [P] paired differences
         if da.size == 0:
             raise ValueError("paired_bootstrap: a benchmark has no shared problems")

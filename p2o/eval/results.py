@@ -138,14 +138,17 @@ def read_run(path: str | Path) -> RunRecord:
         f = root / b["file"]
         per: dict[str, float] = {}
         try:
-            for lineno, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    p = ProblemResult.from_dict(json.loads(line))
-                    per[p.id] = p.score
+            lines = f.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             raise FileNotFoundError(f"{f}: per-problem results listed in {run_file} are missing") from None
-        except (json.JSONDecodeError, TypeError) as e:
-            raise ValueError(f"{f}: line {lineno} is not a valid problem result ({e})") from e
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                p = ProblemResult.from_dict(json.loads(line))
+            except (json.JSONDecodeError, TypeError) as e:
+                raise ValueError(f"{f}: line {lineno} is not a valid problem result ({e})") from e
+            per[p.id] = p.score
         scores[b["name"]] = per
         titles[b["name"]] = b.get("title", b["name"])
     return RunRecord(path=root, label=str(info.get("label") or root.name), info=info, titles=titles, scores=scores)

@@ -8,8 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from p2o.eval.benchmarks import (BENCHMARKS, PAPER_ORDER, BenchmarkError, answer_text, find_files, get_spec,
-                                 load_benchmark, parse_names)
+from p2o.eval.benchmarks import (
+    BENCHMARKS,
+    PAPER_ORDER,
+    BenchmarkError,
+    answer_text,
+    find_files,
+    get_spec,
+    load_benchmark,
+    parse_names,
+)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "data" / "benchmarks"
 

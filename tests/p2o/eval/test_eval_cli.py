@@ -35,8 +35,8 @@ def test_eval_end_to_end_tiny_model(tmp_path, tiny_model_dir, capsys):
     assert all(1 <= t <= 6 for rs in results.values() for r in rs for t in r.response_tokens)
 
     # independent check of the stored outputs: regenerate greedily with the engine and re-verify every response
-    from p2o.eval.harness import build_prompts, problem_seed
     from p2o.eval.benchmarks import load_benchmark
+    from p2o.eval.harness import build_prompts, problem_seed
     from p2o.reward import Verifier
     from p2o.rollout.engine import GenerationRequest, SamplingParams
     from p2o.rollout.hf_engine import HFEngine
@@ -47,7 +47,7 @@ def test_eval_end_to_end_tiny_model(tmp_path, tiny_model_dir, capsys):
     assert engine.tokenizer.decode(prompts[0]).count(problems[0].question) == 1
     gens = engine.generate([GenerationRequest(p, SamplingParams(n=1, temperature=0.0, max_new_tokens=6,
                                                                 seed=problem_seed(7, "math500", q.id)))
-                            for p, q in zip(prompts, problems)])
+                            for p, q in zip(prompts, problems, strict=True)])
     assert [g[0].text for g in gens] == [r.responses[0] for r in results["math500"]]
     with Verifier() as v:
         for rs in results.values():
