@@ -42,6 +42,9 @@ class ModelConfig:
     rollouts, the distillation context, GEPA evaluation and benchmarks."""
     cache_dir: str = "~/.cache/p2o"
     """Where converted embedded models (e.g. SmolLM2 GGUF -> safetensors) are cached."""
+    make_vocab_size_divisible_by: int = 128
+    """Megatron pads the vocabulary to a multiple of lcm(this, parallel.tp) (same padded size for TP 1/2/4/8,
+    so checkpoints reshard between them); padded logits are masked out."""
 
 
 @dataclass
@@ -425,6 +428,7 @@ _MINIMUM: dict[str, tuple[float, bool]] = {
     "reflection.breaker_failures": (1, True), "reflection.breaker_cooldown_s": (0, True),
     "reflection.max_tokens": (1, True), "reflection.context_tokens": (1, True), "reflection.concurrency": (1, True),
     "reflection.timeout_s": (0, False), "reflection.retries": (0, True),
+    "model.make_vocab_size_divisible_by": (1, True),
     "checkpoint.save_every_steps": (0, True), "checkpoint.keep_last": (1, True),
     "train.epochs": (1, True), "train.steps_per_epoch": (0, True), "train.nproc": (0, True),
 }
