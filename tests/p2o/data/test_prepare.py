@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -171,6 +172,13 @@ def test_errors(tmp_path):
     with pytest.raises(DataError, match="no benchmark files found"):
         prepare(PrepareOptions("deepmath", tmp_path / "o", [deepmath], sizes=(10,), dev_size=5,
                                benchmark_dir=tmp_path / "empty"))
+
+
+def test_hub_needs_datasets(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as on a machine without the package
+    with pytest.raises(DataError, match="no --input files given and the `datasets` package is not installed; "
+                                        "download zwhe99/DeepMath-103K"):
+        prepare(PrepareOptions("deepmath", tmp_path / "o"))
 
 
 def test_cli(tmp_path, capsys):
