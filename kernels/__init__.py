@@ -7,8 +7,15 @@
 """
 from kernels.dual_context import DualContextLogprob, DualContextOutput, dual_context_logprob
 from kernels.fused_linear_logprob import FusedLinearLogprob, fused_linear_logprob
-from kernels.grpo_loss import (FusedLinearGRPOLoss, GRPOLossOutput, GRPOLossParams, fused_linear_grpo_loss,
-                               grouped_advantages, grpo_token_loss, token_advantages)
+from kernels.grpo_loss import (
+                               FusedLinearGRPOLoss,
+                               GRPOLossOutput,
+                               GRPOLossParams,
+                               fused_linear_grpo_loss,
+                               grouped_advantages,
+                               grpo_token_loss,
+                               token_advantages,
+)
 
 __all__ = ["DualContextLogprob", "DualContextOutput", "FusedLinearGRPOLoss", "FusedLinearLogprob", "GRPOLossOutput",
            "GRPOLossParams", "dual_context_logprob", "fused_linear_grpo_loss", "fused_linear_logprob",

@@ -77,6 +77,11 @@ def default_chunk_bytes(device: torch.device) -> int:
     return (256 << 20) if device.type == "cuda" else (64 << 20)
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation / statistics dtype: fp32, or fp64 for fp64 inputs (the torch path then runs in fp64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def vocab_chunk_for(rows: int, vocab: int, bytes_per_elem: int, budget_bytes: int, multiple: int = 128) -> int:
     """Columns per backward chunk so that ``rows x chunk x bytes_per_elem <= budget_bytes`` (at least ``multiple``)."""
     cols = budget_bytes // max(1, rows * bytes_per_elem)

@@ -10,7 +10,6 @@ through logp_x, ratio and kl; x+z is treated as a fixed teacher context.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -31,14 +30,14 @@ class DualContextOutput:
     """exp(logp_x - logp_xz), fp32 (differentiable through logp_x)."""
     mask: torch.Tensor
     """bool: ratio_low <= ratio <= ratio_high."""
-    kl: Optional[torch.Tensor]
+    kl: torch.Tensor | None
     """Full-vocabulary KL(pi(.|x+z) || pi(.|x)) per token (fp32, differentiable through x), or None."""
 
 
 def dual_context_logprob(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          temperature: float = 1.0, tp_group=None, vocab_start: int = 0, ratio_low: float = 0.01,
                          ratio_high: float = 10.0, with_kl: bool = False, *, backend: str = "auto",
-                         split_v: Optional[int] = None, vocab_chunk: Optional[int] = None) -> DualContextOutput:
+                         split_v: int | None = None, vocab_chunk: int | None = None) -> DualContextOutput:
     """Log-probs of ``targets`` under both contexts with each W tile loaded once.
 
     Args:

@@ -9,7 +9,7 @@ docs/kernels.md for numbers.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 from torch import nn
@@ -19,8 +19,8 @@ from kernels.ops.fused_linear_logprob import FusedLinearLogprobFunction, Logprob
 
 def fused_linear_logprob(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          temperature: float = 1.0, tp_group=None, vocab_start: int = 0, with_entropy: bool = False,
-                         *, backend: str = "auto", split_v: Optional[int] = None,
-                         vocab_chunk: Optional[int] = None) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                         *, backend: str = "auto", split_v: int | None = None,
+                         vocab_chunk: int | None = None) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Log-prob of ``targets`` under softmax(hidden @ weight^T / temperature), fused and differentiable.
 
     Args:

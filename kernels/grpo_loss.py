@@ -12,21 +12,25 @@ conventions are in `kernels.ops.grpo_loss`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
 
 from kernels.ops.fused_linear_logprob import LogprobOptions
-from kernels.ops.grpo_loss import (FusedLinearGRPOLossFunction, GRPOLossParams, GRPOTokenLossFunction,
-                                   aggregation_weights, grouped_advantages_forward)
+from kernels.ops.grpo_loss import (
+    FusedLinearGRPOLossFunction,
+    GRPOLossParams,
+    GRPOTokenLossFunction,
+    aggregation_weights,
+    grouped_advantages_forward,
+)
 
 __all__ = ["GRPOLossOutput", "GRPOLossParams", "FusedLinearGRPOLoss", "fused_linear_grpo_loss", "grouped_advantages",
            "grpo_token_loss", "token_advantages"]
 
 
 def grouped_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, adv_norm: str = "group", eps: float = 1e-6,
-                       valid: Optional[torch.Tensor] = None, *, backend: str = "auto") -> torch.Tensor:
+                       valid: torch.Tensor | None = None, *, backend: str = "auto") -> torch.Tensor:
     """Per-sequence advantages [N] fp32.
 
     Args:
@@ -57,21 +61,21 @@ class GRPOLossOutput:
     """[T] w_t * l_t (detached): the loss's per-token contributions."""
     clip_fraction: torch.Tensor
     """Scalar: share of tokens with mask > 0 whose gradient was zeroed by (dual) clipping."""
-    kl: Optional[torch.Tensor]
+    kl: torch.Tensor | None
     """[T] per-token KL estimate to the reference (detached), when kl_coef != 0."""
-    logprobs: Optional[torch.Tensor] = None
+    logprobs: torch.Tensor | None = None
     """[T] fp32 current log-probs (detached), from the fused variant."""
 
 
-def _output(mask: torch.Tensor, loss, weighted, clipped, kl: Optional[torch.Tensor], logprobs=None) -> GRPOLossOutput:
+def _output(mask: torch.Tensor, loss, weighted, clipped, kl: torch.Tensor | None, logprobs=None) -> GRPOLossOutput:
     live = mask > 0
     frac = (clipped * live).sum() / live.sum().clamp(min=1)
     return GRPOLossOutput(loss, weighted, frac, kl, logprobs)
 
 
 def grpo_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, normaliser: float, *, seq_ids: Optional[torch.Tensor] = None,
-                    ref_logprobs: Optional[torch.Tensor] = None, params: Optional[GRPOLossParams] = None,
+                    mask: torch.Tensor, normaliser: float, *, seq_ids: torch.Tensor | None = None,
+                    ref_logprobs: torch.Tensor | None = None, params: GRPOLossParams | None = None,
                     backend: str = "auto") -> GRPOLossOutput:
     """The clipped GRPO loss from per-token log-probs [T] (differentiable w.r.t. ``logprobs`` only).
 
@@ -88,10 +92,10 @@ def grpo_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
 
 def fused_linear_grpo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                            old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                           normaliser: float, *, seq_ids: Optional[torch.Tensor] = None,
-                           ref_logprobs: Optional[torch.Tensor] = None, params: Optional[GRPOLossParams] = None,
+                           normaliser: float, *, seq_ids: torch.Tensor | None = None,
+                           ref_logprobs: torch.Tensor | None = None, params: GRPOLossParams | None = None,
                            temperature: float = 1.0, tp_group=None, vocab_start: int = 0, backend: str = "auto",
-                           split_v: Optional[int] = None, vocab_chunk: Optional[int] = None) -> GRPOLossOutput:
+                           split_v: int | None = None, vocab_chunk: int | None = None) -> GRPOLossOutput:
     """GRPO loss straight from hidden states [T, H] and LM-head rows [V_local, H]: one autograd node.
 
     Same arguments as `grpo_token_loss` plus those of `fused_linear_logprob` (targets, temperature,
@@ -109,7 +113,7 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: 
 class FusedLinearGRPOLoss(nn.Module):
     """Module form of `fused_linear_grpo_loss` holding the loss knobs (e.g. from ``GRPOConfig``)."""
 
-    def __init__(self, params: Optional[GRPOLossParams] = None, temperature: float = 1.0, tp_group=None,
+    def __init__(self, params: GRPOLossParams | None = None, temperature: float = 1.0, tp_group=None,
                  vocab_start: int = 0, backend: str = "auto"):
         super().__init__()
         self.params = params or GRPOLossParams()

@@ -11,23 +11,25 @@ width comes from a byte budget (`dispatch.vocab_chunk_for`).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
+
+from kernels.dispatch import acc_dtype
 
 DzFn = Callable[[int, int], torch.Tensor]
 
 
 def linear_backward_by_vocab_chunks(hidden: torch.Tensor, weight: torch.Tensor, chunk: int,
                                     dz_fn: DzFn) -> tuple[torch.Tensor, torch.Tensor]:
-    """dH [Ta, H] fp32 and dW [V, H] (weight's dtype) from ``dz_fn(c0, c1) -> [Ta, c1 - c0]`` per chunk."""
+    """dH [Ta, H] fp32 (fp64 for fp64 inputs) and dW [V, H] (weight's dtype) from ``dz_fn(c0, c1) -> [Ta, c1 - c0]`` per chunk."""
     if hidden.dtype != weight.dtype:
         raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must share a dtype")
-    d_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+    d_hidden = torch.zeros(hidden.shape, dtype=acc_dtype(hidden.dtype), device=hidden.device)
     d_weight = torch.empty_like(weight)
     for c0 in range(0, weight.shape[0], chunk):
         c1 = min(c0 + chunk, weight.shape[0])
         dz = dz_fn(c0, c1)  # [Ta, C]
-        d_hidden += (dz @ weight[c0:c1]).float()
+        d_hidden += dz @ weight[c0:c1]
         torch.mm(dz.T, hidden, out=d_weight[c0:c1])
     return d_hidden, d_weight

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels.dispatch import acc_dtype
 from kernels.ops.vocab_stats import SoftmaxStats
 
 
@@ -28,8 +29,8 @@ def _onehot_add_(dz: torch.Tensor, y_chunk: torch.Tensor, value: torch.Tensor) -
 
 
 def logits_chunk(hidden: torch.Tensor, weight_chunk: torch.Tensor, inv_temp: float) -> torch.Tensor:
-    """[T, C] fp32 scaled logits of one vocabulary chunk."""
-    return (hidden @ weight_chunk.T).float() * inv_temp
+    """[T, C] scaled logits of one vocabulary chunk, fp32 (fp64 for fp64 inputs)."""
+    return (hidden @ weight_chunk.T).to(acc_dtype(hidden.dtype)) * inv_temp
 
 
 def flp_partials_torch(hidden: torch.Tensor, weight: torch.Tensor, y_local: torch.Tensor, inv_temp: float,
@@ -76,7 +77,7 @@ def dual_partials_torch(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight:
         parts_xz.append((lse_xz, _target_logit(zxz, yc), ekl))
 
     def stack(parts):
-        return SoftmaxStats(*(torch.stack(f) for f in zip(*parts)))
+        return SoftmaxStats(*(torch.stack(f) for f in zip(*parts, strict=True)))
     return stack(parts_x), stack(parts_xz)
 
 

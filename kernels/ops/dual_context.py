@@ -17,18 +17,29 @@ Under TP both contexts' statistics travel in the same all-gather ([T, 6] fp32 pe
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
-from kernels.dispatch import (default_chunk_bytes, dot_precision, interpreter_enabled, resolve_backend,
-                              tile_config, vocab_chunk_for)
+from kernels.dispatch import (
+    acc_dtype,
+    default_chunk_bytes,
+    dot_precision,
+    interpreter_enabled,
+    resolve_backend,
+    tile_config,
+    vocab_chunk_for,
+)
 from kernels.ops.backward_loop import linear_backward_by_vocab_chunks
 from kernels.ops.chunked_torch import dual_dz_torch, dual_partials_torch
-from kernels.ops.fused_linear_logprob import (LogprobOptions, _split_width, active_rows, all_reduce_rows,
-                                              check_inputs, global_stats)
+from kernels.ops.fused_linear_logprob import (
+    LogprobOptions,
+    _split_width,
+    active_rows,
+    all_reduce_rows,
+    check_inputs,
+    global_stats,
+)
 from kernels.ops.tiles import _grouped_pid, _logit_tile, _logit_tile_pair
 from kernels.ops.vocab_stats import SoftmaxStats, merge_partials
 
@@ -116,7 +127,7 @@ def _dual_dz_kernel(hx_ptr, hxz_ptr, w_ptr, y_ptr, lse_x_ptr, lse_xz_ptr, g_ptr,
 # ----------------------------------------------------------------------------- host: Triton primitives
 def dual_partials_triton(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight: torch.Tensor,
                          y_local: torch.Tensor, inv_temp: float, with_kl: bool,
-                         split_v: Optional[int] = None) -> tuple[SoftmaxStats, SoftmaxStats]:
+                         split_v: int | None = None) -> tuple[SoftmaxStats, SoftmaxStats]:
     """Per-split statistics of both contexts from `_dual_fwd_kernel` ([P, T] / [P, T, E] fields)."""
     T, H = hidden_x.shape
     V = weight.shape[0]
@@ -133,9 +144,9 @@ def dual_partials_triton(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight
     return SoftmaxStats.unpack(out[..., :2]), SoftmaxStats.unpack(out[..., 2:])
 
 
-def dual_dz_triton(hidden_x: torch.Tensor, hidden_xz: Optional[torch.Tensor], weight_chunk: torch.Tensor,
-                   y_chunk: torch.Tensor, lse_x: torch.Tensor, lse_xz: Optional[torch.Tensor], g: torch.Tensor,
-                   k: Optional[torch.Tensor], inv_temp: float) -> torch.Tensor:
+def dual_dz_triton(hidden_x: torch.Tensor, hidden_xz: torch.Tensor | None, weight_chunk: torch.Tensor,
+                   y_chunk: torch.Tensor, lse_x: torch.Tensor, lse_xz: torch.Tensor | None, g: torch.Tensor,
+                   k: torch.Tensor | None, inv_temp: float) -> torch.Tensor:
     """dL/dl_x [Ta, C] of one vocabulary chunk (weight's dtype) from `_dual_dz_kernel`."""
     T, H = hidden_x.shape
     C = weight_chunk.shape[0]
@@ -155,7 +166,7 @@ def dual_dz_triton(hidden_x: torch.Tensor, hidden_xz: Optional[torch.Tensor], we
 # ----------------------------------------------------------------------------- host: forward / backward
 def dual_context_forward(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight: torch.Tensor,
                          targets: torch.Tensor, opts: LogprobOptions,
-                         with_kl: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], SoftmaxStats,
+                         with_kl: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, SoftmaxStats,
                                                  SoftmaxStats]:
     """(logp_x [T], logp_xz [T], KL(p_xz || p_x) [T] or None, merged x stats, merged x+z stats)."""
     check_inputs(hidden_x, weight, targets, opts)
@@ -178,12 +189,12 @@ def dual_context_forward(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight
 
 def dual_context_backward(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight: torch.Tensor,
                           targets: torch.Tensor, lse_x: torch.Tensor, lse_xz: torch.Tensor, d_logp_x: torch.Tensor,
-                          d_kl: Optional[torch.Tensor], opts: LogprobOptions) -> tuple[torch.Tensor, torch.Tensor]:
+                          d_kl: torch.Tensor | None, opts: LogprobOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """(dH_x [T, H], dW [V_local, H]) for upstream dL/dlogp_x and dL/dKL [T]; x+z receives no gradient."""
     backend = resolve_backend(opts.backend, hidden_x.device)
     hidden_x, weight = hidden_x.contiguous(), weight.contiguous()
-    g = d_logp_x.float().contiguous()
-    k = d_kl.float().contiguous() if d_kl is not None else None
+    g = d_logp_x.to(acc_dtype(hidden_x.dtype)).contiguous()
+    k = d_kl.to(g.dtype).contiguous() if d_kl is not None else None
     rows = active_rows(g, k)
     d_hidden = torch.zeros_like(hidden_x)
     if rows.numel() == 0:

@@ -26,19 +26,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.distributed as dist
 import triton
 import triton.language as tl
 
-from kernels.dispatch import (default_chunk_bytes, dot_precision, interpreter_enabled, resolve_backend,
-                              tile_config, vocab_chunk_for)
+from kernels.dispatch import (
+    acc_dtype,
+    default_chunk_bytes,
+    dot_precision,
+    interpreter_enabled,
+    resolve_backend,
+    tile_config,
+    vocab_chunk_for,
+)
 from kernels.ops.backward_loop import linear_backward_by_vocab_chunks
 from kernels.ops.chunked_torch import flp_dz_torch, flp_partials_torch
 from kernels.ops.tiles import _grouped_pid, _logit_tile
-from kernels.ops.vocab_stats import (SoftmaxStats, check_targets, merge_partials, owned_targets, tp_merge)
+from kernels.ops.vocab_stats import SoftmaxStats, check_targets, merge_partials, owned_targets, tp_merge
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -113,7 +119,7 @@ def _split_width(vocab: int, split_v: int, block_v: int) -> int:
 
 
 def flp_partials_triton(hidden: torch.Tensor, weight: torch.Tensor, y_local: torch.Tensor, inv_temp: float,
-                        with_entropy: bool, split_v: Optional[int] = None) -> SoftmaxStats:
+                        with_entropy: bool, split_v: int | None = None) -> SoftmaxStats:
     """Per-split statistics from `_flp_fwd_kernel`: SoftmaxStats with [P, T] / [P, T, E] fields."""
     T, H = hidden.shape
     V = weight.shape[0]
@@ -133,7 +139,7 @@ def flp_partials_triton(hidden: torch.Tensor, weight: torch.Tensor, y_local: tor
 
 
 def flp_dz_triton(hidden: torch.Tensor, weight_chunk: torch.Tensor, y_chunk: torch.Tensor, lse: torch.Tensor,
-                  ez: Optional[torch.Tensor], g: torch.Tensor, e: Optional[torch.Tensor],
+                  ez: torch.Tensor | None, g: torch.Tensor, e: torch.Tensor | None,
                   inv_temp: float) -> torch.Tensor:
     """dL/dl [Ta, C] of one vocabulary chunk (weight's dtype) from `_flp_dz_kernel`."""
     T, H = hidden.shape
@@ -158,11 +164,11 @@ class LogprobOptions:
     temperature: float = 1.0
     vocab_start: int = 0
     with_entropy: bool = False
-    tp_group: Optional[object] = None
+    tp_group: object | None = None
     backend: str = "auto"
-    split_v: Optional[int] = None
+    split_v: int | None = None
     """Forward columns per program (Triton) or per chunk (torch); None: the device default."""
-    vocab_chunk: Optional[int] = None
+    vocab_chunk: int | None = None
     """Backward columns per dz chunk; None: from the device's byte budget."""
 
     @property
@@ -211,7 +217,7 @@ def global_stats(local: list[SoftmaxStats], targets: torch.Tensor, vocab_local: 
 
 
 def fused_linear_logprob_forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                 opts: LogprobOptions) -> tuple[torch.Tensor, Optional[torch.Tensor], SoftmaxStats]:
+                                 opts: LogprobOptions) -> tuple[torch.Tensor, torch.Tensor | None, SoftmaxStats]:
     """(logp [T] fp32, entropy [T] fp32 or None, merged stats to save for backward)."""
     check_inputs(hidden, weight, targets, opts)
     backend = resolve_backend(opts.backend, hidden.device)
@@ -223,7 +229,7 @@ def fused_linear_logprob_forward(hidden: torch.Tensor, weight: torch.Tensor, tar
     return logp, entropy, stats
 
 
-def active_rows(*coefs: Optional[torch.Tensor]) -> torch.Tensor:
+def active_rows(*coefs: torch.Tensor | None) -> torch.Tensor:
     """Indices [Ta] of rows where any of the per-row upstream coefficients is non-zero."""
     live = None
     for c in coefs:
@@ -240,7 +246,7 @@ def all_reduce_rows(d_hidden: torch.Tensor, opts: LogprobOptions) -> torch.Tenso
 
 
 def fused_linear_logprob_backward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                  stats: SoftmaxStats, d_logp: torch.Tensor, d_entropy: Optional[torch.Tensor],
+                                  stats: SoftmaxStats, d_logp: torch.Tensor, d_entropy: torch.Tensor | None,
                                   opts: LogprobOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """(dH [T, H] in hidden's dtype, dW [V_local, H] in weight's dtype) for upstream d_logp / d_entropy [T].
 
@@ -249,8 +255,8 @@ def fused_linear_logprob_backward(hidden: torch.Tensor, weight: torch.Tensor, ta
     """
     backend = resolve_backend(opts.backend, hidden.device)
     hidden, weight = hidden.contiguous(), weight.contiguous()
-    g = d_logp.float().contiguous()
-    e = d_entropy.float().contiguous() if d_entropy is not None else None
+    g = d_logp.to(acc_dtype(hidden.dtype)).contiguous()
+    e = d_entropy.to(g.dtype).contiguous() if d_entropy is not None else None
     rows = active_rows(g, e)
     d_hidden = torch.zeros_like(hidden)
     if rows.numel() == 0:

@@ -27,15 +27,13 @@ one autograd node from hidden states, and rows with coef = 0 (masked, zero advan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
 from kernels.dispatch import resolve_backend
-from kernels.ops.fused_linear_logprob import (LogprobOptions, fused_linear_logprob_backward,
-                                              fused_linear_logprob_forward)
+from kernels.ops.fused_linear_logprob import LogprobOptions, fused_linear_logprob_backward, fused_linear_logprob_forward
 from kernels.ops.vocab_stats import SoftmaxStats
 
 ADV_NORMS = ("group", "batch", "none")
@@ -124,7 +122,7 @@ def _check_1d(name: str, t: torch.Tensor, n: int) -> None:
 
 
 def grouped_advantages_forward(rewards: torch.Tensor, group_ids: torch.Tensor, adv_norm: str = "group",
-                               eps: float = 1e-6, valid: Optional[torch.Tensor] = None,
+                               eps: float = 1e-6, valid: torch.Tensor | None = None,
                                backend: str = "auto") -> torch.Tensor:
     """Advantages [N] fp32 from rewards [N] and group ids [N] (any integers; groups of any size)."""
     if adv_norm not in ADV_NORMS:
@@ -200,13 +198,13 @@ class GRPOLossParams:
             raise ValueError(f"dual_clip must be 0 (off) or > 1; got {self.dual_clip}")
 
     @classmethod
-    def from_config(cls, cfg) -> "GRPOLossParams":
+    def from_config(cls, cfg) -> GRPOLossParams:
         """From a `GRPOConfig` (or anything with the same attribute names)."""
         return cls(**{f: getattr(cfg, f) for f in cls.__dataclass_fields__})
 
 
 def aggregation_weights(mask: torch.Tensor, normaliser: float, loss_agg: str,
-                        seq_ids: Optional[torch.Tensor]) -> torch.Tensor:
+                        seq_ids: torch.Tensor | None) -> torch.Tensor:
     """w [T] fp32 such that loss = sum_t w_t l_t implements ``loss_agg`` with the global ``normaliser``."""
     if not normaliser > 0:
         raise ValueError(f"normaliser must be > 0 (the global token / sequence count); got {normaliser}")
@@ -227,11 +225,11 @@ class TokenLossTerms:
     weighted_loss: torch.Tensor
     coef: torch.Tensor
     clipped: torch.Tensor
-    kl: Optional[torch.Tensor]
+    kl: torch.Tensor | None
 
 
 def grpo_token_terms(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, weight: torch.Tensor,
-                     ref_logp: Optional[torch.Tensor], params: GRPOLossParams, backend: str = "auto") -> TokenLossTerms:
+                     ref_logp: torch.Tensor | None, params: GRPOLossParams, backend: str = "auto") -> TokenLossTerms:
     """Run the per-token loss (Triton, or the same formulas in torch)."""
     T = logp.shape[0]
     for name, t in (("old_logprobs", old_logp), ("advantages", adv), ("mask", weight)):

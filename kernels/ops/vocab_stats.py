@@ -37,7 +37,7 @@ class SoftmaxStats:
         return torch.cat([self.lse[:, None], self.target[:, None], self.expect], dim=1)
 
     @staticmethod
-    def unpack(cols: torch.Tensor) -> "SoftmaxStats":
+    def unpack(cols: torch.Tensor) -> SoftmaxStats:
         """Inverse of `pack` for [..., T, 2 + E]."""
         return SoftmaxStats(cols[..., 0], cols[..., 1], cols[..., 2:])
 
