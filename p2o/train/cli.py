@@ -1,0 +1,83 @@
+"""`p2o train --config X.yaml [key=value ...]`: run P2O (or plain GRPO with p2o.enabled=false).
+
+When the layout needs several processes (parallel.tp x parallel.pp, or train.nproc) and the command is not
+already running under torchrun, it relaunches itself with `torch.distributed.run --standalone`.
+Exit codes: 0 done, 2 bad config, 75 checkpointed after SIGUSR1/SIGTERM (requeue and run again with
+checkpoint.resume=auto), 1 failure. The run directory gets summary.json and report.html at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="YAML config (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. rollout.n=8 parallel.tp=2")
+
+
+def _write_summary(run_dir: Path, summary: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(run_dir / "summary.json")
+
+
+def main(args: argparse.Namespace) -> int:
+    from p2o.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"p2o train: {e}", file=sys.stderr)
+        return 2
+    nproc = cfg.train.nproc or cfg.parallel.tp * cfg.parallel.pp
+    if nproc > 1 and "RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "p2o.cli", "train"] + (["--config", args.config] if args.config else []) + list(args.overrides)
+        log.info("launching %d processes: %s", nproc, " ".join(cmd))
+        return subprocess.call(cmd)
+    return run(cfg)
+
+
+def run(cfg) -> int:
+    """Build, resume if possible, train, write the summary and the report. Returns the exit code."""
+    from p2o.train.loop import REQUEUE_EXIT_CODE, Preempted, Trainer
+    from p2o.train.runtime import build_runtime
+
+    run_dir = Path(cfg.logging.run_dir)
+    t0 = time.time()
+    rt = None
+    try:
+        rt = build_runtime(cfg)
+        trainer = Trainer(cfg, rt)
+        trainer.install_signal_handlers()
+        resumed = trainer.resume()
+        summary = trainer.fit()
+        summary["resumed"] = resumed
+        code = 0
+    except Preempted:
+        summary, code = {"status": "preempted", "wall_s": round(time.time() - t0, 2)}, REQUEUE_EXIT_CODE
+    except Exception as e:
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}", "wall_s": round(time.time() - t0, 2)}
+        log.error("training failed:\n%s", traceback.format_exc())
+        code = 1
+    finally:
+        if rt is not None:
+            rt.close()
+    if rt is None or rt.is_rank0:
+        _write_summary(run_dir, summary)
+        if (run_dir / "metrics.jsonl").is_file():
+            from p2o.telemetry.report import write_report
+            print(f"report: {write_report(run_dir)}")
+        print(f"run directory: {run_dir} ({summary['status']})")
+    return code

@@ -1,0 +1,339 @@
+"""The P2O epoch loop (plain GRPO when `p2o.enabled=false`: the same loop, so the two compare like for like).
+
+One step (`Trainer.train_step`):
+  1. prompts -> requests: hard samples of the last epoch with an assignment get their K templates (x+z_k)
+  2. generation phase: the scheduler serves the training rollouts together with queued GEPA requests
+  3. verifier rewards -> hard-sample mining (tau of K correct) -> GRPO advantages per group
+  4. context distillation: every row is trained on x; templated rows get old log-probs on x and x+z
+     (dual-context) and the context ratio mask (or `replace_prompts` / `fix_importance_ratio`)
+  5. PPO minibatches (clip, dual clip, global normaliser) -> optimizer steps
+  6. bucketed weight export into the engine, policy version + 1
+At epoch end (`Trainer.end_epoch`), if at least `p2o.min_hard` hard samples were mined, they go to the GEPA
+service; `sync` waits for the assignment, `async` trains on and attaches it when it arrives (never one
+computed for a policy more than `p2o.max_staleness` versions old).
+
+Distributed layout: every rank of the Megatron job runs this loop; rank 0 owns the rollout side (engine,
+scheduler, gateway, verifier, GEPA client) and broadcasts the step's rows, every rank takes part in the
+backend's collective calls. The runtime objects come from `p2o.train.runtime.build_runtime`.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import asdict
+from typing import Any, Optional
+
+import torch
+
+from p2o.algo.distill import distill_old_logprobs
+from p2o.algo.grpo import group_advantages, make_loss_fn, token_weights, zero_variance_groups
+from p2o.algo.hard_samples import HardStore, is_hard
+from p2o.data.loaders import epoch_order
+from p2o.train import checkpoint as ckpt
+from p2o.train.policy import SequenceBatch
+from p2o.train.rows import TrainRow, plan_requests, to_rows
+
+log = logging.getLogger(__name__)
+
+REQUEUE_EXIT_CODE = 75  # "checkpointed on a signal; requeue me" (EX_TEMPFAIL)
+
+
+class Preempted(Exception):
+    """Raised after a checkpoint taken because of SIGUSR1/SIGTERM."""
+
+
+class Trainer:
+    """Owns the loop state; `rt` (p2o.train.runtime.Runtime) holds the policy, rollout side and services."""
+
+    def __init__(self, cfg, rt):
+        self.cfg, self.rt = cfg, rt
+        self.state = ckpt.LoopState()
+        self.hard = HardStore()
+        self.loss_fn = make_loss_fn(cfg.grpo)
+        self._signal: Optional[int] = None
+        self.problems = rt.train_problems
+        self.steps_per_epoch = max(1, len(self.problems) // cfg.rollout.prompts_per_step)
+        if cfg.train.steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
+
+    # ------------------------------------------------------------------ lifecycle
+    def install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            log.warning("received signal %d: will checkpoint after the current step", signum)
+            self._signal = signum
+
+        for s in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(s, handler)
+
+    def resume(self) -> bool:
+        """Restore the latest complete checkpoint (checkpoint.resume = auto | path); True if resumed."""
+        mode = self.cfg.checkpoint.resume
+        path = None if mode == "none" else (ckpt.latest_checkpoint(self.rt.run_dir) if mode == "auto" else mode)
+        if path is None:
+            return False
+        self.state = ckpt.load_state(path)
+        self.hard.load_dict(self.state.hard_store)
+        self.rt.policy.load(str(path) + "/policy")
+        self.state.restore_rng()
+        self.rt.sync_weights(self.state.policy_version)
+        self.rt.truncate_metrics(self.state.global_step)
+        log.info("resumed from %s (epoch %d, step %d, version %d)", path, self.state.epoch,
+                 self.state.step_in_epoch, self.state.policy_version)
+        return True
+
+    def save(self) -> None:
+        self.state.hard_store = self.hard.to_dict()
+        self.state.capture_rng()
+        tmp = ckpt.staging_dir(self.rt.run_dir, self.state.global_step)
+        if self.rt.is_rank0:
+            tmp.mkdir(parents=True, exist_ok=True)
+        self.rt.barrier()
+        self.rt.policy.save(str(tmp / "policy"))
+        self.rt.barrier()
+        if self.rt.is_rank0:
+            ckpt.commit(self.rt.run_dir, self.state.global_step, self.state, self.cfg.checkpoint.keep_last)
+        self.rt.barrier()
+
+    def fit(self) -> dict:
+        """Run to the configured number of epochs; returns the run summary."""
+        t0 = time.time()
+        while self.state.epoch < self.cfg.train.epochs:
+            if not self.state.epoch_done:
+                order = epoch_order(len(self.problems), self.cfg.data.shuffle_seed, self.state.epoch)
+                while self.state.step_in_epoch < self.steps_per_epoch:
+                    k = self.state.step_in_epoch * self.cfg.rollout.prompts_per_step
+                    batch = [self.problems[i] for i in order[k: k + self.cfg.rollout.prompts_per_step]]
+                    self.train_step(batch)
+                    self._after_step()
+                self.state.epoch_done = True
+            self.end_epoch()
+        summary = {"status": "ok", "epochs": self.cfg.train.epochs, "steps": self.state.global_step,
+                   "policy_version": self.state.policy_version, "wall_s": round(time.time() - t0, 2)}
+        return summary
+
+    def _after_step(self) -> None:
+        every = self.cfg.checkpoint.save_every_steps
+        signalled = self.rt.any_rank(self._signal is not None)
+        if signalled or (every and self.state.global_step % every == 0):
+            self.save()
+        if signalled:
+            raise Preempted()
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, problems) -> dict[str, float]:
+        cfg, rt = self.cfg, self.rt
+        step = self.state.global_step + 1
+        times: dict[str, float] = {}
+        self._poll_gepa(block=False)
+
+        t = time.time()
+        rows = rt.rollouts(problems, self._active_assignment(), step) if rt.is_rank0 else None
+        times["time_generate_s"] = time.time() - t
+        t = time.time()
+        metrics = self._score_and_mine(rows, problems) if rt.is_rank0 else None
+        times["time_verify_s"] = time.time() - t
+        rows, metrics = rt.broadcast((rows, metrics))
+
+        t = time.time()
+        old_lp, mask, weights_scale = self._old_logprobs(rows, metrics)
+        times["time_old_logprob_s"] = time.time() - t
+
+        t = time.time()
+        update = self._update(rows, old_lp, mask, weights_scale)
+        times["time_update_s"] = time.time() - t
+
+        t = time.time()
+        self.state.policy_version += 1
+        rt.sync_weights(self.state.policy_version)
+        times["time_weight_sync_s"] = time.time() - t
+
+        self.state.global_step = step
+        self.state.step_in_epoch += 1
+        gen_tokens = sum(len(r.response_ids) for r in rows)
+        metrics.update(update)
+        metrics.update(times)
+        metrics.update({
+            "epoch": self.state.epoch, "policy_version": self.state.policy_version,
+            "time_step_s": sum(times.values()), "gen_tokens": gen_tokens,
+            "gen_tokens_per_s": gen_tokens / max(times["time_generate_s"], 1e-9),
+            "train_tokens_per_s": update.get("train_tokens", 0) / max(times["time_update_s"], 1e-9),
+            **rt.gpu_metrics(),
+        })
+        rt.log_metrics(metrics, step)
+        return metrics
+
+    def _active_assignment(self) -> dict[str, list[str]]:
+        """Templates for last epoch's hard samples; empty when P2O is off or the assignment is too stale."""
+        st = self.state
+        if not self.cfg.p2o.enabled or not st.assignment:
+            return {}
+        if self.cfg.p2o.gepa_mode == "async" and st.policy_version - st.assignment_version > self.cfg.p2o.max_staleness:
+            return {}
+        prev = set(st.prev_hard)
+        return {pid: z for pid, z in st.assignment.items() if pid in prev}
+
+    def _score_and_mine(self, rows: list[TrainRow], problems) -> dict[str, float]:
+        """Rewards, hard-sample mining and advantages (rank 0; rows are updated in place)."""
+        cfg = self.cfg
+        by_id = {p.id: p for p in problems}
+        verdicts = self.rt.verify([(r.text, by_id[r.problem_id].answer) for r in rows])
+        for r, v in zip(rows, verdicts):
+            r.reward, r.verdict_reason = (1.0 if v.correct else 0.0), v.reason
+        rewards = torch.tensor([r.reward for r in rows])
+        groups = torch.tensor([r.group for r in rows])
+        adv = group_advantages(rewards, groups, cfg.grpo.adv_norm, cfg.grpo.adv_eps)
+        for r, a in zip(rows, adv.tolist()):
+            r.advantage = a
+        n_hard = 0
+        for g in sorted(set(groups.tolist())):
+            members = [r for r in rows if r.group == g]
+            problem = by_id[members[0].problem_id]
+            if is_hard([m.reward for m in members], [m.templated for m in members], cfg.rollout.n,
+                       cfg.p2o.tau, cfg.p2o.hard_on):
+                self.hard.add(problem, self.state.epoch, [m.reward for m in members], [m.text for m in members])
+                n_hard += 1
+            else:
+                self.hard.discard(problem.id)
+        templated = [r for r in rows if r.templated]
+        hard_prev = set(self._active_assignment())
+        plain_on_hard = [r for r in rows if not r.templated and r.problem_id in hard_prev]
+        zero = zero_variance_groups(rewards, groups)
+        return {
+            "reward_mean": float(rewards.mean()),
+            "pass_rate": float(sum(any(r.reward > 0 for r in rows if r.group == g) for g in set(groups.tolist()))
+                               / len(problems)),
+            "hard_in_batch": n_hard, "hard_count": len(self.hard), "hard_frac": n_hard / len(problems),
+            "zero_adv_frac": float(zero.float().mean()),
+            "templated_share": len(templated) / len(rows),
+            "templated_success": (sum(r.reward for r in templated) / len(templated)) if templated else None,
+            "untemplated_success": (sum(r.reward for r in plain_on_hard) / len(plain_on_hard)) if plain_on_hard else None,
+            "response_len_mean": sum(len(r.response_ids) for r in rows) / len(rows),
+            "truncated_frac": sum(r.finish_reason == "length" for r in rows) / len(rows),
+        }
+
+    def _old_logprobs(self, rows: list[TrainRow], metrics: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Packed old log-probs on x, the token mask and per-row weight scale (0 drops a row from the loss)."""
+        cfg, policy = self.cfg, self.rt.policy
+        lp_x = policy.logprobs(SequenceBatch([r.train_prompt_ids for r in rows], [r.response_ids for r in rows]))
+        mask = torch.ones_like(lp_x)
+        old = lp_x.clone()
+        offsets = [0]
+        for r in rows:
+            offsets.append(offsets[-1] + len(r.response_ids))
+        templ = [i for i, r in enumerate(rows) if r.templated]
+        if templ:
+            lp_xz = policy.logprobs(SequenceBatch([rows[i].gen_prompt_ids for i in templ],
+                                                  [rows[i].response_ids for i in templ]))
+            idx = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in templ])
+            o, m = distill_old_logprobs(cfg.p2o.distill, lp_x[idx], lp_xz, cfg.p2o.ratio_low, cfg.p2o.ratio_high)
+            old[idx], mask[idx] = o, m
+            metrics["mask_rate"] = float(1 - m.mean())
+            metrics["context_log_ratio_mean"] = float((lp_x[idx] - lp_xz).mean())
+        scale = torch.ones(len(rows))
+        if cfg.p2o.drop_failed_template_rollouts:
+            for i in templ:
+                if rows[i].reward <= 0:
+                    scale[i] = 0.0
+        return old, mask, scale
+
+    def _update(self, rows: list[TrainRow], old_lp: torch.Tensor, mask: torch.Tensor,
+                scale: torch.Tensor) -> dict[str, float]:
+        """PPO minibatches over the step's rows; each minibatch is one optimizer step with a global normaliser."""
+        cfg, policy = self.cfg, self.rt.policy
+        offsets = [0]
+        for r in rows:
+            offsets.append(offsets[-1] + len(r.response_ids))
+        adv_tok = torch.cat([torch.full((len(r.response_ids),), r.advantage) for r in rows])
+        n_mb = min(cfg.grpo.ppo_minibatches, len(rows))
+        order = list(range(len(rows)))
+        out: dict[str, float] = {"grad_norm": 0.0, "loss": 0.0, "train_tokens": 0, "clip_frac": 0.0,
+                                 "optimizer_steps": 0, "skipped_rows": 0}
+        clip_sum = active_sum = 0.0
+        for _ in range(cfg.grpo.ppo_epochs):
+            for mb in range(n_mb):
+                idx = order[mb::n_mb]
+                lens = [len(rows[i].response_ids) for i in idx]
+                w = token_weights(lens, cfg.grpo.loss_agg, len(idx), sum(lens), cfg.rollout.max_new_tokens)
+                tok = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in idx])
+                w = w * mask[tok] * torch.repeat_interleave(scale[idx], torch.tensor(lens))
+                inputs = {"old_logprobs": old_lp[tok], "advantages": adv_tok[tok], "weights": w}
+                keep = self._rows_with_gradient(rows, idx, inputs, lens)
+                out["skipped_rows"] += len(idx) - len(keep)
+                if not keep:
+                    continue
+                sel = torch.cat([torch.arange(sum(lens[:j]), sum(lens[:j + 1])) for j in keep])
+                batch = SequenceBatch([rows[idx[j]].train_prompt_ids for j in keep],
+                                      [rows[idx[j]].response_ids for j in keep])
+                step = policy.train_step(batch, {k: v[sel] for k, v in inputs.items()}, self.loss_fn)
+                out["grad_norm"] = step.grad_norm
+                out["loss"] += step.loss
+                out["lr"] = step.lr
+                out["train_tokens"] += step.num_tokens
+                out["optimizer_steps"] += 1
+                clip_sum += step.extra.get("clip_frac_sum", 0.0)
+                active_sum += step.extra.get("active_tokens", 0.0)
+        out["clip_frac"] = clip_sum / active_sum if active_sum else 0.0
+        return out
+
+    def _rows_with_gradient(self, rows, idx, inputs, lens) -> list[int]:
+        """Positions (in idx) of rows whose loss can have a gradient; all of them unless skipping is on.
+
+        With no KL term a row whose advantage is 0 or whose weights are all 0 contributes exactly zero loss
+        and gradient, so leaving it out of the forward/backward pass changes nothing but the cost (its
+        tokens still count in the normaliser, which was fixed above)."""
+        if not self.cfg.train.skip_zero_advantage_rows or self.cfg.grpo.kl_coef:
+            return list(range(len(idx)))
+        keep, start = [], 0
+        for j, n in enumerate(lens):
+            w = inputs["weights"][start:start + n]
+            if rows[idx[j]].advantage != 0 and bool((w > 0).any()):
+                keep.append(j)
+            start += n
+        return keep
+
+    # ------------------------------------------------------------------ epoch end
+    def end_epoch(self) -> None:
+        """Held-out evaluation, the GEPA round for this epoch's hard samples, then a checkpoint."""
+        cfg, st, rt = self.cfg, self.state, self.rt
+        epoch_metrics: dict[str, Any] = {"epoch": st.epoch, "hard_count": len(self.hard)}
+        epoch_metrics.update(rt.evaluate_heldout() if rt.is_rank0 else {})
+        if cfg.p2o.enabled and st.gepa_job is None:
+            job: Optional[dict] = None
+            if rt.is_rank0 and len(self.hard) >= cfg.p2o.min_hard:
+                job = rt.submit_gepa(self.hard, st.epoch, st.policy_version)
+            elif rt.is_rank0:
+                log.info("epoch %d: %d hard samples < p2o.min_hard = %d: no GEPA round, no templates next epoch",
+                         st.epoch, len(self.hard), cfg.p2o.min_hard)
+            st.gepa_job = rt.broadcast(job)
+            epoch_metrics["gepa_submitted"] = int(st.gepa_job is not None)
+            if st.gepa_job is None:
+                st.assignment, st.prev_hard = {}, []
+        if st.gepa_job and cfg.p2o.gepa_mode == "sync":
+            self._poll_gepa(block=True)
+        rt.log_metrics(epoch_metrics, st.global_step, kind="epoch")
+        self.hard.clear()
+        st.epoch += 1
+        st.step_in_epoch = 0
+        st.epoch_done = False
+        self.save()
+
+    def _poll_gepa(self, block: bool) -> None:
+        """Collect a finished GEPA job's assignment (rank 0 polls, every rank receives the outcome)."""
+        st = self.state
+        if not st.gepa_job:
+            return
+        outcome = self.rt.collect_gepa(st.gepa_job, block) if self.rt.is_rank0 else None
+        outcome = self.rt.broadcast(outcome)
+        if outcome is None:
+            return
+        job = st.gepa_job
+        st.gepa_job = None
+        st.assignment = outcome["assignment"]
+        st.assignment_version = job["policy_version"]
+        st.prev_hard = list(job["hard_ids"])
+        self.rt.log_metrics({**outcome["metrics"], "epoch": job["epoch"],
+                             "assigned": len(st.assignment)}, st.global_step, kind="gepa")
+
+    def state_dict(self) -> dict:
+        return asdict(self.state)

@@ -1,0 +1,295 @@
+"""The objects a training run needs, built once from the config (`build_runtime`) and closed at the end.
+
+Rank 0 owns the rollout side: the HF engine (vLLM on GPU) behind the scheduler and the OpenAI-compatible
+gateway (which the GEPA service uses to score candidates with the current policy), the frozen initial
+model behind a second gateway for Self-Ref reflection, the verifier, the GEPA client (and, when
+`gepa.service_url` is empty, the GEPA service as a child process on 127.0.0.1), and the metrics sinks.
+Every rank holds its part of the Megatron policy. Small Python objects move between ranks with
+`broadcast` (torch.distributed object broadcast over the default group).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from p2o.config import RunConfig, to_yaml
+from p2o.data import load_eval_problems, load_train_problems
+from p2o.data.problem import Problem
+from p2o.models import resolve_model_dir
+from p2o.train.rows import plan_requests, to_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    cfg: RunConfig
+    run_dir: Path
+    rank: int
+    world_size: int
+    policy: Any
+    tokenizer: Any
+    model_dir: Path
+    train_problems: list[Problem]
+    eval_problems: list[Problem]
+    gateway: Any = None
+    reflection_gateway: Any = None
+    verifier: Any = None
+    gepa_client: Any = None
+    gepa_process: Optional[subprocess.Popen] = None
+    metrics: Any = None
+    gpu: Any = None
+    _closers: list = field(default_factory=list)
+
+    # ------------------------------------------------------------------ collectives
+    @property
+    def is_rank0(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank."""
+        if self.world_size == 1:
+            return obj
+        box = [obj if self.is_rank0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any_rank(self, flag: bool) -> bool:
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([1 if flag else 0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    # ------------------------------------------------------------------ rollout side (rank 0)
+    @property
+    def scheduler(self):
+        return self.gateway.scheduler
+
+    def rollouts(self, problems: list[Problem], assignment: dict[str, list[str]], step: int):
+        """A generation phase: wake the engine, serve this step's rollouts (batched with queued requests), sleep."""
+        planned = plan_requests(self.cfg, self.tokenizer, problems, assignment, step)
+        futures = self.scheduler.submit([p.request for p in planned], priority="training")
+        self.scheduler.resume()
+        generations = [f.result() for f in futures]
+        self.scheduler.pause()
+        return to_rows(planned, generations)
+
+    def verify(self, pairs: list[tuple[str, str]]):
+        return self.verifier.score_many(pairs)
+
+    def sync_weights(self, version: int) -> None:
+        """Collective: every rank streams its weights; rank 0 loads them into the engine at `version`."""
+        stream = self.policy.export_weights(self.cfg.rollout.weight_bucket_bytes)
+        if self.is_rank0:
+            self.scheduler.update_weights(stream, version)
+        else:
+            for _ in stream:
+                pass
+
+    def evaluate_heldout(self) -> dict[str, float]:
+        """Held-out accuracy without templates: greedy, and avg@4 at the rollout temperature."""
+        if not self.eval_problems:
+            return {}
+        from p2o import prompts
+        from p2o.rollout.engine import GenerationRequest, SamplingParams
+
+        cfg = self.cfg
+        ids = [prompts.encode(self.tokenizer, prompts.messages(p.question, None, cfg.prompt.user_template,
+                                                               cfg.prompt.system), cfg.model.thinking)
+               for p in self.eval_problems]
+        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
+        sampled = SamplingParams(n=4, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                 top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.rollout.seed)
+        reqs = [GenerationRequest(i, greedy, f"eval-g{j}") for j, i in enumerate(ids)]
+        reqs += [GenerationRequest(i, sampled, f"eval-s{j}") for j, i in enumerate(ids)]
+        self.scheduler.resume()
+        gens = self.scheduler.generate(reqs, priority="evaluation")
+        self.scheduler.pause()
+        n = len(ids)
+        pairs = [(g.text, p.answer) for gl, p in zip(gens[:n], self.eval_problems) for g in gl]
+        pairs += [(g.text, p.answer) for gl, p in zip(gens[n:], self.eval_problems) for g in gl]
+        verdicts = self.verify(pairs)
+        greedy_acc = sum(v.correct for v in verdicts[:n]) / n
+        avg4 = sum(v.correct for v in verdicts[n:]) / (4 * n)
+        return {"heldout_greedy": greedy_acc, "heldout_avg4": avg4, "heldout_size": n}
+
+    # ------------------------------------------------------------------ GEPA (rank 0)
+    def submit_gepa(self, hard, epoch: int, policy_version: int) -> dict:
+        from p2o.gepa.protocol import GEPAJobSpec
+
+        cfg = self.cfg
+        samples = list(hard.samples.values())
+        gepa = asdict(cfg.gepa)
+        spec = GEPAJobSpec(
+            problems=[s.problem for s in samples],
+            failed_responses={s.problem.id: list(s.failed_responses) for s in samples},
+            policy_version=policy_version, policy_url=self.gateway.url + "/v1", policy_model="policy",
+            reflection=self._reflection_settings(), gepa=gepa, k=cfg.rollout.n,
+            user_template=cfg.prompt.user_template, system=cfg.prompt.system, thinking=cfg.model.thinking,
+            idempotency_key=f"{self.run_dir.resolve()}::epoch{epoch}",
+            same_template_in_group=cfg.p2o.same_template_in_group,
+            leave_one_untemplated=cfg.p2o.leave_one_untemplated,
+        )
+        job_id = self.gepa_client.submit(spec)
+        log.info("epoch %d: GEPA job %s submitted with %d hard samples (policy version %d)", epoch, job_id,
+                 len(samples), policy_version)
+        return {"job_id": job_id, "epoch": epoch, "policy_version": policy_version,
+                "hard_ids": [s.problem.id for s in samples], "submitted_at": time.time()}
+
+    def _reflection_settings(self) -> dict:
+        r = asdict(self.cfg.reflection)
+        if self.cfg.reflection.mode == "self":
+            r["base_url"] = self.reflection_gateway.url + "/v1"
+            r["model"] = "reflection"
+        return r
+
+    def collect_gepa(self, job: dict, block: bool) -> Optional[dict]:
+        """The finished job's outcome {"assignment", "metrics"}, or None while it runs (block=False)."""
+        client = self.gepa_client
+        if block:
+            self.scheduler.resume()  # the engine serves GEPA's candidate evaluations while we wait
+            status = client.wait(job["job_id"], timeout_s=None, poll_s=self.cfg.gepa.poll_interval_s)
+            self.scheduler.pause()
+        else:
+            status = client.status(job["job_id"])
+        state = status.get("state")
+        if state not in ("done", "failed", "cancelled"):
+            return None
+        metrics = {k: status.get(k) for k in ("iteration", "budget_used", "budget_total", "pool_size", "best_dev_score")}
+        metrics["gepa_wall_s"] = time.time() - job.get("submitted_at", time.time())
+        if state != "done":
+            log.warning("GEPA job %s ended %s: %s; no templates from it", job["job_id"], state, status.get("error"))
+            return {"assignment": {}, "metrics": {**metrics, "failed": 1}}
+        result = client.result(job["job_id"])
+        assignment = {pid: list(z) for pid, z in result.assignment.items() if z}
+        metrics["covered_templates"] = len({t for z in assignment.values() for t in z if t})
+        return {"assignment": assignment, "metrics": metrics}
+
+    # ------------------------------------------------------------------ metrics
+    def log_metrics(self, metrics: dict, step: int, kind: str = "step") -> None:
+        if self.is_rank0:
+            self.metrics.log(metrics, step, kind)
+            shown = {k: metrics[k] for k in ("reward_mean", "hard_count", "templated_share", "mask_rate", "loss",
+                                              "time_step_s", "heldout_greedy", "pool_size", "assigned")
+                     if isinstance(metrics.get(k), (int, float))}
+            log.info("%s %d: %s", kind, step, " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+
+    def truncate_metrics(self, step: int) -> None:
+        if self.is_rank0:
+            from p2o.telemetry.metrics import truncate_metrics
+            self.metrics.close()
+            truncate_metrics(self.run_dir, step)
+            from p2o.telemetry.metrics import MetricsLogger
+            self.metrics = MetricsLogger(self.run_dir, self.cfg.logging.tensorboard, self.cfg.logging.wandb)
+
+    def gpu_metrics(self) -> dict[str, float]:
+        return self.gpu.sample() if self.gpu is not None else {}
+
+    def close(self) -> None:
+        for fn in reversed(self._closers):
+            try:
+                fn()
+            except Exception as e:  # closing must not mask the run's own error
+                log.warning("while closing: %s", e)
+
+
+# ---------------------------------------------------------------------------- construction
+def _start_gepa_service(run_dir: Path, token_env: str) -> tuple[subprocess.Popen, str]:
+    """`p2o gepa-serve` as a child process on 127.0.0.1; returns (process, base URL)."""
+    d = run_dir / "gepa_service"
+    d.mkdir(parents=True, exist_ok=True)
+    endpoint = d / "endpoint"
+    endpoint.unlink(missing_ok=True)
+    log_file = open(d / "service.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "p2o.cli", "gepa-serve", "--host", "127.0.0.1", "--port", "0",
+                             "--run-dir", str(d), "--endpoint-file", str(endpoint)],
+                            stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ))
+    deadline = time.time() + 120
+    while not endpoint.is_file() or not endpoint.read_text().strip():
+        if proc.poll() is not None:
+            raise RuntimeError(f"the GEPA service exited with code {proc.returncode}; see {d / 'service.log'}")
+        if time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the GEPA service did not start within 120 s; see {d / 'service.log'}")
+        time.sleep(0.2)
+    return proc, endpoint.read_text().strip()
+
+
+def build_runtime(cfg: RunConfig) -> Runtime:
+    from transformers import AutoTokenizer
+
+    from megatron_bridge.parallel import init_parallel
+    from megatron_bridge.policy import MegatronPolicy
+
+    layout = init_parallel(cfg.parallel, seed=cfg.train.seed)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(cfg.train.seed)
+    run_dir = Path(cfg.logging.run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        model_dir = resolve_model_dir(cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
+    if world > 1:
+        dist.barrier()
+    model_dir = resolve_model_dir(cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    policy = MegatronPolicy.from_config(cfg, model_dir, layout)
+    rt = Runtime(cfg=cfg, run_dir=run_dir, rank=rank, world_size=world, policy=policy, tokenizer=tokenizer,
+                 model_dir=model_dir, train_problems=load_train_problems(cfg.data),
+                 eval_problems=load_eval_problems(cfg.data))
+    rt._closers.append(lambda: policy.close() if hasattr(policy, "close") else None)
+    if rank != 0:
+        return rt
+    _build_rank0(rt)
+    return rt
+
+
+def _build_rank0(rt: Runtime) -> None:
+    from p2o.reward import Verifier
+    from p2o.rollout.gateway import Gateway
+    from p2o.rollout.hf_engine import HFEngine
+    from p2o.telemetry.gpu import GPUSampler
+    from p2o.telemetry.metrics import MetricsLogger
+
+    cfg = rt.cfg
+    (rt.run_dir / "config.yaml").write_text(to_yaml(cfg))
+    rt.metrics = MetricsLogger(rt.run_dir, cfg.logging.tensorboard, cfg.logging.wandb, run_name=rt.run_dir.name)
+    rt._closers.append(rt.metrics.close)
+    rt.gpu = GPUSampler()
+    rt.verifier = Verifier(cfg.reward)
+    rt._closers.append(rt.verifier.close)
+    engine = HFEngine.from_pretrained(rt.model_dir, max_batch_size=cfg.rollout.max_batch_size, seed=cfg.rollout.seed)
+    rt.gateway = Gateway(engine, rt.tokenizer, model_name="policy").start()
+    rt._closers.append(rt.gateway.stop)
+    rt.gateway.scheduler.pause()
+    if not cfg.p2o.enabled:
+        return
+    if cfg.reflection.mode == "self":  # Self-Ref: the frozen initial model behind a second gateway
+        frozen = HFEngine.from_pretrained(rt.model_dir, max_batch_size=cfg.rollout.max_batch_size, seed=cfg.rollout.seed)
+        rt.reflection_gateway = Gateway(frozen, rt.tokenizer, model_name="reflection").start()
+        rt._closers.append(rt.reflection_gateway.stop)
+    from p2o.gepa.client import GEPAClient
+
+    token = os.environ.get(cfg.gepa.token_env)
+    if not token:
+        token = secrets.token_hex(16)
+        os.environ[cfg.gepa.token_env] = token  # the child service reads the same variable
+    url = cfg.gepa.service_url
+    if not url:
+        rt.gepa_process, url = _start_gepa_service(rt.run_dir, cfg.gepa.token_env)
+        rt._closers.append(lambda: (rt.gepa_process.terminate(), rt.gepa_process.wait(timeout=30)))
+    rt.gepa_client = GEPAClient(url, token)
