@@ -190,12 +190,14 @@ class Gateway:
         started.set()
         await task
 
-    def serve_forever(self) -> None:
-        """Serve in the calling (main) thread until SIGINT/SIGTERM, then shut down."""
+    def serve_forever(self, ready: Optional[Callable[[str], None]] = None) -> None:
+        """Serve in the calling (main) thread until SIGINT/SIGTERM, then shut down; `ready(url)` once bound."""
         sock = self._bind()
         self.scheduler.start()
         self._server = self._server_for()
         log.info("gateway serving on %s", self.url)
+        if ready is not None:
+            ready(self.url)
         try:
             self._server.run(sockets=[sock])
         finally:

@@ -50,6 +50,8 @@ class StopChecker:
         return StopResult(False)
 
     def text(self, response_ids: list[int]) -> str:
+        if response_ids and response_ids[-1] in self.eos_ids:
+            response_ids = response_ids[:-1]
         text = self._decode(response_ids)
         cut = self._stop_index(text)
         return text if cut is None else text[:cut]
