@@ -119,6 +119,9 @@ def _equal(a: Any, b: Any, approx: bool, tol: float) -> Optional[str]:
     if isinstance(a, Text) or isinstance(b, Text):
         if isinstance(a, Text) and isinstance(b, Text) and a.text.replace(" ", "") == b.text.replace(" ", ""):
             return EQUAL_STRING
+        text, other = (a, b) if isinstance(a, Text) else (b, a)
+        if len(text.text) == 1 and _letter(other) == text.text:  # choice "C" vs a lower-case c
+            return EQUAL_STRING
         return None
     # one-element set vs its element
     if isinstance(a, SetOf) and a.braces and len(a.items) == 1 and not isinstance(b, SetOf):
@@ -145,6 +148,12 @@ def _equal(a: Any, b: Any, approx: bool, tol: float) -> Optional[str]:
     if isinstance(a, Relation) and isinstance(b, Relation):
         return _relation(a, b, approx, tol)
     return None
+
+
+def _letter(v: Any) -> Optional[str]:
+    if isinstance(v, sympy.Symbol) and len(v.name) == 1:
+        return v.name.lower()
+    return {sympy.E: "e", sympy.I: "i"}.get(v) if isinstance(v, sympy.Basic) else None
 
 
 def _combine(reasons: list[str]) -> str:
@@ -199,5 +208,10 @@ def _relation(a: Relation, b: Relation, approx: bool, tol: float) -> Optional[st
             return r
     if a.ops == ("=",) and b.ops == ("=",) and all(isinstance(t, sympy.Basic) for t in a.terms + b.terms):
         da, db = a.terms[0] - a.terms[1], b.terms[0] - b.terms[1]
-        return equal_expr(da, db, approx, tol) or equal_expr(da, -db, approx, tol)
+        r = equal_expr(da, db, approx, tol) or equal_expr(da, -db, approx, tol)
+        if r is None and db != 0:  # the same equation scaled: 3x+2y=6 and 6x+4y=12
+            ratio = sympy.simplify(da / db)
+            if ratio.is_number and ratio.is_finite and ratio != 0:
+                r = EQUAL_SYMBOLIC
+        return r
     return None

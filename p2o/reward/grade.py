@@ -11,7 +11,7 @@ import re
 
 from p2o.reward.equivalence import equivalent
 from p2o.reward.extract import extract_answer
-from p2o.reward.normalize import normalize
+from p2o.reward.normalize import Normalized, normalize, split_choice
 from p2o.reward.parser import ParseError, TooComplex, parse_answer
 from p2o.reward.verdict import (BAD_INPUT, EQUAL_STRING, INTERNAL_ERROR, NO_BOXED, NOT_EQUAL, PARSE_ERROR,
                                 TOO_COMPLEX, TOO_LONG, Verdict)
@@ -47,8 +47,32 @@ def _verdict(extracted: str, answer: str, rel_tol: float) -> Verdict:
 
 
 def compare_answers(pred: str, gold: str, rel_tol: float = 1e-6) -> tuple[bool, str]:
-    """(correct, reason) for an already-extracted answer `pred` against `gold`."""
+    """(correct, reason) for an already-extracted answer `pred` against `gold`.
+
+    A multiple-choice answer written with its value, "(C) 12", is correct when either the letter or the
+    value matches; otherwise the first failure reason is reported.
+    """
     np_, ng = normalize(pred), normalize(gold)
+    first: tuple[bool, str] | None = None
+    for p in _choice_readings(np_):
+        for g in _choice_readings(ng):
+            res = _compare_normalized(p, g, rel_tol)
+            if res[0]:
+                return res
+            first = first or res
+    assert first is not None
+    return first
+
+
+def _choice_readings(n: Normalized) -> list[Normalized]:
+    split = split_choice(n.text)
+    if split is None:
+        return [n]
+    letter, value = split
+    return [n, Normalized(letter), normalize(value)]
+
+
+def _compare_normalized(np_: Normalized, ng: Normalized, rel_tol: float) -> tuple[bool, str]:
     if np_.text == ng.text or (np_.text.replace(" ", "") == ng.text.replace(" ", "") and np_.text):
         return True, EQUAL_STRING
     try:

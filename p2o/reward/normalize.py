@@ -38,11 +38,14 @@ _UNITS = ("cm", "mm", "km", "m", "meters", "meter", "metres", "centimeters", "ki
           "min", "hours", "hour", "hr", "days", "day", "weeks", "week", "years", "year", "grams", "gram", "g",
           "kg", "pounds", "pound", "lbs", "lb", "ounces", "oz", "liters", "liter", "l", "ml", "mph", "kph",
           "people", "students", "ways", "times", "points", "coins", "marbles", "books", "items", "apples",
-          "radians", "rad", "per", "hours.", "sides", "edges", "vertices", "handshakes", "tiles", "cookies")
-_UNIT_TAIL = re.compile(r"^(.*?[0-9}a-zA-Z)\]]|.*?\\pi)\s*(?:\b(?:" + "|".join(sorted(_UNITS, key=len, reverse=True))
-                        + r")\b(?:\s*\^\s*\{?[23]\}?)?\s*)+$")
+          "radians", "rad", "per", "sides", "edges", "vertices", "handshakes", "tiles", "cookies",
+          "eV", "keV", "MeV", "GeV", "J", "kJ", "K", "N", "Pa", "kPa", "atm", "W", "kW", "Hz", "kHz", "MHz", "V",
+          "mol", "nm", "um", "Angstrom", "h", "kmh", "mg", "cal", "kcal")
+_UNIT = r"\b(?:" + "|".join(sorted(_UNITS, key=len, reverse=True)) + r")\b(?:\s*\^\s*\{?-?[123]\}?)?"
+_UNIT_TAIL = re.compile(r"^(.*?[0-9}a-zA-Z)\]]|.*?\\pi)\s*(?:" + _UNIT + r"(?:\s*/\s*" + _UNIT + r")?\s*)+$")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_CHOICE = re.compile(r"^\(?([A-E])\)?(?:\s.*)?$")
+_CHOICE = re.compile(r"^\(([A-E])\)$")
+_CHOICE_WITH_VALUE = re.compile(r"^\(([A-E])\)\s*(.+)$")
 
 
 def _delimiters(s: str) -> str:
@@ -54,6 +57,7 @@ def _delimiters(s: str) -> str:
 
 
 def _spacing(s: str) -> str:
+    s = re.sub(r"\\(?:left|right)\s*\.", "", s)  # invisible delimiters \left. \right.
     s = _SIZING.sub("", _SPACING.sub(" ", s))
     return s.replace("~", " ")
 
@@ -101,6 +105,16 @@ def _choice(s: str) -> str:
     return m.group(1) if m else s
 
 
+def _subscripts(s: str) -> str:
+    return re.sub(r"_\{(\d+)\}", r"_\1", s)
+
+
+def split_choice(s: str) -> tuple[str, str] | None:
+    """("C", "12") for a multiple-choice answer written with its value, "(C) 12"; else None."""
+    m = _CHOICE_WITH_VALUE.match(s.strip())
+    return (m.group(1), m.group(2).strip()) if m else None
+
+
 def _whitespace(s: str) -> str:
     return " ".join(s.split())
 
@@ -118,5 +132,6 @@ def normalize(answer: str) -> Normalized:
     s = _units(s)
     s = _thousands(s)
     s = _trailing_period(s)
+    s = _subscripts(s)
     s = _choice(s)
     return Normalized(_whitespace(s), percent=n_pct > 0, degrees=n_deg > 0)

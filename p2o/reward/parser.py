@@ -21,6 +21,7 @@ factorial and binomial arguments (`MAX_FACTORIAL`, `MAX_BINOMIAL`).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -72,6 +73,7 @@ _UNICODE = {"π": "\\pi ", "∞": "\\infty ", "√": "\\sqrt ", "≤": "\\le ", 
             "∅": "\\emptyset ", "⋅": "*"}
 _SINGLE = set("+-*/^_()[]{}|,;!=<>&:'")
 _WORD_SEPARATORS = {"and", "or"}
+_E_NOTATION = re.compile(r"[eE]([+-]?)(\d{1,4})(?![\d.a-zA-Z])")
 _ENVS = {"pmatrix", "bmatrix", "vmatrix", "Bmatrix", "matrix", "smallmatrix", "array"}
 
 
@@ -94,6 +96,13 @@ def tokenize(s: str) -> list[Tok]:
                 j += 1
                 while j < n and s[j].isdigit():
                     j += 1
+            m = _E_NOTATION.match(s, j)
+            if m:  # 5e-7, 1.2E3: scientific notation (a literal directly followed by e, sign, digits)
+                toks.extend([Tok("op", "("), Tok("num", s[i:j]), Tok("op", "*"), Tok("num", "10"), Tok("op", "^"),
+                             Tok("op", "{"), Tok("op", "-") if m.group(1) == "-" else Tok("op", "+"),
+                             Tok("num", m.group(2)), Tok("op", "}"), Tok("op", ")")])
+                i = m.end()
+                continue
             toks.append(Tok("num", s[i:j]))
             i = j
         elif c == "\\":
@@ -217,12 +226,23 @@ def _number(text: str) -> sympy.Rational:
 
 
 # ----------------------------------------------------------------------------- recursive descent
+class _Indexed:
+    """Bounded look-ahead: indexes past the end give the end token."""
+
+    def __init__(self, get):
+        self.get = get
+
+    def __getitem__(self, k: int) -> Tok:
+        return self.get(k)
+
+
 class _Parser:
     def __init__(self, toks: list[Tok]):
         self.toks = toks
         self.pos = 0
         self.depth = 0
         self.abs_depth = 0
+        self.assigned: list[Optional[sympy.Symbol]] = []  # per top-level item: the x of `x = value`, else None
 
     # -- helpers
     def peek(self, k: int = 0) -> Tok:
@@ -250,10 +270,18 @@ class _Parser:
 
     # -- grammar
     def answer(self) -> Any:
+        self.assigned = []
         items = self.item_list(closers=())
         if not self.at("end"):
             raise ParseError(f"unexpected {self.peek().text!r}")
-        return items[0] if len(items) == 1 else SetOf(tuple(items), braces=False)
+        if len(items) == 1:
+            return items[0]
+        names = self.assigned
+        if len(names) == len(items) and all(names) and len(set(names)) == len(names):
+            # a=2, b=3: values ordered by variable name, compared in order
+            order = sorted(range(len(items)), key=lambda k: str(names[k]))
+            return Bracketed("(", ")", tuple(items[k] for k in order))
+        return SetOf(tuple(items), braces=False)
 
     def item_list(self, closers: tuple[str, ...]) -> list[Any]:
         items = [self.item()]
@@ -274,14 +302,35 @@ class _Parser:
         self.depth -= 1
         return parts[0] if len(parts) == 1 else UnionOf(tuple(parts))
 
+    def _skip_function_head(self) -> None:
+        """Skip `f(x) =` / `f(x, y) =` (a function name applied to variables, then '=')."""
+        def t_at(k: int) -> Tok:
+            return self.toks[k] if k < len(self.toks) else self.toks[-1]
+        t = _Indexed(t_at)
+        k = self.pos
+        if not (t[k].kind == "var" and t[k + 1].kind == "op" and t[k + 1].text == "("):
+            return
+        k += 2
+        while t[k].kind == "var" and t[k + 1].kind == "op" and t[k + 1].text in (",", ")"):
+            k += 2
+            if t[k - 1].text == ")":
+                if t[k].kind == "op" and t[k].text == "=":
+                    self.pos = k + 1
+                return
+
     def relation(self) -> Any:
+        self._skip_function_head()
         terms = [self.expr()]
         ops: list[str] = []
         while self.peek().kind == "op" and self.peek().text in ("=", "<", ">", "<=", ">=", "!=", "in"):
             ops.append(self.next().text)
             terms.append(self.expr())
         if not ops:
+            if self.depth == 1:
+                self.assigned.append(None)
             return terms[0]
+        if self.depth == 1:
+            self.assigned.append(terms[0] if ops == ["="] and _lone_symbol(terms[0]) else None)
         return _simplify_relation(tuple(ops), tuple(terms))
 
     def expr(self) -> Any:
@@ -387,11 +436,7 @@ class _Parser:
             neg = self.next().text == "-"
             v = self.exponent()
             return -_expr(v) if neg else v
-        t = self.peek()
-        if t.kind == "num" and len(t.text) > 1 and "." not in t.text:  # x^23 in LaTeX means x^2 3 -- take the digit
-            self.toks[self.pos] = Tok("num", t.text[1:])
-            return sympy.Integer(int(t.text[0]))
-        return self.power()
+        return self.power()  # x^23: the whole literal (ASCII reading; LaTeX would typeset x^2 3)
 
     def postfix(self) -> Any:
         v = self.primary()
@@ -504,8 +549,10 @@ class _Parser:
                 arg = _expr(self.primary() if self.at("op", "(") else self.group())
             elif name == "sqrt":
                 arg = _expr(self.group())
-            else:
+            else:  # \sin 2x = sin(2x): an implicit product of atoms, up to an operator or another function
                 arg = _expr(self.power())
+                while self._starts_factor() and self.peek().kind in ("num", "var", "cmd"):
+                    arg = sympy.Mul(arg, _expr(self.power()))
             if name == "exp":
                 value = make_pow(sympy.E, arg)
             elif name == "log" and base is not None:
@@ -581,6 +628,8 @@ def _simplify_relation(ops: tuple[str, ...], terms: tuple[Any, ...]) -> Any:
     """`x = v` / `x \\in S` -> v / S; `x > a`, `a < x <= b` -> intervals; otherwise a Relation."""
     if len(ops) == 1 and ops[0] in ("=", "in") and _lone_symbol(terms[0]):
         return terms[1]
+    if len(ops) == 1 and ops[0] == "=" and isinstance(terms[0], Bracketed) and all(map(_lone_symbol, terms[0].items)):
+        return terms[1]  # (x, y) = (2, -1)
     if len(ops) == 1 and ops[0] == "in":
         raise ParseError("'\\in' needs a variable on its left")
     oo = sympy.oo
