@@ -88,7 +88,12 @@ class RunSettings:
     dtype_bytes: int = 2
     """Bytes of a training parameter / activation element (2: bf16 mixed precision; 4: fp32)."""
     flash_attention: bool = True
-    """Fused attention (no [heads, s, s] score tensors stored); False models Megatron's unfused local attention."""
+    """Fused kernels (Transformer Engine layers, flash attention): False models Megatron's local layer spec in
+    eager torch (unfused RMSNorm, RoPE and softmax attention storing [heads, s, s] probabilities)."""
+    fused_wgrad_and_adam: bool = True
+    """Weight gradients accumulate straight into the fp32 buffer and Adam is fused (Transformer Engine / Apex);
+    False models the torch fallback: a transient fp32 gradient of the largest weight in the backward and two
+    Adam temporaries of it in the optimizer step."""
     mfu: float = 0.35
     """Model FLOP utilisation of training forward/backward (6N per token)."""
     prefill_mfu: float = 0.5
@@ -106,7 +111,7 @@ class RunSettings:
     overhead_gib: float = 3.0
     """Per-GPU memory that is neither tensors nor caches: CUDA contexts of both processes, NCCL buffers."""
     vocab_multiple: int = 128
-    """Megatron pads the vocabulary to a multiple of vocab_multiple x TP."""
+    """The vocabulary is padded to a multiple of lcm(vocab_multiple, TP) (Megatron's make_vocab_size_divisible_by)."""
 
     def __post_init__(self) -> None:
         positive = ("prompts_per_step", "k", "prompt_tokens", "response_tokens", "micro_batch",

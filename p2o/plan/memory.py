@@ -7,8 +7,10 @@ Terms (docs/scaling.md gives every formula with its derivation):
 - activations stored for the backward by the micro-batches in flight on that stage (1F1B: the first
   stage holds min(PP, M) of them), per layer per token from the tensors each op saves; full recompute
   keeps only each layer's input plus one layer's working set;
-- the LM-head logit buffer of the last stage: naive = [tokens, V/TP] logits in the compute dtype plus
-  fp32 log-softmax and its gradient; the fused kernel keeps only per-token statistics;
+- the LM-head logit buffer of the last stage: naive = the fp32 softmax [tokens, V/TP] plus the logits in
+  the compute dtype when that is not fp32; the fused kernel keeps only per-token statistics;
+- without fused weight-gradient accumulation and a fused Adam (the torch fallback, e.g. on CPU): a
+  transient fp32 gradient of the largest weight during the backward, two Adam temporaries of it in the step;
 - the colocated vLLM engine: `vllm_gpu_memory_fraction` x GPU memory while generating; during training
   nothing at sleep levels 1 and 2 (level 1 parks the weights in host memory), everything at level 0.
 
@@ -50,6 +52,8 @@ class MemoryTerms:
     optimizer: float
     activations: float
     logits: float
+    wgrad_temp: float
+    adam_temp: float
     vllm_generation: float
     vllm_training: float
     overhead: float
@@ -72,8 +76,9 @@ class MemoryTerms:
 
 
 def padded_vocab(shape: ModelShape, tp: int, multiple: int) -> int:
-    """Megatron pads V up to a multiple of `multiple` x TP so each TP rank gets an equal slice."""
-    m = multiple * tp
+    """V padded up to a multiple of lcm(`multiple`, TP), as the Megatron bridge does, so each TP rank gets an
+    equal slice and the padded size is the same for TP 1, 2, 4, 8 when `multiple` is 128."""
+    m = math.lcm(multiple, tp)
     return math.ceil(shape.vocab / m) * m
 
 
@@ -103,36 +108,57 @@ def stage_params(shape: ModelShape, layout: Layout, run: RunSettings, stage: int
 def activation_bytes_per_token_layer(shape: ModelShape, run: RunSettings, tp: int, seq: int) -> float:
     """Bytes one token leaves saved for the backward in one layer on one TP rank (no recompute, no SP).
 
-    Saved tensors (b = bytes per element): the two RMSNorm inputs and outputs 4h; the fused QKV output
-    (a+2g)d/t (q/k-norm inputs and v); q and k after norm and RoPE (a+g)d/t; the attention output a d/t;
-    the SwiGLU fc1 output 2f/t and its product f/t (f = top-k x expert width for MoE). Unfused attention
-    additionally repeats k and v to all a heads, 2(a-g)d/t, and stores the softmax probabilities a s/t
-    (s = sequence length), which fused attention recomputes.
+    Elements per token (b bytes each; a, g heads / KV heads of width d, f the SwiGLU width, t = TP):
+
+    fused (TE layers, flash attention): layer input and norm output for attention and MLP 4h; the QKV
+    output (a+2g)d/t; q, k after q/k norm and after RoPE 2(a+g)d/t (once without q/k norm); the attention
+    output a d/t; fc1 output 2f/t and the SwiGLU product f/t.
+    unfused (local spec, eager torch): each RMSNorm keeps its normalised input and output (2 x width), so
+    6h with the two residual sums; QKV (a+2g)d/t; q/k norm 2(a+g)d/t; RoPE outputs (a+g)d/t; k and v
+    repeated to all a heads 2ad/t (when g < a); q's layout copy, the rotate-half concat and the context
+    3ad/t; softmax probabilities a s/t; fc1 2f/t, silu f/t and the product f/t.
+    MoE: f = top-k x expert width (router and permutation buffers not modelled).
     """
     a, g, d, h = shape.heads, shape.kv_heads, shape.head_dim, shape.hidden
     f = shape.experts_per_token * shape.moe_ffn if shape.experts else shape.ffn
-    elems = 4 * h + ((a + 2 * g) + (a + g) + a) * d / tp + 3 * f / tp
-    if not run.flash_attention:
-        elems += 2 * (a - g) * d / tp + a * seq / tp
+    qk = 2 if shape.qk_norm else 1
+    if run.flash_attention:
+        elems = 4 * h + ((a + 2 * g) + qk * (a + g) + a) * d / tp + 3 * f / tp
+    else:
+        repeat = 2 * a if g < a else 0
+        elems = (6 * h + ((a + 2 * g) + (qk + 1) * (a + g) + repeat + 3 * a) * d / tp + a * seq / tp
+                 + 4 * f / tp)
     return elems * run.dtype_bytes
 
 
-def logits_bytes(shape: ModelShape, run: RunSettings, tp: int, tokens: int, training: bool) -> float:
+def logits_bytes(shape: ModelShape, run: RunSettings, tp: int, tokens: int) -> float:
     """LM-head buffer of `tokens` tokens on one TP rank of the last stage.
 
-    Naive: logits [tokens, V_pad/TP] in the compute dtype plus the fp32 log-softmax that is kept; training
-    adds the fp32 gradient of the logits. Fused kernel: per-token fp32 statistics (lse, target logit).
+    Naive (Megatron's vocab-parallel cross-entropy / a log-softmax): the fp32 softmax [tokens, V_pad/TP] kept
+    for the backward (its gradient is formed in place), plus the compute-dtype logits (or their gradient)
+    when that dtype is not fp32. Fused kernel: per-token fp32 statistics (lse, target logit).
     """
     if run.fused_logprob:
         return tokens * 8.0
     vp = padded_vocab(shape, tp, run.vocab_multiple) / tp
-    return tokens * vp * (run.dtype_bytes + 4 + (4 if training else 0))
+    return tokens * vp * (4 + (run.dtype_bytes if run.dtype_bytes != 4 else 0))
+
+
+def largest_weight(shape: ModelShape, tp: int, stage: StageParams, vocab_rows: int) -> int:
+    """Elements of the largest weight matrix on a rank (embedding / LM head slice, fc1, or QKV)."""
+    a, g, d, h = shape.heads, shape.kv_heads, shape.head_dim, shape.hidden
+    f = shape.moe_ffn if shape.experts else shape.ffn
+    mats = [h * 2 * f // tp, h * (a + 2 * g) * d // tp]
+    if stage.embedding or stage.head:
+        mats.append(vocab_rows * h // tp)
+    return max(mats)
 
 
 def stage_memory(shape: ModelShape, cluster: Cluster, layout: Layout, run: RunSettings, stage: int,
                  micro_batches: int) -> MemoryTerms:
     """Memory terms and phase peaks of pipeline stage `stage` with `micro_batches` per DP rank and step."""
-    params = stage_params(shape, layout, run, stage).total
+    sp = stage_params(shape, layout, run, stage)
+    params = sp.total
     b = run.dtype_bytes
     weights = params * b
     gradients = params * 4.0  # gradients accumulate (and are reduced) in fp32
@@ -144,13 +170,20 @@ def stage_memory(shape: ModelShape, cluster: Cluster, layout: Layout, run: RunSe
     layers = shape.layers // layout.pp
     per_layer = activation_bytes_per_token_layer(shape, run, layout.tp, seq) * tokens_mb
     in_flight = min(layout.pp - stage, micro_batches)
+    # the unfused count keeps each layer's output, so the stage's input (embedding output or the tensor
+    # received from the previous stage) is one more [T, h]
+    stage_input = 0.0 if run.flash_attention else tokens_mb * shape.hidden * b
     if run.recompute:
         activations = in_flight * layers * tokens_mb * shape.hidden * b + per_layer
     else:
-        activations = in_flight * layers * per_layer
+        activations = in_flight * (layers * per_layer + stage_input)
     last = stage == layout.pp - 1
-    logits_train = logits_bytes(shape, run, layout.tp, tokens_mb, training=True) if last else 0.0
-    logits_infer = logits_bytes(shape, run, layout.tp, tokens_mb, training=False) if last else 0.0
+    logits = logits_bytes(shape, run, layout.tp, tokens_mb) if last else 0.0
+    if run.fused_wgrad_and_adam:
+        wgrad_temp = adam_temp = 0.0
+    else:
+        biggest = largest_weight(shape, layout.tp, sp, padded_vocab(shape, layout.tp, run.vocab_multiple)) * 4.0
+        wgrad_temp, adam_temp = biggest, 2 * biggest
 
     vllm_gen = run.vllm_gpu_memory_fraction * cluster.gpu_mem_bytes
     vllm_train = vllm_gen if (run.colocated and run.vllm_sleep_level == 0) else 0.0
@@ -161,13 +194,14 @@ def stage_memory(shape: ModelShape, cluster: Cluster, layout: Layout, run: RunSe
         peak_gen = overhead + resident_gen + vllm_gen
     else:
         peak_gen = overhead + vllm_gen  # the separate generation GPUs
-    peak_old = overhead + state + vllm_train + per_layer + logits_infer
-    peak_update = overhead + state + vllm_train + activations + logits_train
+    peak_old = overhead + state + vllm_train + per_layer + logits
+    # update: the backward starts at the LM head with every activation alive; the optimizer step runs after it
+    peak_update = overhead + state + vllm_train + max(activations + logits + wgrad_temp, adam_temp)
     name = "first" if stage == 0 else ("last" if last else f"stage{stage}")
     if layout.pp == 1:
         name = "only"
-    return MemoryTerms(name, weights, gradients, optimizer, activations, logits_train, vllm_gen, vllm_train,
-                       overhead, peak_gen, peak_old, peak_update)
+    return MemoryTerms(name, weights, gradients, optimizer, activations, logits, wgrad_temp, adam_temp, vllm_gen,
+                       vllm_train, overhead, peak_gen, peak_old, peak_update)
 
 
 def micro_batches_per_rank(run: RunSettings, layout: Layout) -> int:

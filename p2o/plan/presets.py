@@ -143,7 +143,7 @@ def shape_from_hf_config(cfg: dict, name: str = "hf-config") -> ModelShape:
     """A `ModelShape` from an HF config dict (Llama / Qwen2 / Qwen3 / Qwen3-MoE / Mistral keys)."""
     def need(key: str) -> int:
         if key not in cfg:
-            raise PlanError(f"{name}: {key}", None, "present in the HF config")
+            raise PlanError(f"{name} config key '{key}'", "(missing)", "present in an HF config.json")
         return int(cfg[key])
 
     heads = need("num_attention_heads")
