@@ -72,7 +72,7 @@ def _dual_fwd_kernel(hx_ptr, hxz_ptr, w_ptr, y_ptr, out_ptr, T, V, H, inv_temp, 
                                    stride_hx, stride_hxz, stride_w, BLOCK_T, BLOCK_V, BLOCK_H, UPCAST, DOT_PRECISION)
         zx = zx * inv_temp
         zxz = zxz * inv_temp
-        is_y = cols[None, :] == y[:, None]
+        is_y = (cols[None, :] == y[:, None]) & col_mask[None, :]
         t_x += tl.sum(tl.where(is_y, zx, 0.0), axis=1)
         t_xz += tl.sum(tl.where(is_y, zxz, 0.0), axis=1)
         diff = tl.where(col_mask[None, :], zxz - zx, 0.0)

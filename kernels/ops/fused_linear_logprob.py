@@ -78,7 +78,7 @@ def _flp_fwd_kernel(h_ptr, w_ptr, y_ptr, out_ptr, T, V, H, inv_temp, split_v,
         s = s * alpha + tl.sum(ex, axis=1)
         if ENTROPY:
             b = b * alpha + tl.sum(ex * z_finite, axis=1)
-        tgt += tl.sum(tl.where(cols[None, :] == y[:, None], z, 0.0), axis=1)
+        tgt += tl.sum(tl.where((cols[None, :] == y[:, None]) & col_mask[None, :], z, 0.0), axis=1)
         m = m_new
     out = out_ptr + pid_s * stride_op + rows * stride_ot
     tl.store(out, m + tl.log(s), mask=row_mask)
