@@ -213,29 +213,46 @@ class Trainer:
         }
 
     def _old_logprobs(self, rows: list[TrainRow], metrics: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Packed old log-probs on x, the token mask and per-row weight scale (0 drops a row from the loss)."""
+        """Packed old log-probs on x, the token mask and per-row weight scale (0 drops a row from the loss).
+
+        Only rows that can carry a gradient are scored (see `_row_can_learn`); the others keep zeros,
+        which the update never reads."""
         cfg, policy = self.cfg, self.rt.policy
-        lp_x = policy.logprobs(SequenceBatch([r.train_prompt_ids for r in rows], [r.response_ids for r in rows]))
-        mask = torch.ones_like(lp_x)
-        old = lp_x.clone()
         offsets = [0]
         for r in rows:
             offsets.append(offsets[-1] + len(r.response_ids))
-        templ = [i for i, r in enumerate(rows) if r.templated]
-        if templ:
-            lp_xz = policy.logprobs(SequenceBatch([rows[i].gen_prompt_ids for i in templ],
-                                                  [rows[i].response_ids for i in templ]))
-            idx = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in templ])
-            o, m = distill_old_logprobs(cfg.p2o.distill, lp_x[idx], lp_xz, cfg.p2o.ratio_low, cfg.p2o.ratio_high)
-            old[idx], mask[idx] = o, m
-            metrics["mask_rate"] = float(1 - m.mean())
-            metrics["context_log_ratio_mean"] = float((lp_x[idx] - lp_xz).mean())
+        old = torch.zeros(offsets[-1])
+        mask = torch.ones(offsets[-1])
         scale = torch.ones(len(rows))
         if cfg.p2o.drop_failed_template_rollouts:
-            for i in templ:
-                if rows[i].reward <= 0:
+            for i, r in enumerate(rows):
+                if r.templated and r.reward <= 0:
                     scale[i] = 0.0
+        live = [i for i, r in enumerate(rows) if self._row_can_learn(r, float(scale[i]))]
+        if not live:
+            return old, mask, scale
+        span = lambda ids: torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in ids])  # noqa: E731
+        old[span(live)] = policy.logprobs(SequenceBatch([rows[i].train_prompt_ids for i in live],
+                                                        [rows[i].response_ids for i in live]))
+        templ = [i for i in live if rows[i].templated]
+        if templ:
+            idx = span(templ)
+            lp_xz = policy.logprobs(SequenceBatch([rows[i].gen_prompt_ids for i in templ],
+                                                  [rows[i].response_ids for i in templ]))
+            lp_x = old[idx].clone()
+            o, m = distill_old_logprobs(cfg.p2o.distill, lp_x, lp_xz, cfg.p2o.ratio_low, cfg.p2o.ratio_high)
+            old[idx], mask[idx] = o, m
+            metrics["mask_rate"] = float(1 - m.mean())
+            metrics["context_log_ratio_mean"] = float((lp_x - lp_xz).mean())
         return old, mask, scale
+
+    def _row_can_learn(self, row: TrainRow, scale: float) -> bool:
+        """False when the row's loss is exactly zero whatever the policy: no KL term and a zero advantage
+        (or a dropped row). Such rows are skipped when train.skip_zero_advantage_rows is on; their tokens
+        still count in the normaliser, so the gradient is unchanged."""
+        if not self.cfg.train.skip_zero_advantage_rows or self.cfg.grpo.kl_coef:
+            return True
+        return row.advantage != 0 and scale > 0
 
     def _update(self, rows: list[TrainRow], old_lp: torch.Tensor, mask: torch.Tensor,
                 scale: torch.Tensor) -> dict[str, float]:
@@ -277,17 +294,11 @@ class Trainer:
         return out
 
     def _rows_with_gradient(self, rows, idx, inputs, lens) -> list[int]:
-        """Positions (in idx) of rows whose loss can have a gradient; all of them unless skipping is on.
-
-        With no KL term a row whose advantage is 0 or whose weights are all 0 contributes exactly zero loss
-        and gradient, so leaving it out of the forward/backward pass changes nothing but the cost (its
-        tokens still count in the normaliser, which was fixed above)."""
-        if not self.cfg.train.skip_zero_advantage_rows or self.cfg.grpo.kl_coef:
-            return list(range(len(idx)))
+        """Positions (in idx) of rows that go through the forward/backward pass (see `_row_can_learn`)."""
         keep, start = [], 0
         for j, n in enumerate(lens):
-            w = inputs["weights"][start:start + n]
-            if rows[idx[j]].advantage != 0 and bool((w > 0).any()):
+            has_weight = bool((inputs["weights"][start:start + n] > 0).any())
+            if self._row_can_learn(rows[idx[j]], 1.0 if has_weight else 0.0):
                 keep.append(j)
             start += n
         return keep
