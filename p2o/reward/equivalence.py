@@ -66,7 +66,7 @@ def equal_expr(a: sympy.Basic, b: sympy.Basic, approx: bool, rel_tol: float) -> 
         va, vb = _numeric(a), _numeric(b)
         if va is None or vb is None:
             return None
-        if not _close(va, vb, 1e-6):  # cheap rejection before simplify
+        if not _close(va, vb, max(1e-6, rel_tol if approx else 0.0)):  # cheap rejection before simplify
             return None
         if sympy.simplify(diff) == 0:
             return EQUAL_SYMBOLIC

@@ -18,12 +18,13 @@ from typing import Optional
 FALLBACKS = ("none", "last_number", "answer_is")
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 _ANSWER_IS = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*:|answer\s*:)\s*", re.IGNORECASE)
 
 
-def _brace_content(text: str, open_at: int) -> Optional[str]:
-    """Content between `text[open_at] == '{'` and its matching '}' (escaped `\\{` `\\}` skipped); None if unbalanced."""
+def brace_end(text: str, open_at: int) -> int:
+    """Index of the '}' matching `text[open_at] == '{'` (escaped `\\{` `\\}` skipped); -1 if unbalanced."""
     depth = 0
     i = open_at
     n = len(text)
@@ -37,44 +38,44 @@ def _brace_content(text: str, open_at: int) -> Optional[str]:
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return text[open_at + 1:i]
+                return i
         i += 1
-    return None
+    return -1
 
 
-def _box_at(text: str, start: int, command: str) -> Optional[str]:
-    """Content of the box command starting at `start`, or None when it is not a well-formed box."""
+def _box_at(text: str, start: int, command: str) -> tuple[Optional[str], int]:
+    """(content, end index) of the box command at `start`; content None when it is not a well-formed box."""
     i = start + len(command)
-    if i < len(text) and (text[i].isalpha()):
-        return None  # e.g. \boxedfoo is another command
     while i < len(text) and text[i] == " ":
         i += 1
     if i < len(text) and text[i] == "{":
-        return _brace_content(text, i)
-    if i > start + len(command):  # `\boxed 5`: one whitespace-free token
-        m = re.match(r"[^\s$]+", text[i:])
-        return m.group(0) if m else None
-    return None
+        end = brace_end(text, i)
+        return (None, len(text)) if end < 0 else (text[i + 1:end], end + 1)
+    if i > start + len(command):  # `\\boxed 5`: one whitespace-free token
+        m = re.match(r"[^\s$]+", text[i:i + 10_000])
+        if m:
+            return m.group(0), i + m.end()
+    return None, start + len(command)
 
 
 def last_boxed(text: str) -> Optional[str]:
-    """Content of the last `\\boxed{}` / `\\fbox{}` in `text` (nested braces matched), or None.
+    """Content of the last top-level `\\boxed{}` / `\\fbox{}` in `text` (nested braces matched), or None.
 
-    When the last box is malformed (unbalanced braces), the answer is None: a truncated final box is not
-    silently replaced by an earlier one.
+    Boxes nested inside a box belong to it (`\\boxed{\\boxed{4}}` gives `\\boxed{4}`; normalisation unwraps
+    it). When the last box is malformed (unbalanced braces), the answer is None: a truncated final box is
+    not silently replaced by an earlier one. One left-to-right pass: linear time.
     """
-    best = -1
-    best_cmd = ""
-    for cmd in _BOX_COMMANDS:
-        pos = text.rfind(cmd)
-        while pos != -1 and pos + len(cmd) < len(text) and text[pos + len(cmd)].isalpha():
-            pos = text.rfind(cmd, 0, pos)  # skip \boxedfoo-like commands
-        if pos > best:
-            best, best_cmd = pos, cmd
-    if best < 0:
+    content: Optional[str] = None
+    found = False
+    nxt = 0
+    for m in _BOX_RE.finditer(text):
+        if m.start() < nxt:
+            continue  # inside the previous box
+        found = True
+        content, nxt = _box_at(text, m.start(), m.group(0))
+    if not found or content is None:
         return None
-    content = _box_at(text, best, best_cmd)
-    return content.strip() if content is not None else None
+    return content.strip()
 
 
 def _last_number(text: str) -> Optional[str]:

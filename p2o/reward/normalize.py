@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from p2o.reward.extract import brace_end
+
 
 @dataclass(frozen=True)
 class Normalized:
@@ -26,10 +28,10 @@ class Normalized:
     degrees: bool = False
 
 
-_SPACING = re.compile(r"(?<!\\)\\(?:,|!|;|:|>| |quad|qquad|displaystyle|textstyle|scriptstyle|limits|nolimits)(?![a-zA-Z])")
+_SPACING = re.compile(r"(?<!\\)\\(?:[,!;:> ]|(?:quad|qquad|displaystyle|textstyle|scriptstyle|limits|nolimits)(?![a-zA-Z]))")
 _SIZING = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|middle)(?![a-zA-Z])")
 _TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|textit|textrm|textup|textnormal|mathrm|mathbf|mathit|mathsf|"
-                            r"mathnormal|mbox|hbox|operatorname|rm|bf|boldsymbol|bm)\s*\{([^{}]*)\}")
+                            r"mathnormal|mbox|hbox|operatorname|rm|bf|boldsymbol|bm|boxed|fbox)\s*\{")
 _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree|\s*\bdegrees?\b")
 _PERCENT = re.compile(r"\\%|%|\s*\bpercent\b")
 _UNITS = ("cm", "mm", "km", "m", "meters", "meter", "metres", "centimeters", "kilometers", "inches", "inch", "in",
@@ -57,6 +59,7 @@ def _delimiters(s: str) -> str:
 
 
 def _spacing(s: str) -> str:
+    s = re.sub(r"(\d)\\[,!](?=\d{3}(?!\d))", r"\1", s)  # 10\,000: a thin space between digit groups
     s = re.sub(r"\\(?:left|right)\s*\.", "", s)  # invisible delimiters \left. \right.
     s = _SIZING.sub("", _SPACING.sub(" ", s))
     return s.replace("~", " ")
@@ -68,11 +71,15 @@ def _fractions(s: str) -> str:
 
 
 def _text_wrappers(s: str) -> str:
-    for _ in range(4):  # nested wrappers (\text{\textbf{..}}) unwrap from the inside out
-        new = _TEXT_WRAPPERS.sub(lambda m: " " + m.group(1) + " ", s)
-        if new == s:
+    """Unwrap `\\text{..}`-like commands (and a nested `\\boxed{..}`) with nested braces matched."""
+    for _ in range(50):  # each pass unwraps the first wrapper; bounded for pathological input
+        m = _TEXT_WRAPPERS.search(s)
+        if not m:
             break
-        s = new
+        end = brace_end(s, m.end() - 1)
+        if end < 0:
+            break
+        s = s[:m.start()] + " " + s[m.end():end] + " " + s[end + 1:]
     return s
 
 
@@ -85,8 +92,9 @@ def _units(s: str) -> str:
 
 def _thousands(s: str) -> str:
     s = re.sub(r"(\d)\{,\}(?=\d{3})", r"\1", s)
-    s = re.sub(r"(\d)\\,(?=\d{3}\b)", r"\1", s)
-    compact = s.replace(" ", "")
+    compact = s.strip()
+    if re.fullmatch(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?", compact):  # 1 000 000
+        return compact.replace(" ", "")
     if _THOUSANDS.match(compact):
         return compact.replace(",", "")
     return s

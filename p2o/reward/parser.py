@@ -660,8 +660,14 @@ def _split_pm(toks: list[Tok]) -> Optional[tuple[list[Tok], list[Tok]]]:
     return (toks[:k] + [Tok("op", first)] + toks[k + 1:], toks[:k] + [Tok("op", second)] + toks[k + 1:])
 
 
+_TEXT_CHARS = re.compile(r"[A-Za-z][A-Za-z0-9 ,.'()\-]*")
+
+
 def _is_text(s: str) -> bool:
-    """Words (a run of 3+ letters that is not a known function/constant name) make a text answer."""
+    """Plain words (letters, digits, spaces, , . ' ( ) -) with a run of 3+ letters that is not a known
+    function/constant name make a text answer ('even', 'Monday', 'no solution')."""
+    if not _TEXT_CHARS.fullmatch(s):
+        return False
     known = set(_FUNCS) | {"pi", "infty", "inf", "and", "or", "frac", "sqrt", "cdot", "times", "begin", "end",
                            "pmatrix", "bmatrix", "vmatrix", "matrix", "binom", "infinity", "emptyset",
                            "varnothing", "lfloor", "rfloor", "lceil", "rceil", "cup", "div", "leq", "geq",
