@@ -1,0 +1,88 @@
+"""`GEPAClient`: the trainer's side of the GEPA service (httpx; token from `gepa.token_env` by default).
+
+    client = GEPAClient("http://node17:8431", token=os.environ.get("P2O_GEPA_TOKEN"))
+    job_id = client.submit(spec)                       # idempotent by spec.idempotency_key
+    status = client.wait(job_id, timeout_s=3600, poll_s=1.0, on_progress=lambda st: log.info("%s", st))
+    result = client.result(job_id)                     # GEPAResult; result.assignment[pid] -> K templates
+
+Errors from the service raise `GEPAServiceError` with the HTTP status and the service's message.
+Connection errors and 5xx while polling are retried until the wait's deadline (the service may be
+restarting); `submit` is safe to retry because of the idempotency key.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional
+
+import httpx
+
+from p2o.gepa.protocol import FINAL_STATES, GEPAJobSpec
+from p2o.gepa.result import GEPAResult
+
+
+class GEPAServiceError(RuntimeError):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"GEPA service: HTTP {status}: {message}")
+        self.status = status
+
+
+class GEPAClient:
+    def __init__(self, url: str, token: Optional[str] = None, timeout_s: float = 60.0):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        resp = self.http.request(method, path, json=body)
+        if resp.status_code >= 400:
+            try:
+                message = resp.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = resp.text[:500]
+            raise GEPAServiceError(resp.status_code, message)
+        return resp.json()
+
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health")
+
+    def submit(self, spec: GEPAJobSpec) -> str:
+        return self._call("POST", "/v1/jobs", spec.to_dict())["job_id"]
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def result(self, job_id: str) -> GEPAResult:
+        return GEPAResult.from_dict(self._call("GET", f"/v1/jobs/{job_id}/result"))
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def wait(self, job_id: str, timeout_s: float = 3600.0, poll_s: float = 1.0,
+             on_progress: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+        """Poll until the job is done, failed or cancelled; returns the final status. Raises TimeoutError."""
+        deadline = time.monotonic() + timeout_s
+        last: Optional[dict[str, Any]] = None
+        while True:
+            try:
+                st = self.status(job_id)
+            except (httpx.TransportError, GEPAServiceError) as e:
+                if isinstance(e, GEPAServiceError) and e.status < 500:
+                    raise
+                st = None
+            if st is not None:
+                if on_progress is not None and st != last:
+                    on_progress(st)
+                last = st
+                if st["state"] in FINAL_STATES:
+                    return st
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"GEPA job {job_id} not finished after {timeout_s} s (last status: {last})")
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "GEPAClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

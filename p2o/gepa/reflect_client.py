@@ -1,0 +1,130 @@
+"""The reflection model client: any OpenAI-compatible chat endpoint, as a `complete(prompt) -> Completion`.
+
+    complete = ReflectionClient(cfg.reflection)        # base_url, model, API key from cfg.api_key_env
+    reflector = Reflector(complete, cfg.reflection.context_tokens, cfg.reflection.max_tokens)
+
+One user message with the meta-prompt; `temperature`, `max_tokens`, and body extras
+`chat_template_kwargs={"enable_thinking": cfg.enable_thinking}` (the switch Qwen3 on vLLM honours; the
+authors sent a top-level flag that vLLM ignores) and `priority` (our gateway's scheduling class; set
+`priority: ''` for external APIs). A null `content` falls back to `reasoning_content` (handled by
+`reflect.completion_text`).
+
+Failures: 429, 5xx, connection errors and timeouts are retried up to `retries` times with jittered
+exponential backoff (`backoff_base_s * 2**attempt`, capped at `backoff_max_s`, x uniform(0.5, 1.5)); other
+4xx fail at once. After `breaker_failures` consecutive failed calls the circuit breaker opens: calls fail
+fast with `CompletionUnavailable` for `breaker_cooldown_s`, then probes are let through again and one
+success closes it. The client is thread-safe.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from typing import Callable, Optional
+
+import openai
+
+from p2o.config import ReflectionConfig
+from p2o.gepa.policy_evaluator import v1_url
+from p2o.gepa.reflect import Completion, CompletionFailed, CompletionUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class CircuitBreaker:
+    """closed -> (N consecutive failures) -> open for `cooldown_s` -> half-open (calls allowed) -> closed on success."""
+
+    def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic):
+        self.threshold, self.cooldown_s, self.clock = failures, cooldown_s, clock
+        self.consecutive = 0
+        self.opened_at: Optional[float] = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self.opened_at is not None and self.clock() - self.opened_at < self.cooldown_s
+
+    def allow(self) -> bool:
+        return not self.is_open
+
+    def success(self) -> None:
+        with self._lock:
+            self.consecutive, self.opened_at = 0, None
+
+    def failure(self) -> None:
+        with self._lock:
+            self.consecutive += 1
+            if self.consecutive >= self.threshold:
+                if self.opened_at is None or self.clock() - self.opened_at >= self.cooldown_s:
+                    log.warning("reflection endpoint: circuit breaker open after %d consecutive failures",
+                                self.consecutive)
+                self.opened_at = self.clock()
+
+
+def retryable(e: Exception) -> bool:
+    if isinstance(e, openai.APIStatusError):
+        return e.status_code == 429 or e.status_code >= 500
+    return isinstance(e, (openai.APIConnectionError, openai.APITimeoutError))
+
+
+class ReflectionClient:
+    def __init__(self, cfg: ReflectionConfig, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, jitter: Optional[random.Random] = None):
+        if not cfg.base_url:
+            raise ValueError("reflection.base_url: empty; expected the reflection endpoint's base URL")
+        self.cfg = cfg
+        self.client = openai.OpenAI(base_url=v1_url(cfg.base_url), api_key=os.environ.get(cfg.api_key_env) or "none",
+                                    max_retries=0, timeout=cfg.timeout_s)
+        self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s, clock)
+        self.sleep = sleep
+        self.jitter = jitter or random.Random()
+        self._jitter_lock = threading.Lock()
+        self.calls = 0
+        self.failures = 0
+
+    def _extra_body(self) -> dict:
+        body: dict = {"chat_template_kwargs": {"enable_thinking": self.cfg.enable_thinking}}
+        if self.cfg.priority:
+            body["priority"] = self.cfg.priority
+        return body
+
+    def _delay(self, attempt: int) -> float:
+        with self._jitter_lock:
+            u = self.jitter.uniform(0.5, 1.5)
+        return min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** attempt) * u
+
+    def __call__(self, prompt: str) -> Completion:
+        if not self.breaker.allow():
+            raise CompletionUnavailable(f"reflection endpoint {self.cfg.base_url} is down (circuit breaker open "
+                                        f"after {self.breaker.consecutive} consecutive failed calls)")
+        last: Exception | None = None
+        for attempt in range(self.cfg.retries + 1):
+            self.calls += 1
+            try:
+                resp = self.client.chat.completions.create(
+                    model=self.cfg.model, messages=[{"role": "user", "content": prompt}],
+                    temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens, extra_body=self._extra_body())
+            except Exception as e:  # noqa: BLE001 - classified: retry, or fail this call
+                last = e
+                if not retryable(e):
+                    break
+                if attempt < self.cfg.retries:
+                    self.sleep(self._delay(attempt))
+                continue
+            if not resp.choices:
+                last = CompletionFailed("the response has no choices")
+                break
+            self.breaker.success()
+            choice = resp.choices[0]
+            extra = choice.message.model_extra or {}
+            reasoning = extra.get("reasoning_content") or extra.get("reasoning")
+            return Completion(choice.message.content, reasoning, choice.finish_reason or "stop")
+        self.failures += 1
+        self.breaker.failure()
+        raise CompletionFailed(f"reflection call failed: {type(last).__name__}: {str(last)[:300]}")
+
+    def close(self) -> None:
+        self.client.close()
