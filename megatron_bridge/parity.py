@@ -1,7 +1,7 @@
 """HF transformers vs Megatron-Core logit parity for one model under a TP x PP layout.
 
-    report = check_parity("tiny.json", tp=2, pp=2)       # spawns tp*pp ranks itself
-    report.rel_diff <= 1e-4
+    (report,) = check_parity(["tiny.json"], tp=2, pp=2)  # spawns tp*pp ranks itself
+    report.ok()                                          # rel_diff <= 1e-4 (fp32)
 
 The HF model is loaded (or random-initialised from a config.json with `seed`, via `p2o.models`), runs a
 seeded token batch in this process; the ranks build the Megatron model from the same safetensors, run the
@@ -47,61 +47,78 @@ def hf_logits(model_dir: str | Path, tokens: torch.Tensor) -> torch.Tensor:
         return model(input_ids=tokens).logits.float()
 
 
-def megatron_logits_worker(model_dir: str, tp: int, pp: int, vpp: int, tokens: torch.Tensor, out_file: str) -> None:
-    """One rank: build + load the Megatron model, run `tokens` [B, S], write full logits [B, S, V] (one rank)."""
+def megatron_logits_worker(jobs: list[tuple[str, torch.Tensor]], tp: int, pp: int, vpp: int, out_file: str) -> None:
+    """One rank: for each (model_dir, tokens [B, S]) build + load the Megatron model, run the tokens through the
+    pipeline schedule and write the full logits [B, S, V] of every job (from one rank) to `out_file`."""
     import torch.distributed as dist
+    from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    from megatron_bridge.forward import MicroBatch, mask_padded_vocab, run_schedule
+    from megatron_bridge.forward import MicroBatch, run_schedule
     from megatron_bridge.hf_io import read_config
     from megatron_bridge.parallel import init_parallel, shutdown_parallel
     from megatron_bridge.provider import bridge_for
     from megatron_bridge.weights import load_hf_checkpoint
     from p2o.config import ParallelConfig
 
-    layout = init_parallel(ParallelConfig(tp=tp, pp=pp, vpp=vpp))
+    results = []
     try:
-        hf = read_config(model_dir)
-        bridge = bridge_for(hf)
-        provider = bridge.provider(hf)
-        chunks = provider.provide(layout)
-        load_hf_checkpoint(chunks, bridge, provider, model_dir, layout)
-        for c in chunks:
-            c.eval()
-        tokens = tokens.to(layout.device)
-        empty = torch.empty(0, dtype=torch.long)
-        mb = MicroBatch(tokens, list(range(tokens.shape[0])), (empty, empty), empty, slice(0, 0))
+        for model_dir, tokens in jobs:
+            layout = init_parallel(ParallelConfig(tp=tp, pp=pp, vpp=vpp))
+            hf = read_config(model_dir)
+            bridge = bridge_for(hf)
+            provider = bridge.provider(hf)
+            chunks = provider.provide(layout)
+            load_hf_checkpoint(chunks, bridge, provider, model_dir, layout)
+            for c in chunks:
+                c.eval()
+            tokens = tokens.to(layout.device)
+            empty = torch.empty(0, dtype=torch.long)
+            mb = MicroBatch(tokens, list(range(tokens.shape[0])), (empty, empty), empty, slice(0, 0))
 
-        def collect(_mb, logits):
-            full = gather_from_tensor_model_parallel_region(mask_padded_vocab(logits, provider.vocab_size, 0)
-                                                            if layout.tp == 1 else logits)
-            return full[..., : provider.vocab_size].float().cpu()
+            def collect(_mb, logits, vocab=provider.vocab_size):
+                return gather_from_tensor_model_parallel_region(logits)[..., :vocab].float().cpu()
 
-        with torch.no_grad():
-            out = run_schedule(chunks, layout, [mb], tokens.shape[1], collect, forward_only=True,
-                               collect_non_loss_data=True)
-        if layout.is_last_stage and layout.tp_rank == 0 and layout.dp_rank == 0:
-            torch.save(out[0], out_file)
+            with torch.no_grad():
+                out = run_schedule(chunks, layout, [mb], tokens.shape[1], collect, forward_only=True,
+                                   collect_non_loss_data=True)
+            results.append(out[0] if layout.is_last_stage else None)
+            del chunks
+            ps.destroy_model_parallel()
+        # The last pipeline stage's TP rank 0 holds the logits: hand them to rank 0 for writing.
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, results if results and results[0] is not None else None)
+        if dist.get_rank() == 0:
+            torch.save(next(g for g in gathered if g is not None), out_file)
         dist.barrier()
     finally:
         shutdown_parallel()
 
 
-def check_parity(hf: str, tp: int = 1, pp: int = 1, vpp: int = 1, batch: int = 2, seq_len: int = 16, seed: int = 1234,
-                 cache_dir: str = "~/.cache/p2o") -> ParityReport:
-    """Run the comparison (spawns tp*pp ranks); see module docstring."""
+def check_parity(models: list[str], tp: int = 1, pp: int = 1, vpp: int = 1, batch: int = 2, seq_len: int = 16,
+                 seed: int = 1234, cache_dir: str = "~/.cache/p2o") -> list[ParityReport]:
+    """Compare every model of `models` under one TP x PP (x VPP) layout, in one launch of tp*pp ranks."""
     from megatron_bridge.hf_io import read_config
     from p2o.models import resolve_model_dir
 
-    model_dir = resolve_model_dir(hf, cache_dir=cache_dir, init_seed=seed)
-    vocab = read_config(model_dir)["vocab_size"]
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, vocab, (batch, seq_len), generator=gen)
-    ref = hf_logits(model_dir, tokens)
+    from megatron_bridge.provider import bridge_and_provider
+
+    jobs, refs = [], []
+    for hf in models:
+        model_dir = resolve_model_dir(hf, cache_dir=cache_dir, init_seed=seed)
+        bridge_and_provider(model_dir)[1].check_layout(tp, pp, vpp)  # fail here, not in every rank
+        vocab = read_config(model_dir)["vocab_size"]
+        gen = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(0, vocab, (batch, seq_len), generator=gen)
+        jobs.append((str(model_dir), tokens))
+        refs.append(hf_logits(model_dir, tokens))
     with tempfile.TemporaryDirectory(prefix="p2o-parity-") as tmp:
         out_file = str(Path(tmp) / "logits.pt")
-        spawn(megatron_logits_worker, tp * pp, (str(model_dir), tp, pp, vpp, tokens, out_file))
-        got = torch.load(out_file)
-    diff = (got - ref).abs().max().item()
-    scale = ref.abs().max().item()
-    return ParityReport(str(model_dir), tp, pp, diff, diff / max(scale, 1e-12), scale, tuple(ref.shape))
+        spawn(megatron_logits_worker, tp * pp, (jobs, tp, pp, vpp, out_file))
+        outs = torch.load(out_file)
+    reports = []
+    for (model_dir, _), ref, got in zip(jobs, refs, outs):
+        diff = (got - ref).abs().max().item()
+        scale = ref.abs().max().item()
+        reports.append(ParityReport(model_dir, tp, pp, diff, diff / max(scale, 1e-12), scale, tuple(ref.shape)))
+    return reports

@@ -190,3 +190,15 @@ def registered_architectures() -> list[str]:
     import megatron_bridge.models  # noqa: F401
 
     return sorted(_BRIDGES)
+
+
+def bridge_and_provider(model_dir) -> tuple[ModelBridge, GPTProvider]:
+    """(bridge, provider) for an HF model directory; raises naming config.json's unsupported field."""
+    from pathlib import Path
+
+    from megatron_bridge.hf_io import read_config
+
+    hf = read_config(model_dir)
+    source = str(Path(model_dir) / "config.json")
+    bridge = bridge_for(hf, source=source)
+    return bridge, bridge.provider(hf, source=source)

@@ -1,0 +1,130 @@
+"""Megatron dist-checkpointing of model (+ optimizer) state, resharding across TP/PP on load.
+
+    save_checkpoint(path, chunks, optimizer, extra={"step": 3})
+    extra = load_checkpoint(path, chunks, optimizer)
+
+Layout on disk: Megatron's torch_dist format (sharded tensors keyed by global parameter names), so a checkpoint
+written at one TP x PP layout loads at another (the padded vocabulary must be equal: see provider.py).
+Writes are atomic: everything goes to `<path>.tmp` and is renamed when every rank has finished.
+
+Pitfalls handled here (Megatron-Core 0.16 with the torch Adam fallback used without Apex/TE):
+- optimizer state is loaded through `optimizer.sharded_state_dict(model_sd, is_loading=True)` (a plain state
+  dict silently loads no Adam moments);
+- the distributed optimizer saves with sharding type `dp_reshardable` (the default type fails to save), needs
+  its Adam state materialised with dummy values before the load, and `load_state_dict` runs under no_grad;
+- after loading, the per-parameter Adam `step` is reset from the saved param-group `step` (the dp_reshardable
+  path leaves the stale dummy value 1, which changes the first update's bias correction);
+- `dist_checkpointing.save` starts a spawn-context multiprocessing manager: the launching script needs an
+  `if __name__ == "__main__":` guard, and `psutil` must be installed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+DIST_OPT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The GPTModel inside DDP / Float16Module wrappers."""
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def model_sharded_state_dict(chunks: list) -> dict:
+    return {f"chunk{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _is_rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _optimizer_metadata(optimizer) -> Optional[dict]:
+    return DIST_OPT_METADATA if _uses_distributed_optimizer(optimizer) else None
+
+
+def _uses_distributed_optimizer(optimizer) -> bool:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    return any(isinstance(o, DistributedOptimizer) for o in inner)
+
+
+def save_checkpoint(path: str | os.PathLike, chunks: list, optimizer=None, extra: Optional[dict] = None) -> Path:
+    """Collective: write model (+ optimizer) state and `extra` (small picklable values) to `path`, atomically."""
+    from megatron.core import dist_checkpointing
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if _is_rank0():
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    _barrier()
+    state: dict[str, Any] = {"model": model_sharded_state_dict(chunks), "extra": dict(extra or {})}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=False,
+                                                          metadata=_optimizer_metadata(optimizer))
+    dist_checkpointing.save(state, str(tmp), content_metadata=_optimizer_metadata(optimizer))
+    _barrier()
+    if _is_rank0():
+        if path.exists():
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    _barrier()
+    log.info("saved checkpoint %s", path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, chunks: list, optimizer=None) -> dict:
+    """Collective: restore model (+ optimizer) state saved by `save_checkpoint` (any TP/PP); returns `extra`."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    path = Path(path)
+    if not (path / "metadata.json").is_file():
+        raise FileNotFoundError(f"{path}: not a Megatron dist checkpoint (no metadata.json)")
+    if optimizer is not None and _uses_distributed_optimizer(optimizer):
+        for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+            inner._init_optimizer_states_with_dummy_values()
+    state: dict[str, Any] = {"model": model_sharded_state_dict(chunks), "extra": {}}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=True,
+                                                          metadata=_optimizer_metadata(optimizer))
+    loaded = dist_checkpointing.load(state, str(path), strict=StrictHandling.RAISE_UNEXPECTED)
+    for i, c in enumerate(chunks):
+        unwrap(c).load_state_dict(loaded["model"][f"chunk{i}"], strict=True)
+    if optimizer is not None:
+        with torch.no_grad():
+            optimizer.load_state_dict(loaded["optimizer"])
+        restore_adam_steps(optimizer)
+    log.info("loaded checkpoint %s", path)
+    return dict(loaded.get("extra") or {})
+
+
+def restore_adam_steps(optimizer) -> None:
+    """Set every parameter's Adam `step` from its param group's saved `step` (see module docstring)."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_opt = getattr(inner, "optimizer", None)
+        if torch_opt is None:
+            continue
+        for group in torch_opt.param_groups:
+            if "step" not in group:
+                continue
+            for p in group["params"]:
+                st = torch_opt.state.get(p)
+                if st and "step" in st:
+                    st["step"] = torch.tensor(float(group["step"]), dtype=torch.float32)

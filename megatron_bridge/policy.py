@@ -1,0 +1,205 @@
+"""`MegatronPolicy`: the Megatron-Core training backend behind `p2o.train.policy.PolicyBackend`.
+
+Construction (every rank of the job, inside torch.distributed; `init_parallel` creates Megatron's groups from
+`cfg.parallel` if they do not exist yet):
+
+    from megatron_bridge.policy import MegatronPolicy
+    policy = MegatronPolicy.from_config(cfg, model_dir)        # HF dir with config.json + safetensors
+    lp = policy.logprobs(batch)                                # [T] fp32, same on every rank
+    metrics = policy.train_step(batch, token_inputs, loss_fn)  # one optimizer step
+    for bucket in policy.export_weights(256 << 20): engine.load(bucket)   # collective
+    policy.save(dir); policy.load(dir)                         # dist checkpoint, TP/PP may differ on load
+
+What it does:
+- model: `GPTProvider.provide` (TE spec on GPU with TE, local spec otherwise), weights streamed from HF
+  safetensors; bf16 params (`model.dtype=bfloat16`) are wrapped in `Float16Module` with fp32 master weights in the
+  optimizer; every chunk is wrapped in Megatron DDP (grads reduced in fp32).
+- optimizer: Megatron's Adam(W) (`get_megatron_optimizer`), `optim.grad_clip` global-norm clipping, optionally the
+  distributed optimizer (`parallel.distributed_optimizer`), linear warmup over `optim.warmup_steps` then constant LR.
+- step: rows are split into micro-batches of `grpo.micro_batch_size` and run through `get_forward_backward_func`
+  (no PP, 1F1B, or interleaved). The caller's loss is already globally normalised, so micro-batch losses are summed:
+  the value handed to Megatron is multiplied by num_microbatches x dp_size, undoing Megatron's averaging over
+  micro-batches and data-parallel ranks.
+- log-probs: vocab-parallel log-softmax with the padded vocabulary masked; with `train.use_kernels`, the final
+  hidden states go to `kernels.fused_linear_logprob(hidden[T,H], weight[V_local,H], targets, tp_group=...,
+  vocab_start=...)` instead (no [T, V] logits; padded rows are sliced off the weight).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron_bridge.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from megatron_bridge.export import WeightExport
+from megatron_bridge.forward import MicroBatch, make_micro_batches, run_schedule, vocab_parallel_logprobs
+from megatron_bridge.hf_io import read_config
+from megatron_bridge.parallel import ParallelLayout, init_parallel
+from megatron_bridge.provider import GPTProvider, ModelBridge, bridge_for
+from megatron_bridge.weights import load_hf_checkpoint
+from p2o.train.policy import LossFn, SequenceBatch, StepMetrics
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def warmup_lr(step: int, peak_lr: float, warmup_steps: int) -> float:
+    """LR of optimizer step `step` (0-based): linear warmup (peak/w, 2 peak/w, ..., peak), then constant."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return peak_lr
+    return peak_lr * (step + 1) / warmup_steps
+
+
+class MegatronPolicy:
+    """A trainable policy on Megatron-Core; every method is collective over the job's ranks."""
+
+    def __init__(self, layout: ParallelLayout, bridge: ModelBridge, provider: GPTProvider, chunks: list, optimizer,
+                 *, micro_batch_size: int, peak_lr: float, warmup_steps: int, use_kernels: bool = False):
+        self.layout, self.bridge, self.provider = layout, bridge, provider
+        self.chunks, self.optimizer = chunks, optimizer
+        self.micro_batch_size, self.peak_lr, self.warmup_steps = micro_batch_size, peak_lr, warmup_steps
+        self.use_kernels = use_kernels
+        self.step = 0
+        """Optimizer steps taken (restored by `load`)."""
+        self.version = 0
+        """Weight version: increases with every optimizer step (the export stream carries it)."""
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg, model_dir: str | Path, layout: Optional[ParallelLayout] = None) -> "MegatronPolicy":
+        """Build from a `RunConfig` and an HF model directory; creates the parallel layout unless given."""
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+        from megatron.core.transformer.module import Float16Module
+
+        layout = layout or init_parallel(cfg.parallel, seed=cfg.train.seed)
+        hf = read_config(model_dir)
+        bridge = bridge_for(hf, source=str(Path(model_dir) / "config.json"))
+        dtype = _DTYPES[cfg.model.dtype]
+        provider = bridge.provider(hf).with_dtype(dtype)
+        provider.make_vocab_size_divisible_by = cfg.model.make_vocab_size_divisible_by
+        config = provider.transformer_config(layout)
+        chunks = provider.provide(layout, config)
+        load_hf_checkpoint(chunks, bridge, provider, model_dir, layout)
+        if dtype == torch.bfloat16:
+            chunks = [Float16Module(config, c) for c in chunks]
+        use_dist_opt = cfg.parallel.distributed_optimizer
+        ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                                use_distributed_optimizer=use_dist_opt)
+        chunks = [DistributedDataParallel(config, ddp_cfg, c, disable_bucketing=i > 0) for i, c in enumerate(chunks)]
+        config.finalize_model_grads_func = finalize_model_grads
+        config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
+        o = cfg.optim
+        opt_cfg = OptimizerConfig(optimizer="adam", lr=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
+                                  adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.grad_clip,
+                                  bf16=dtype == torch.bfloat16, params_dtype=dtype,
+                                  use_distributed_optimizer=use_dist_opt)
+        optimizer = get_megatron_optimizer(opt_cfg, chunks)
+        return cls(layout, bridge, provider, chunks, optimizer, micro_batch_size=cfg.grpo.micro_batch_size,
+                   peak_lr=o.lr, warmup_steps=o.warmup_steps, use_kernels=cfg.train.use_kernels)
+
+    # ------------------------------------------------------------------ log-probs
+    def _response_logprobs(self, mb: MicroBatch, output: torch.Tensor) -> torch.Tensor:
+        """[T_mb] fp32 log-probs of mb's response tokens from the last stage's output."""
+        rows, pos = mb.score_index
+        if self.use_kernels:
+            from kernels import fused_linear_logprob
+
+            hidden = output[pos, rows]  # output: [S, B, H] final hidden states -> [T, H]
+            weight = unwrap(self.chunks[-1]).shared_embedding_or_output_weight()
+            v_local = weight.shape[0]
+            start = self.layout.tp_rank * v_local
+            keep = max(0, min(v_local, self.provider.vocab_size - start))
+            return fused_linear_logprob(hidden, weight[:keep], mb.targets, temperature=1.0,
+                                        tp_group=self.layout.tp_group if self.layout.tp > 1 else None,
+                                        vocab_start=start)
+        return vocab_parallel_logprobs(output[rows, pos], mb.targets, self.provider.vocab_size, self.layout.tp_rank)
+
+    def _broadcast_from_last_stage(self, t: torch.Tensor) -> torch.Tensor:
+        if self.layout.pp > 1:
+            dist.broadcast(t, src=self.layout.pp_global_rank(self.layout.pp - 1), group=self.layout.pp_group)
+        return t
+
+    def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
+        """Packed fp32 log-probs [T] of the response tokens (no grad); identical on every rank."""
+        mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, self.layout.device)
+        for c in self.chunks:
+            c.eval()
+        with torch.no_grad():
+            outs = run_schedule(self.chunks, self.layout, mbs, seq_len,
+                                lambda mb, out: self._response_logprobs(mb, out).float(), forward_only=True,
+                                collect_non_loss_data=True, hidden_only=self.use_kernels)
+        for c in self.chunks:
+            c.train()
+        total = torch.empty(batch.num_response_tokens, dtype=torch.float32, device=self.layout.device)
+        if self.layout.is_last_stage:
+            total.copy_(torch.cat(outs) if outs else total[:0])
+        return self._broadcast_from_last_stage(total).cpu()
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, batch: SequenceBatch, token_inputs: dict[str, torch.Tensor], loss_fn: LossFn) -> StepMetrics:
+        """One optimizer step over `batch` with the caller's (globally normalised) loss; see module docstring."""
+        n_tokens = batch.num_response_tokens
+        for key, value in token_inputs.items():
+            if value.shape[:1] != (n_tokens,):
+                raise ValueError(f"token_inputs['{key}'] has shape {tuple(value.shape)}; expected [{n_tokens}] "
+                                 "(one entry per response token of the batch, packed in row order)")
+        device = self.layout.device
+        token_inputs = {k: v.to(device) for k, v in token_inputs.items()}
+        mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, device)
+        scale = len(mbs) * self.layout.dp
+
+        def loss_func(mb: MicroBatch, output: torch.Tensor):
+            lp = self._response_logprobs(mb, output)
+            loss, stats = loss_fn(lp, {k: v[mb.token_slice] for k, v in token_inputs.items()})
+            return loss * scale, {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}}
+
+        lr = warmup_lr(self.step, self.peak_lr, self.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for c in self.chunks:
+            c.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        reports = run_schedule(self.chunks, self.layout, mbs, seq_len, loss_func, forward_only=False,
+                               hidden_only=self.use_kernels)
+        _, grad_norm, _ = self.optimizer.step()
+        self.step += 1
+        self.version += 1
+        return self._step_metrics(reports, grad_norm, lr, n_tokens)
+
+    def _step_metrics(self, reports: list, grad_norm, lr: float, n_tokens: int) -> StepMetrics:
+        """Sum the micro-batch losses (and DP ranks), average the extras; broadcast from the last stage."""
+        summary = [None]
+        if self.layout.is_last_stage:
+            keys = sorted({k for r in reports for k in r if k != "loss"})
+            extra = {k: sum(r.get(k, 0.0) for r in reports) / max(len(reports), 1) for k in keys}
+            summary = [{"loss": sum(r["loss"] for r in reports), "extra": extra}]
+        if self.layout.pp > 1:
+            dist.broadcast_object_list(summary, src=self.layout.pp_global_rank(self.layout.pp - 1),
+                                       group=self.layout.pp_group)
+        loss = summary[0]["loss"]
+        if self.layout.dp > 1:
+            t = torch.tensor([loss], dtype=torch.float64, device=self.layout.device)
+            dist.all_reduce(t, group=self.layout.dp_group)
+            loss = float(t.item())
+        return StepMetrics(loss=loss, grad_norm=float(grad_norm or 0.0), lr=lr, num_tokens=n_tokens,
+                           extra=summary[0]["extra"])
+
+    # ------------------------------------------------------------------ weights and checkpoints
+    def export_weights(self, bucket_bytes: int) -> WeightExport:
+        """HF-named full tensors in buckets (collective; every rank receives every tensor), tagged with `version`."""
+        return WeightExport([unwrap(c) for c in self.chunks], self.bridge, self.provider, self.layout, bucket_bytes,
+                            version=self.version)
+
+    def save(self, path: str) -> None:
+        save_checkpoint(path, self.chunks, self.optimizer, extra={"step": self.step, "version": self.version})
+
+    def load(self, path: str) -> None:
+        extra = load_checkpoint(path, self.chunks, self.optimizer)
+        self.step = int(extra.get("step", 0))
+        self.version = int(extra.get("version", self.step))
