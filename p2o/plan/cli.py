@@ -16,7 +16,7 @@ import json
 import sys
 
 from p2o.plan.layouts import GIB, Cluster, RunSettings
-from p2o.plan.planner import PlanRow, plan
+from p2o.plan.planner import PlanRow, plan, recommend
 from p2o.plan.presets import PRESETS, PlanError, load_model_shape
 from p2o.plan.throughput import resolve_vllm_tp
 
@@ -95,10 +95,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"p2o plan: {e}", file=sys.stderr)
         return 2
     shown = rows[: args.top] if args.top > 0 else rows
+    best = recommend(shape, cluster, run)
     if args.json:
         print(json.dumps({"model": dataclasses.asdict(shape) | {"num_params": shape.num_params,
                                                                 "num_active_params": shape.num_active_params},
                           "cluster": dataclasses.asdict(cluster), "run": dataclasses.asdict(run),
+                          "recommended": best.as_dict() if best else None,
                           "layouts": [r.as_dict() for r in shown]}, indent=2))
         return 0
     feasible = sum(r.feasible for r in rows)
@@ -107,4 +109,6 @@ def main(args: argparse.Namespace) -> int:
           f"{run.prompts_per_step} prompts x K={run.k}, {run.prompt_tokens}+{run.response_tokens} tokens; vLLM TP={run.vllm_tp}; "
           f"{feasible}/{len(rows)} layouts feasible. Predictions (docs/scaling.md), not measurements.")
     print(format_table(shown))
+    if best is not None:
+        print(f"recommended: {best.layout.name} (the simplest layout within 2% of the fastest predicted step)")
     return 0 if feasible else 1

@@ -33,11 +33,15 @@ class Cluster:
     """Dense bf16 peak, TFLOP/s."""
     hbm_tbs: float = 3.35
     """Device memory bandwidth, TB/s."""
+    collective_latency_us: float = 10.0
+    """Latency of one small all-reduce inside a node, microseconds (a vLLM TP > 1 decode step pays 2 per layer)."""
 
     def __post_init__(self) -> None:
         for key in ("nodes", "gpus_per_node"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise PlanError(f"cluster.{key}", getattr(self, key), "a positive integer")
+        if self.collective_latency_us < 0:
+            raise PlanError("cluster.collective_latency_us", self.collective_latency_us, "a non-negative number")
         for key in ("gpu_mem_gib", "intra_node_gbs", "inter_node_gbs", "peak_tflops", "hbm_tbs"):
             if not getattr(self, key) > 0:
                 raise PlanError(f"cluster.{key}", getattr(self, key), "a positive number")

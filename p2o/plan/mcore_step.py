@@ -53,6 +53,10 @@ class StepMeasurement:
     comm_dp: int
     comm_other: int
     step_s: float
+    cuda_max_allocated: int = 0
+    """GPU only: torch.cuda.max_memory_allocated() over the measured step (0 on CPU)."""
+    cuda_static: int = 0
+    """GPU only: torch.cuda.memory_allocated() before the measured step."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -84,8 +88,9 @@ def build_model(shape: ModelShape, tp: int, pp_rank: int, pp: int, seq: int, voc
 
 def _batches(shape: ModelShape, seq: int, micro_batch: int, count: int, seed: int):
     g = torch.Generator().manual_seed(seed)
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     for _ in range(count):
-        tokens = torch.randint(0, shape.vocab, (micro_batch, seq + 1), generator=g)
+        tokens = torch.randint(0, shape.vocab, (micro_batch, seq + 1), generator=g).to(device)
         yield {"tokens": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
 
 
@@ -96,8 +101,9 @@ def _loss_func(num_tokens: int, output: torch.Tensor):
 
 def _forward_step(seq: int, data_iterator, model):
     batch = next(data_iterator) if data_iterator is not None else None
-    position_ids = torch.arange(seq).unsqueeze(0)
-    mask = torch.triu(torch.ones(1, 1, seq, seq, dtype=torch.bool), diagonal=1)
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    position_ids = torch.arange(seq, device=device).unsqueeze(0)
+    mask = torch.triu(torch.ones(1, 1, seq, seq, dtype=torch.bool, device=device), diagonal=1)
     tokens = batch["tokens"] if batch is not None else None
     labels = batch["labels"] if batch is not None else None
     output = model(tokens, position_ids, mask, labels=labels)
@@ -106,8 +112,13 @@ def _forward_step(seq: int, data_iterator, model):
 
 
 def measure_rank(shape: ModelShape, tp: int, pp: int, seq: int, micro_batch: int, micro_batches: int,
-                 distributed_optimizer: bool = False, seed: int = 1234) -> StepMeasurement:
-    """Build, warm up and measure one training step on this rank (torch.distributed already initialised)."""
+                 distributed_optimizer: bool = False, seed: int = 1234, timed_steps: int = 0) -> StepMeasurement:
+    """Build, warm up and measure one training step on this rank (torch.distributed already initialised).
+
+    `timed_steps` > 0 adds that many uninstrumented steps and reports their median time as `step_s` (the
+    instrumented step is slower); otherwise `step_s` is the instrumented step's time. On a GPU the model
+    and data live on the current CUDA device and `cuda_max_allocated` is torch's own peak for comparison.
+    """
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
@@ -122,6 +133,9 @@ def measure_rank(shape: ModelShape, tp: int, pp: int, seq: int, micro_batch: int
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     pp_rank = ps.get_pipeline_model_parallel_rank()
     config, model = build_model(shape, tp, pp_rank, pp, seq)
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        model.cuda(torch.cuda.current_device())
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=distributed_optimizer)
     model = DistributedDataParallel(config, ddp_config, model)
@@ -160,10 +174,30 @@ def measure_rank(shape: ModelShape, tp: int, pp: int, seq: int, micro_batch: int
     groups = {"tp": ps.get_tensor_model_parallel_group(), "pp": ps.get_pipeline_model_parallel_group(),
               "dp": [ps.get_data_parallel_group(), ps.get_data_parallel_group(with_context_parallel=True)]}
     dist.barrier()
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_allocated = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
-    with CommCounter(groups, p2p_name="pp") as comm, tracker:
+    from megatron.core.distributed import param_and_grad_buffer
+
+    with CommCounter(groups, p2p_name="pp", modules=(param_and_grad_buffer,)) as comm, tracker:
         one_step(seed + 1)
+    if on_gpu:
+        torch.cuda.synchronize()
     step_s = time.perf_counter() - t0
+    cuda_peak = torch.cuda.max_memory_allocated() if on_gpu else 0
+    cuda_static = base_allocated if on_gpu else 0
+    times = []
+    for i in range(timed_steps):
+        dist.barrier()
+        t0 = time.perf_counter()
+        one_step(seed + 2 + i)
+        if on_gpu:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    if times:
+        step_s = sorted(times)[len(times) // 2]
     for h in hooks:
         h.remove()
     activations = max(decoder_marks) if decoder_marks else 0
@@ -174,7 +208,8 @@ def measure_rank(shape: ModelShape, tp: int, pp: int, seq: int, micro_batch: int
         dp_rank=ps.get_data_parallel_rank(), weights=weights_b, gradients=grads_b, optimizer=opt_b, static=static,
         activations=activations, logits=logits, dynamic_peak=tracker.peak_bytes, peak=static + tracker.peak_bytes,
         comm_tp=comm.bytes.get("tp", 0), comm_pp=comm.bytes.get("pp", 0), comm_dp=comm.bytes.get("dp", 0),
-        comm_other=sum(v for k, v in comm.bytes.items() if k not in known), step_s=step_s)
+        comm_other=sum(v for k, v in comm.bytes.items() if k not in known), step_s=step_s,
+        cuda_max_allocated=cuda_peak, cuda_static=cuda_static)
     log.debug("rank %d calls %s", m.rank, dict(comm.calls))
     ps.destroy_model_parallel()
     return m

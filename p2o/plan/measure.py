@@ -98,11 +98,14 @@ _WRAPPED: tuple[tuple[str, int, str], ...] = (
 class CommCounter:
     """Sums payload bytes of `torch.distributed` calls per named process group while active."""
 
-    def __init__(self, groups: dict[str, Any], p2p_name: str = "") -> None:
+    def __init__(self, groups: dict[str, Any], p2p_name: str = "", modules: tuple = ()) -> None:
         """`groups`: name -> a process group or a list of groups counted under that name; `p2p_name`: count
         every send under this name whatever group carries it (Megatron sends half of the pipeline traffic
-        over the world group when the pipeline group has two ranks)."""
+        over the world group when the pipeline group has two ranks); `modules`: modules holding their own
+        module-level aliases of the collectives (e.g. Megatron's `dist_reduce_scatter_func`), patched too."""
         self.p2p_name = p2p_name
+        self.modules = modules
+        self._aliases: list[tuple[Any, str, Callable]] = []
         self.groups = groups
         self.bytes: dict[str, int] = defaultdict(int)
         self.calls: dict[str, int] = defaultdict(int)
@@ -141,13 +144,23 @@ class CommCounter:
         return counted
 
     def __enter__(self) -> "CommCounter":
+        wrappers = {}
         for attr, index, kind in _WRAPPED:
             if hasattr(dist, attr):
                 self._saved[attr] = getattr(dist, attr)
-                setattr(dist, attr, self._wrap(attr, index, kind))
+                wrappers[id(self._saved[attr])] = self._wrap(attr, index, kind)
+                setattr(dist, attr, wrappers[id(self._saved[attr])])
+        for module in self.modules:
+            for name, value in list(vars(module).items()):
+                if id(value) in wrappers:
+                    self._aliases.append((module, name, value))
+                    setattr(module, name, wrappers[id(value)])
         return self
 
     def __exit__(self, *exc) -> None:
         for attr, fn in self._saved.items():
             setattr(dist, attr, fn)
+        for module, name, fn in self._aliases:
+            setattr(module, name, fn)
         self._saved.clear()
+        self._aliases.clear()

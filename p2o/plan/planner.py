@@ -44,7 +44,13 @@ def plan(shape: ModelShape, cluster: Cluster, run: RunSettings) -> list[PlanRow]
     return rows
 
 
-def recommend(shape: ModelShape, cluster: Cluster, run: RunSettings) -> PlanRow | None:
-    """The fastest feasible layout, or None when nothing fits."""
-    rows = plan(shape, cluster, run)
-    return rows[0] if rows and rows[0].feasible else None
+def recommend(shape: ModelShape, cluster: Cluster, run: RunSettings, tolerance: float = 0.02) -> PlanRow | None:
+    """The simplest feasible layout (fewest model-parallel GPUs TP x PP, then least PP) whose predicted step is
+    within `tolerance` of the fastest; None when nothing fits. Differences of a few percent are below what
+    the step-time model can resolve, and smaller TP x PP means less communication to get wrong."""
+    rows = [r for r in plan(shape, cluster, run) if r.feasible]
+    if not rows:
+        return None
+    best = rows[0].time.total_s
+    close = [r for r in rows if r.time.total_s <= best * (1 + tolerance)]
+    return min(close, key=lambda r: (r.layout.tp * r.layout.pp, r.layout.pp, r.time.total_s))

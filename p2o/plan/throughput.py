@@ -3,7 +3,8 @@
     generation   prefill: 2 N_active FLOPs per prompt token at `prefill_mfu`;
                  decode: waves of at most B concurrent sequences (B from the KV-cache budget); each decode
                  step reads the bf16 weights and the live KV cache once at `hbm_efficiency` x HBM bandwidth
-                 (or is FLOP bound, whichever is slower); a wave lasts as long as its longest response.
+                 (or is FLOP bound, whichever is slower), plus 2 all-reduce latencies per layer when vLLM TP > 1;
+                 a wave lasts as long as its longest response.
     old_logprob  forward of every training row: 2 N_active + attention FLOPs per token at `mfu`, times the
                  pipeline bubble (1 + (PP-1)/M); templated P2O rows are scored twice (x and x+z).
     update       3 x the forward (4 x with full recompute) at `mfu` and the same bubble, plus TP all-reduces,
@@ -70,7 +71,8 @@ def generation_time(shape: ModelShape, cluster: Cluster, run: RunSettings, seque
     live_kv = concurrent * alive * (run.prompt_tokens + response / 2) * kv_tok
     mem_s = (shape.num_params * 2.0 + live_kv) / tp / (cluster.hbm_tbs * 1e12 * run.hbm_efficiency)
     flop_s = 2.0 * shape.num_active_params * concurrent * alive / (tp * cluster.peak_tflops * 1e12 * run.prefill_mfu)
-    return prefill + waves * longest * max(mem_s, flop_s)
+    tp_latency = 2 * shape.layers * cluster.collective_latency_us * 1e-6 if tp > 1 else 0.0
+    return prefill + waves * longest * (max(mem_s, flop_s) + tp_latency)
 
 
 def resolve_vllm_tp(shape: ModelShape, cluster: Cluster, run: RunSettings) -> RunSettings:

@@ -37,6 +37,8 @@ class StepSpec:
     micro_batch: int = 2
     micro_batches: int = 2
     distributed_optimizer: bool = False
+    timed_steps: int = 0
+    """Uninstrumented steps timed after the measured one (0: time the measured step)."""
 
     @property
     def world(self) -> int:
@@ -97,11 +99,15 @@ def _rank_main(rank: int, world: int, port: int, shape: ModelShape, spec: StepSp
 
     from p2o.plan.mcore_step import measure_rank
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+        dist.init_process_group("nccl", rank=rank, world_size=world)
+    else:
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         m = measure_rank(shape, spec.tp, spec.pp, spec.seq, spec.micro_batch, spec.micro_batches,
-                         spec.distributed_optimizer)
+                         spec.distributed_optimizer, timed_steps=spec.timed_steps)
         tmp = Path(out_dir) / f".rank{rank}.json.tmp"
         tmp.write_text(json.dumps(m.as_dict()))
         tmp.rename(Path(out_dir) / f"rank{rank}.json")
@@ -110,7 +116,7 @@ def _rank_main(rank: int, world: int, port: int, shape: ModelShape, spec: StepSp
 
 
 def run_step(shape: ModelShape, spec: StepSpec) -> list[dict]:
-    """Measurements of every rank of one spawned TP x PP x DP job (rank order)."""
+    """Measurements of every rank of one spawned TP x PP x DP job (rank order; gloo on CPU, NCCL on GPUs)."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="p2o-plan-") as out:

@@ -57,3 +57,10 @@ def test_bad_cluster_and_run():
     with pytest.raises(PlanError, match="run.generation_gpus"):
         training_gpus(Cluster(nodes=1), RunSettings(colocated=False, generation_gpus=8))
     assert training_gpus(Cluster(nodes=1), RunSettings(colocated=False)) == 4
+
+
+def test_recommend_prefers_the_simplest_near_fastest_layout():
+    best = recommend(PRESETS["Qwen3-4B"], Cluster(nodes=1), RunSettings())
+    fastest = plan(PRESETS["Qwen3-4B"], Cluster(nodes=1), RunSettings())[0]
+    assert best.feasible and best.time.total_s <= fastest.time.total_s * 1.02
+    assert best.layout.tp * best.layout.pp <= fastest.layout.tp * fastest.layout.pp
