@@ -67,6 +67,8 @@ class _Job:
     deadline: Optional[float]
     order: int
     bounded: bool
+    batches_before: int
+    """Batches started before this job was queued (to report how many it waited for)."""
     future: Future = field(default_factory=Future)
     enqueued_s: float = field(default_factory=time.monotonic)
 
@@ -78,6 +80,8 @@ class BatchRecord:
     index: int
     request_ids: list[str]
     priorities: list[int]
+    waited_batches: list[int]
+    """Per request: batches started after it was queued and before this one (0 = the next batch served it)."""
     sequences: int
     policy_version: int
     duration_s: float
@@ -99,7 +103,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._queue: list[_Job] = []
         self._order = itertools.count()
-        self._batches = itertools.count()
+        self._started = 0
         self._paused = False
         self._holds = 0
         self._running = False
@@ -156,7 +160,8 @@ class Scheduler:
             if bounded and sum(j.bounded for j in self._queue) + len(requests) > self.max_queue:
                 self.counters["rejected_queue_full"] += 1
                 raise QueueFull(f"queue full ({self.max_queue} requests waiting); retry later")
-            jobs = [_Job(r, prio, min_policy_version, deadline, next(self._order), bounded) for r in requests]
+            jobs = [_Job(r, prio, min_policy_version, deadline, next(self._order), bounded, self._started)
+                    for r in requests]
             self._queue.extend(jobs)
             self.counters[f"requests_{_name(prio)}"] += len(jobs)
             self._cond.notify_all()
@@ -260,9 +265,12 @@ class Scheduler:
                 seqs += n
         drop = {id(j) for j in gone}
         self._queue = [j for j in self._queue if id(j) not in drop]
+        if batch:
+            self._started += 1
         return batch or None
 
-    def _run(self, batch: list[_Job]) -> None:
+    def _run(self, batch: list[_Job], index: Optional[int] = None) -> None:
+        index = self._started - 1 if index is None else index
         start = time.monotonic()
         try:
             results = self.engine.generate([j.request for j in batch])
@@ -271,15 +279,15 @@ class Scheduler:
                 log.warning("engine.generate failed for a batch of %d requests (%s); retrying one by one",
                             len(batch), e)
                 for job in batch:
-                    self._run([job])
+                    self._run([job], index)
                 return
             log.exception("engine.generate failed for request %r", batch[0].request.request_id)
             batch[0].future.set_exception(e)
             return
         tokens = sum(len(g.response_ids) for gens in results for g in gens)
-        record = BatchRecord(next(self._batches), [j.request.request_id for j in batch], [j.priority for j in batch],
-                             sum(j.request.params.n for j in batch), self.engine.policy_version,
-                             time.monotonic() - start, tokens)
+        record = BatchRecord(index, [j.request.request_id for j in batch], [j.priority for j in batch],
+                             [index - j.batches_before for j in batch], sum(j.request.params.n for j in batch),
+                             self.engine.policy_version, time.monotonic() - start, tokens)
         self.batch_log.append(record)
         self.counters["batches"] += 1
         self.counters["generated_tokens"] += tokens

@@ -1,0 +1,172 @@
+"""`p2o bench rollout`: HF engine tokens/s by batch size, and gateway latency / tokens/s under concurrent clients.
+
+Protocol (fixed, so numbers are comparable across machines):
+- prompts: chat-formatted synthetic arithmetic questions (`p2o.data` generator, seed 0, the default user
+  template), one distinct prompt per sequence;
+- engine: `generate` on `batch` requests (n=1, temperature 1, seed = request index, `max_new_tokens`),
+  one warm-up call, then `repeats` timed calls; tokens/s = generated tokens / wall time, median reported;
+- gateway: `clients` concurrent `openai.AsyncOpenAI` clients, each sending `requests_per_client` chat
+  completions one after another to a gateway on 127.0.0.1 whose batches hold up to max(batches) sequences;
+  latency p50 / p99 per request and aggregate generated tokens/s.
+
+CSV rows: bench, model, mode, metric, x, value, device, commit, timestamp (appended to `--out`).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Row:
+    model: str
+    mode: str
+    metric: str
+    x: int
+    value: float
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", default="tiny-qwen3,smollm2-135m", help="comma-separated model.path values")
+    parser.add_argument("--batches", default="1,16,64", help="engine batch sizes")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per sequence")
+    parser.add_argument("--repeats", type=int, default=3, help="timed engine calls per batch size")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent gateway clients (0: skip the gateway)")
+    parser.add_argument("--requests-per-client", type=int, default=2, help="sequential requests per client")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    parser.add_argument("--cache-dir", default="~/.cache/p2o", help="where embedded models are cached")
+    parser.add_argument("--out", default="runs/bench/rollout.csv", help="CSV file to append to")
+
+
+def bench_prompts(tokenizer: Any, count: int) -> list[list[int]]:
+    """`count` distinct chat-formatted arithmetic prompts (token ids)."""
+    from p2o import prompts
+    from p2o.data.arithmetic import generate
+
+    problems = generate(max(count, 1), levels=[1, 2, 3], seed=0)
+    return [prompts.encode(tokenizer, prompts.messages(p.question)) for p in problems[:count]]
+
+
+def engine_rows(name: str, engine: Any, batches: list[int], max_new_tokens: int, repeats: int) -> list[Row]:
+    from p2o.rollout.engine import GenerationRequest, SamplingParams
+
+    rows = []
+    ids = bench_prompts(engine.tokenizer, max(batches))
+    for batch in batches:
+        reqs = [GenerationRequest(ids[i], SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, seed=i))
+                for i in range(batch)]
+        engine.max_batch_size = batch
+        engine.generate(reqs[:1])  # warm-up
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            gens = engine.generate(reqs)
+            elapsed = time.perf_counter() - start
+            rates.append(sum(len(g[0].response_ids) for g in gens) / elapsed)
+        rows.append(Row(name, "engine", "tokens_per_s", batch, statistics.median(rates)))
+    return rows
+
+
+async def _clients(url: str, msgs: list[list[dict]], clients: int, per_client: int,
+                   max_new_tokens: int) -> tuple[list[float], int, float]:
+    import httpx
+    import openai
+
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=clients + 8), timeout=600)
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="bench", http_client=http, max_retries=0)
+    latencies: list[float] = []
+    tokens = 0
+
+    async def one(c: int) -> None:
+        nonlocal tokens
+        for r in range(per_client):
+            start = time.perf_counter()
+            resp = await client.chat.completions.create(model="bench", messages=msgs[(c * per_client + r) % len(msgs)],
+                                                        max_tokens=max_new_tokens, temperature=1.0, seed=c * 1000 + r)
+            latencies.append(time.perf_counter() - start)
+            tokens += resp.usage.completion_tokens
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in range(clients)))
+    wall = time.perf_counter() - start
+    await client.close()
+    return latencies, tokens, wall
+
+
+def gateway_rows(name: str, engine: Any, batch: int, clients: int, per_client: int, max_new_tokens: int) -> list[Row]:
+    from p2o.data.arithmetic import generate
+    from p2o.prompts import messages
+    from p2o.rollout.gateway import Gateway
+
+    engine.max_batch_size = batch
+    msgs = [messages(p.question) for p in generate(clients * per_client, levels=[1, 2, 3], seed=1)]
+    gw = Gateway(engine, engine.tokenizer, model_name="bench", max_batch_sequences=batch,
+                 max_queue=clients * per_client + 8).start()
+    try:
+        latencies, tokens, wall = asyncio.run(_clients(gw.url, msgs, clients, per_client, max_new_tokens))
+    finally:
+        gw.stop()
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return [Row(name, "gateway", "latency_p50_s", clients, q[49]), Row(name, "gateway", "latency_p99_s", clients, q[98]),
+            Row(name, "gateway", "tokens_per_s", clients, tokens / wall)]
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    import os
+    return f"cpu x{torch.get_num_threads()} threads ({os.cpu_count()} cores)"
+
+
+def main(args: argparse.Namespace) -> int:
+    from p2o.models import resolve_model_dir
+    from p2o.rollout.factory import resolve_device
+    from p2o.rollout.hf_engine import HFEngine
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    batches = [int(b) for b in args.batches.split(",") if b]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    rows: list[Row] = []
+    for name in [m for m in args.models.split(",") if m]:
+        engine = HFEngine.from_pretrained(resolve_model_dir(name, args.cache_dir), device=device, dtype=dtype)
+        rows += engine_rows(name, engine, batches, args.max_new_tokens, args.repeats)
+        if args.clients > 0:
+            rows += gateway_rows(name, engine, max(batches), args.clients, args.requests_per_client,
+                                 args.max_new_tokens)
+    print(f"{'model':14s} {'mode':8s} {'metric':14s} {'x':>5s} {'value':>10s}")
+    for r in rows:
+        print(f"{r.model:14s} {r.mode:8s} {r.metric:14s} {r.x:5d} {r.value:10.3f}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new = not out.exists()
+    stamp, commit, dev = datetime.now(timezone.utc).isoformat(timespec="seconds"), _commit(), _device_name(device)
+    with out.open("a", newline="") as f:
+        w = csv.writer(f)
+        if new:
+            w.writerow(["bench", "model", "mode", "metric", "x", "value", "device", "commit", "timestamp"])
+        for r in rows:
+            w.writerow(["rollout", r.model, r.mode, r.metric, r.x, f"{r.value:.4f}", dev, commit, stamp])
+    print(f"wrote {len(rows)} rows to {out}")
+    return 0

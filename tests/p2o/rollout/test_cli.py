@@ -1,0 +1,61 @@
+"""`p2o serve` as a process and `p2o bench rollout` end to end (tiny settings)."""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.network
+
+
+def test_p2o_serve_process(tiny_model_dir, repo_root):
+    env = {**os.environ, "P2O_GATEWAY_TOKEN": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "p2o.cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
+                             "--served-model-name", "tiny", "rollout.max_batch_size=4"],
+                            cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "p2o serve exited early"
+            m = re.search(r"listening on (http://\S+)", line)
+            url = m.group(1) if m else None
+        assert url, "p2o serve did not report its address"
+        assert httpx.get(url + "/health").json()["status"] == "ok"
+        c = openai.OpenAI(base_url=url + "/v1", api_key="x")
+        resp = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert resp.model == "tiny" and resp.usage.completion_tokens <= 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) is not None
+
+
+def test_p2o_serve_reports_config_errors(capsys):
+    from p2o.cli import main
+
+    assert main(["serve", "--model", "tiny-qwen3", "rollout.device=tpu"]) == 2
+    assert "rollout.device" in capsys.readouterr().out
+
+
+def test_bench_rollout_writes_csv(tiny_model_dir, tmp_path):
+    from p2o.cli import main
+
+    out = tmp_path / "rollout.csv"
+    assert main(["bench", "rollout", "--models", str(tiny_model_dir), "--batches", "1,2", "--max-new-tokens", "4",
+                 "--repeats", "1", "--clients", "4", "--requests-per-client", "1", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["mode"], r["metric"], r["x"]) for r in rows] == [
+        ("engine", "tokens_per_s", "1"), ("engine", "tokens_per_s", "2"), ("gateway", "latency_p50_s", "4"),
+        ("gateway", "latency_p99_s", "4"), ("gateway", "tokens_per_s", "4")]
+    assert all(float(r["value"]) > 0 for r in rows)
+    p50, p99 = (float(r["value"]) for r in rows[2:4])
+    assert p50 <= p99
