@@ -112,6 +112,9 @@ class RunSettings:
     """Optimizer steps per epoch (DeepScaleR: 40,315 problems / 128 prompts), to amortise GEPA per step."""
     gepa_response_tokens: int = 0
     """Response length of a GEPA evaluation rollout (0: response_tokens)."""
+    memory_headroom: float = 0.05
+    """Fraction of GPU memory left free for allocator fragmentation: a layout fits when its peak is at most
+    (1 - memory_headroom) x gpu_mem_gib."""
     overhead_gib: float = 3.0
     """Per-GPU memory that is neither tensors nor caches: CUDA contexts of both processes, NCCL buffers."""
     vocab_multiple: int = 128
@@ -140,6 +143,8 @@ class RunSettings:
         for key in ("gepa_calls_per_epoch", "gepa_response_tokens", "generation_gpus", "vllm_tp"):
             if getattr(self, key) < 0:
                 raise PlanError(f"run.{key}", getattr(self, key), "a non-negative integer")
+        if not 0 <= self.memory_headroom < 1:
+            raise PlanError("run.memory_headroom", self.memory_headroom, "a number in [0, 1)")
         if self.overhead_gib < 0:
             raise PlanError("run.overhead_gib", self.overhead_gib, "a non-negative number")
 

@@ -226,9 +226,11 @@ def memory_reasons(shape: ModelShape, cluster: Cluster, layout: Layout, run: Run
                    terms: MemoryTerms) -> list[str]:
     """'out of memory by X GiB in <phase> (<stage> stage)' and 'vLLM cannot hold ...' reasons."""
     reasons = []
-    over = terms.peak - cluster.gpu_mem_bytes
+    usable = cluster.gpu_mem_bytes * (1 - run.memory_headroom)
+    over = terms.peak - usable
     if over > 0:
-        reasons.append(f"out of memory by {over / GIB:.1f} GiB in {terms.peak_phase} ({terms.stage} stage)")
+        reasons.append(f"out of memory by {over / GIB:.1f} GiB in {terms.peak_phase} ({terms.stage} stage; "
+                       f"{usable / GIB:.1f} GiB usable)")
     kv = vllm_kv_budget_bytes(shape, cluster, run)
     need = (run.prompt_tokens + run.longest_response) * shape.kv_bytes_per_token_bf16
     if kv < need:
