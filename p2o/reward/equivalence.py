@@ -6,7 +6,9 @@
    (`expand`, then `simplify`) of the difference -> `equal_symbolic`; then numeric evaluation (30 digits)
    agreeing to 1e-12 relative -> `equal_numeric` (identities sympy cannot prove), or, when either answer was
    written with a decimal point, agreeing to `rel_tol` -> `equal_numeric` (0.3333333 for 1/3, 1.414214 for
-   sqrt 2); with free symbols, the difference vanishing at 6 seeded random rational points -> `equal_numeric`.
+   sqrt 2); with free symbols, values at 6 seeded random points are compared FIRST (cheap rejection of
+   wrong answers before any simplification), then expand/simplify -> `equal_symbolic`, else agreement at
+   the points -> `equal_numeric`.
    Two exact rationals are never compared with a tolerance (12 vs 21, 1000000 vs 1000001 differ).
 2. a percent sign on either side (already stripped) accepts both readings: `10%` = 10 = 0.1.
 3. tuples/intervals: same length, same brackets, equal item by item in order; a bare list `1, 2` matches a
@@ -60,36 +62,52 @@ def equal_expr(a: sympy.Basic, b: sympy.Basic, approx: bool, rel_tol: float) -> 
         return None
     free = a.free_symbols | b.free_symbols
     diff = a - b
-    if diff == 0 or sympy.expand(diff) == 0:
+    if diff == 0:
         return EQUAL_SYMBOLIC
+    tol = max(1e-6, rel_tol if approx else 0.0)
     if not free:
         va, vb = _numeric(a), _numeric(b)
         if va is None or vb is None:
             return None
-        if not _close(va, vb, max(1e-6, rel_tol if approx else 0.0)):  # cheap rejection before simplify
+        if not _close(va, vb, tol):  # cheap rejection before any simplification
             return None
-        if sympy.simplify(diff) == 0:
+        if sympy.expand(diff) == 0 or sympy.simplify(diff) == 0:
             return EQUAL_SYMBOLIC
         if _close(va, vb, EXACT_REL_TOL) or (approx and _close(va, vb, rel_tol)):
             return EQUAL_NUMERIC
         return None
-    if sympy.simplify(diff) == 0:
+    at_points = _equal_at_points(a, b, sorted(free, key=str), 1e-9 if not approx else max(1e-9, rel_tol))
+    if at_points is False:  # cheap rejection: most wrong answers never reach simplify
+        return None
+    if sympy.expand(diff) == 0 or sympy.simplify(diff) == 0:
         return EQUAL_SYMBOLIC
-    return _equal_at_points(a, b, sorted(free, key=str))
+    return EQUAL_NUMERIC if at_points else None
 
 
-def _equal_at_points(a: sympy.Basic, b: sympy.Basic, syms: list[sympy.Symbol]) -> Optional[str]:
+def _equal_at_points(a: sympy.Basic, b: sympy.Basic, syms: list[sympy.Symbol], rel: float) -> Optional[bool]:
+    """True/False when a and b agree/disagree at 6 seeded random points (>= 3 must evaluate); else None."""
     rng = random.Random(0)
     valid = 0
     for _ in range(6):
-        point = {s: sympy.Rational(rng.randint(1, 97), rng.randint(2, 13)) for s in syms}
-        va, vb = _numeric(a.subs(point)), _numeric(b.subs(point))
+        # non-integer points in (0.1, 3): away from the usual poles/roots at small integers, no overflow
+        point = {s: sympy.Float(round(rng.uniform(0.1, 3.0), 6), _DIGITS) for s in syms}
+        va, vb = _numeric_at(a, point), _numeric_at(b, point)
         if va is None or vb is None:
-            continue
-        if not _close(va, vb, 1e-10):
-            return None
+            continue  # undefined there
+        if not (_close(va, vb, rel) or abs(va - vb) <= 1e-12):  # absolute floor: cancellation near a root
+            return False
         valid += 1
-    return EQUAL_NUMERIC if valid >= 3 else None
+    return True if valid >= 3 else None
+
+
+def _numeric_at(x: sympy.Basic, point: dict) -> Optional[complex]:
+    try:
+        v = complex(x.evalf(_DIGITS, subs=point))
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError, AttributeError):
+        return None
+    if v != v or abs(v) == float("inf"):
+        return None
+    return v
 
 
 def _percent_variants(v: Any, percent: bool) -> list[Any]:
