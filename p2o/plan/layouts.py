@@ -86,7 +86,7 @@ class RunSettings:
     vllm_gpu_memory_fraction: float = 0.5
     """Fraction of GPU memory vLLM takes for weights + KV cache + workspace while generating."""
     vllm_tp: int = 0
-    """vLLM tensor-parallel size (0: the one with the fastest predicted generation)."""
+    """vLLM tensor-parallel size (0: the smallest within 2% of the fastest predicted generation)."""
     offload_during_generation: bool = True
     """Colocated: gradients and optimizer states move to host memory while vLLM generates."""
     dtype_bytes: int = 2

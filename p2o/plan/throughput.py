@@ -75,24 +75,28 @@ def generation_time(shape: ModelShape, cluster: Cluster, run: RunSettings, seque
     return prefill + waves * longest * (max(mem_s, flop_s) + tp_latency)
 
 
-def resolve_vllm_tp(shape: ModelShape, cluster: Cluster, run: RunSettings) -> RunSettings:
-    """`run` with vllm_tp chosen when it is 0: among TP sizes dividing the heads, the KV heads and a node,
-    whose instance holds the weights and at least one sequence, the one with the fastest predicted generation."""
+def resolve_vllm_tp(shape: ModelShape, cluster: Cluster, run: RunSettings, tolerance: float = 0.02) -> RunSettings:
+    """`run` with vllm_tp chosen when it is 0: among TP sizes dividing the heads, the KV heads and a node, whose
+    instance holds the weights and at least one sequence, the smallest whose predicted generation time is
+    within `tolerance` of the fastest. Decode of a step is bound by its longest response times the per-token
+    latency, which TP shortens (it splits the weight reads), so large TP wins when sequences per GPU are few."""
     if run.vllm_tp:
         return run
     gen_gpus = generation_gpus(cluster, run)
     need = (run.prompt_tokens + run.longest_response) * shape.kv_bytes_per_token_bf16
-    best, best_s = None, math.inf
+    timed = []
     for tp in range(1, cluster.gpus_per_node + 1):
         if cluster.gpus_per_node % tp or shape.heads % tp or shape.kv_heads % tp or gen_gpus % tp:
             continue
         candidate = replace(run, vllm_tp=tp)
         if vllm_kv_budget_bytes(shape, cluster, candidate) < need:
             continue
-        s = generation_time(shape, cluster, candidate, run.sequences, run.response_tokens, run.longest_response)
-        if s < best_s:
-            best, best_s = candidate, s
-    return best or replace(run, vllm_tp=1)
+        timed.append((generation_time(shape, cluster, candidate, run.sequences, run.response_tokens,
+                                      run.longest_response), tp, candidate))
+    if not timed:
+        return replace(run, vllm_tp=1)
+    fastest = min(t for t, _, _ in timed)
+    return min((c for t, tp, c in timed if t <= fastest * (1 + tolerance)), key=lambda c: c.vllm_tp)
 
 
 def _bw(cluster: Cluster, group_span_gpus: int) -> float:
