@@ -179,7 +179,7 @@ def dual_context_forward(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight
     if backend == "triton":
         px, pxz = dual_partials_triton(hidden_x, hidden_xz, weight, y_local, opts.inv_temp, with_kl, opts.split_v)
     else:
-        chunk = opts.split_v or vocab_chunk_for(hidden_x.shape[0], weight.shape[0], 24,
+        chunk = opts.split_v or vocab_chunk_for(hidden_x.shape[0], weight.shape[0], 32,
                                                 default_chunk_bytes(hidden_x.device))
         px, pxz = dual_partials_torch(hidden_x, hidden_xz, weight, y_local, opts.inv_temp, with_kl, chunk)
     sx, sxz = global_stats([merge_partials(px), merge_partials(pxz)], targets, weight.shape[0], opts)
@@ -208,7 +208,7 @@ def dual_context_backward(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weigh
     k_a = k.index_select(0, rows) if k is not None else None
     dz_fn = dual_dz_triton if backend == "triton" else dual_dz_torch
     chunk = opts.vocab_chunk or vocab_chunk_for(
-        rows.numel(), weight.shape[0], weight.element_size() if backend == "triton" else 24,
+        rows.numel(), weight.shape[0], weight.element_size() if backend == "triton" else 32,
         default_chunk_bytes(hidden_x.device))
 
     def dz_chunk(c0: int, c1: int) -> torch.Tensor:

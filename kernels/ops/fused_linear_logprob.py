@@ -198,7 +198,7 @@ def vocab_partials(hidden: torch.Tensor, weight: torch.Tensor, y_local: torch.Te
     if backend == "triton":
         parts = flp_partials_triton(hidden, weight, y_local, opts.inv_temp, opts.with_entropy, opts.split_v)
     else:
-        chunk = opts.split_v or vocab_chunk_for(hidden.shape[0], weight.shape[0], 12,
+        chunk = opts.split_v or vocab_chunk_for(hidden.shape[0], weight.shape[0], 16,
                                                 default_chunk_bytes(hidden.device))
         parts = flp_partials_torch(hidden, weight, y_local, opts.inv_temp, opts.with_entropy, chunk)
     return merge_partials(parts)
@@ -269,7 +269,7 @@ def fused_linear_logprob_backward(hidden: torch.Tensor, weight: torch.Tensor, ta
     e_a = e.index_select(0, rows) if e is not None else None
     dz_fn = flp_dz_triton if backend == "triton" else flp_dz_torch
     chunk = opts.vocab_chunk or vocab_chunk_for(
-        rows.numel(), weight.shape[0], weight.element_size() if backend == "triton" else 16,
+        rows.numel(), weight.shape[0], weight.element_size() if backend == "triton" else 24,
         default_chunk_bytes(hidden.device))
 
     def dz_chunk(c0: int, c1: int) -> torch.Tensor:
