@@ -178,7 +178,8 @@ class Gateway:
 
         self._thread = threading.Thread(target=run, name=f"p2o-gateway-{self.port}", daemon=True)
         self._thread.start()
-        if not started.wait(timeout_s):
+        if not started.wait(timeout_s) or not self._server.started:
+            self.scheduler.close()
             raise RuntimeError(f"gateway did not start within {timeout_s} s on {self.host}:{self.port}")
         log.info("gateway serving on %s", self.url)
         return self

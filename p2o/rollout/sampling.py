@@ -59,12 +59,15 @@ def sample(logp: torch.Tensor, greedy: torch.Tensor, uniforms: torch.Tensor) -> 
 
     Greedy rows take the argmax; the others invert the CDF at their uniform in [0, 1) (`uniforms` [B]).
     """
-    probs = logp.exp()
-    cdf = probs.cumsum(dim=-1)                                         # [B, V]
+    greedy = greedy.to(logp.device)
+    if bool(greedy.all()):
+        tokens = logp.argmax(dim=-1)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    cdf = logp.exp().cumsum(dim=-1)                                    # [B, V]
     target = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1)             # [B, 1]
-    drawn = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logp.shape[-1] - 1)
-    drawn_lp = logp.gather(-1, drawn[:, None]).squeeze(-1)
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logp.shape[-1] - 1)
     # float rounding at the top end of the CDF can land on a zero-mass tail token: fall back to the argmax
-    best = logp.argmax(dim=-1)
-    tokens = torch.where(greedy.to(logp.device) | torch.isinf(drawn_lp), best, drawn)
+    fix = greedy | torch.isinf(logp.gather(-1, tokens[:, None]).squeeze(-1))
+    if bool(fix.any()):
+        tokens = torch.where(fix, logp.argmax(dim=-1), tokens)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)

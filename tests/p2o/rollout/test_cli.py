@@ -16,6 +16,7 @@ import pytest
 pytestmark = pytest.mark.network
 
 
+@pytest.mark.slow
 def test_p2o_serve_process(tiny_model_dir, repo_root):
     env = {**os.environ, "P2O_GATEWAY_TOKEN": ""}
     proc = subprocess.Popen([sys.executable, "-m", "p2o.cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
@@ -46,6 +47,7 @@ def test_p2o_serve_reports_config_errors(capsys):
     assert "rollout.device" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_rollout_writes_csv(tiny_model_dir, tmp_path):
     from p2o.cli import main
 

@@ -18,7 +18,7 @@ from p2o.rollout.serving import GatewayLimits
 from p2o.rollout.weights import iter_buckets
 from tests.p2o.rollout.helpers import make_engine, perturbed_state
 
-pytestmark = [pytest.mark.network, pytest.mark.xdist_group("rollout-gateway")]
+pytestmark = pytest.mark.network
 
 MSG = [{"role": "user", "content": "What is 2 + 3?"}]
 
