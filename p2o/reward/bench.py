@@ -11,8 +11,9 @@ mode scores the same multiset of pairs. Modes:
   JSON transport, chunking and the per-pair deadline handling; excludes worker start-up, which is
   reported separately as ``startup``).
 
-Prints a table and writes CSV rows (benchmark, mode, workers, pairs, seconds, verdicts_per_s, accuracy,
-machine, commit, timestamp).
+Prints a table and writes CSV rows (benchmark, mode, workers, pairs, seconds, verdicts_per_s,
+verdicts_per_cpu_s (single mode: verdicts per second of this process's CPU time, insensitive to other load),
+accuracy, machine, load_avg_1m, commit, timestamp).
 """
 from __future__ import annotations
 
@@ -73,11 +74,12 @@ def run(pairs: list[tuple[str, str]], modes: list[str], workers: int, timeout_s:
 
     rows = []
     if "single" in modes:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         correct = sum(grade(r, a).correct for r, a in pairs)
-        dt = time.perf_counter() - t
+        dt, cpu = time.perf_counter() - t, time.process_time() - c
         rows.append({"mode": "single", "workers": 1, "pairs": len(pairs), "seconds": dt,
-                     "verdicts_per_s": len(pairs) / dt, "accuracy": correct / len(pairs)})
+                     "verdicts_per_s": len(pairs) / dt, "accuracy": correct / len(pairs),
+                     "verdicts_per_cpu_s": len(pairs) / max(cpu, 1e-9)})
     if "pooled" in modes:
         t = time.perf_counter()
         with Verifier(RewardConfig(workers=workers, timeout_s=timeout_s)) as v:
@@ -106,21 +108,26 @@ def main(args: argparse.Namespace) -> int:
     pairs = make_pairs(source, args.n, args.seed)
     rows = run(pairs, modes, args.workers, args.timeout_s)
     machine = f"{platform.machine()} {len(os.sched_getaffinity(0))}-core CPU"
+    load = os.getloadavg()[0]  # other work on the machine skews wall-clock rates; recorded with them
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     commit = _commit()
-    print(f"{'mode':8s} {'workers':>7s} {'pairs':>7s} {'seconds':>9s} {'verdicts/s':>11s} {'accuracy':>9s}")
+    print(f"{machine}, load average {load:.2f}")
+    print(f"{'mode':8s} {'workers':>7s} {'pairs':>7s} {'seconds':>9s} {'verdicts/s':>11s} {'per CPU-s':>10s} "
+          f"{'accuracy':>9s}")
     for r in rows:
+        per_cpu = f"{r['verdicts_per_cpu_s']:10.1f}" if "verdicts_per_cpu_s" in r else f"{'':10s}"
         print(f"{r['mode']:8s} {r['workers']:7d} {r['pairs']:7d} {r['seconds']:9.2f} {r['verdicts_per_s']:11.1f} "
-              f"{r['accuracy']:9.4f}")
+              f"{per_cpu} {r['accuracy']:9.4f}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fields = ["benchmark", "mode", "workers", "pairs", "seconds", "verdicts_per_s", "accuracy", "machine",
-                  "commit", "timestamp"]
+        fields = ["benchmark", "mode", "workers", "pairs", "seconds", "verdicts_per_s", "verdicts_per_cpu_s",
+                  "accuracy", "machine", "load_avg_1m", "commit", "timestamp"]
         with open(out, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             for r in rows:
-                w.writerow({"benchmark": "verifier", **r, "machine": machine, "commit": commit, "timestamp": stamp})
+                w.writerow({"benchmark": "verifier", "verdicts_per_cpu_s": "", **r, "machine": machine,
+                            "load_avg_1m": f"{load:.2f}", "commit": commit, "timestamp": stamp})
         print(f"wrote {out}")
     return 0
