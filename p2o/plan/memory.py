@@ -10,7 +10,8 @@ Terms (docs/scaling.md gives every formula with its derivation):
 - the LM-head logit buffer of the last stage: naive = the fp32 softmax [tokens, V/TP] plus the logits in
   the compute dtype when that is not fp32; the fused kernel keeps only per-token statistics;
 - without fused weight-gradient accumulation and a fused Adam (the torch fallback, e.g. on CPU): a
-  transient fp32 gradient of the largest weight during the backward, two Adam temporaries of it in the step;
+  transient fp32 weight gradient while the activations are alive (the LM head's on the last stage, which
+  the backward meets first; else the largest layer matrix), two Adam temporaries of the largest weight;
 - the colocated vLLM engine: `vllm_gpu_memory_fraction` x GPU memory while generating; during training
   nothing at sleep levels 1 and 2 (level 1 parks the weights in host memory), everything at level 0.
 
@@ -114,7 +115,7 @@ def activation_bytes_per_token_layer(shape: ModelShape, run: RunSettings, tp: in
     output (a+2g)d/t; q, k after q/k norm and after RoPE 2(a+g)d/t (once without q/k norm); the attention
     output a d/t; fc1 output 2f/t and the SwiGLU product f/t.
     unfused (local spec, eager torch): each RMSNorm keeps its normalised input and output (2 x width), so
-    6h with the two residual sums; QKV (a+2g)d/t; q/k norm 2(a+g)d/t; RoPE outputs (a+g)d/t; k and v
+    6h with the two residual sums; QKV (a+2g)d/t; q/k norm (if any) 2(a+g)d/t; RoPE outputs (a+g)d/t; k and v
     repeated to all a heads 2ad/t (when g < a); q's layout copy, the rotate-half concat and the context
     3ad/t; softmax probabilities a s/t; fc1 2f/t, silu f/t and the product f/t.
     MoE: f = top-k x expert width (router and permutation buffers not modelled).
@@ -126,7 +127,8 @@ def activation_bytes_per_token_layer(shape: ModelShape, run: RunSettings, tp: in
         elems = 4 * h + ((a + 2 * g) + qk * (a + g) + a) * d / tp + 3 * f / tp
     else:
         repeat = 2 * a if g < a else 0
-        elems = (6 * h + ((a + 2 * g) + (qk + 1) * (a + g) + repeat + 3 * a) * d / tp + a * seq / tp
+        qk_rope = 3 if shape.qk_norm else 1  # q/k norm: normalised input and output; RoPE: its output
+        elems = (6 * h + ((a + 2 * g) + qk_rope * (a + g) + repeat + 3 * a) * d / tp + a * seq / tp
                  + 4 * f / tp)
     return elems * run.dtype_bytes
 
@@ -144,12 +146,12 @@ def logits_bytes(shape: ModelShape, run: RunSettings, tp: int, tokens: int) -> f
     return tokens * vp * (4 + (run.dtype_bytes if run.dtype_bytes != 4 else 0))
 
 
-def largest_weight(shape: ModelShape, tp: int, stage: StageParams, vocab_rows: int) -> int:
-    """Elements of the largest weight matrix on a rank (embedding / LM head slice, fc1, or QKV)."""
+def largest_weight(shape: ModelShape, tp: int, vocab_rows: int, with_vocab: bool) -> int:
+    """Elements of the largest weight matrix on a rank: fc1 or QKV, or the embedding / LM-head slice."""
     a, g, d, h = shape.heads, shape.kv_heads, shape.head_dim, shape.hidden
     f = shape.moe_ffn if shape.experts else shape.ffn
     mats = [h * 2 * f // tp, h * (a + 2 * g) * d // tp]
-    if stage.embedding or stage.head:
+    if with_vocab:
         mats.append(vocab_rows * h // tp)
     return max(mats)
 
@@ -182,8 +184,10 @@ def stage_memory(shape: ModelShape, cluster: Cluster, layout: Layout, run: RunSe
     if run.fused_wgrad_and_adam:
         wgrad_temp = adam_temp = 0.0
     else:
-        biggest = largest_weight(shape, layout.tp, sp, padded_vocab(shape, layout.tp, run.vocab_multiple)) * 4.0
-        wgrad_temp, adam_temp = biggest, 2 * biggest
+        vocab = padded_vocab(shape, layout.tp, run.vocab_multiple)
+        # the backward meets the LM head first (all activations alive) but the embedding last (all freed)
+        wgrad_temp = largest_weight(shape, layout.tp, vocab, with_vocab=last) * 4.0
+        adam_temp = 2 * largest_weight(shape, layout.tp, vocab, with_vocab=bool(sp.embedding or sp.head)) * 4.0
 
     vllm_gen = run.vllm_gpu_memory_fraction * cluster.gpu_mem_bytes
     vllm_train = vllm_gen if (run.colocated and run.vllm_sleep_level == 0) else 0.0
