@@ -39,6 +39,8 @@ from kernels.ops.fused_linear_logprob import (
     all_reduce_rows,
     check_inputs,
     global_stats,
+    put_rows,
+    take_rows,
 )
 from kernels.ops.tiles import _grouped_pid, _logit_tile, _logit_tile_pair
 from kernels.ops.vocab_stats import SoftmaxStats, merge_partials
@@ -196,16 +198,13 @@ def dual_context_backward(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weigh
     g = d_logp_x.to(acc_dtype(hidden_x.dtype)).contiguous()
     k = d_kl.to(g.dtype).contiguous() if d_kl is not None else None
     rows = active_rows(g, k)
-    d_hidden = torch.zeros_like(hidden_x)
     if rows.numel() == 0:
-        return d_hidden, torch.zeros_like(weight)
-    hx_a = hidden_x.index_select(0, rows)
-    hxz_a = hidden_xz.contiguous().index_select(0, rows) if k is not None else None
-    y_a = targets.index_select(0, rows) - opts.vocab_start
-    lse_x_a = lse_x.index_select(0, rows).contiguous()
-    lse_xz_a = lse_xz.index_select(0, rows).contiguous() if k is not None else None
-    g_a = g.index_select(0, rows)
-    k_a = k.index_select(0, rows) if k is not None else None
+        return torch.zeros_like(hidden_x), torch.zeros_like(weight)
+    hx_a = take_rows(hidden_x, rows)
+    hxz_a = take_rows(hidden_xz, rows) if k is not None else None
+    y_a = take_rows(targets, rows) - opts.vocab_start
+    lse_x_a, g_a, k_a = take_rows(lse_x, rows), take_rows(g, rows), take_rows(k, rows)
+    lse_xz_a = take_rows(lse_xz, rows) if k is not None else None
     dz_fn = dual_dz_triton if backend == "triton" else dual_dz_torch
     chunk = opts.vocab_chunk or vocab_chunk_for(
         rows.numel(), weight.shape[0], weight.element_size() if backend == "triton" else 32,
@@ -215,7 +214,7 @@ def dual_context_backward(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weigh
         return dz_fn(hx_a, hxz_a, weight[c0:c1], y_a - c0, lse_x_a, lse_xz_a, g_a, k_a, opts.inv_temp)
 
     dh_a, d_weight = linear_backward_by_vocab_chunks(hx_a, weight, chunk, dz_chunk)
-    d_hidden[rows] = all_reduce_rows(dh_a, opts).to(hidden_x.dtype)
+    d_hidden = put_rows(all_reduce_rows(dh_a, opts), rows, hidden_x.shape[0], hidden_x.dtype)
     return d_hidden, d_weight
 
 

@@ -238,6 +238,22 @@ def active_rows(*coefs: torch.Tensor | None) -> torch.Tensor:
     return live.nonzero()[:, 0]
 
 
+def take_rows(t: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    """t[rows] (contiguous), or t itself when every row is active (no copy of a [T, H] input)."""
+    if t is None:
+        return None
+    return t.contiguous() if rows.numel() == t.shape[0] else t.index_select(0, rows).contiguous()
+
+
+def put_rows(values: torch.Tensor, rows: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor:
+    """[total, ...] tensor of ``dtype`` holding ``values`` at ``rows`` and zeros elsewhere."""
+    if rows.numel() == total:
+        return values.to(dtype)
+    out = values.new_zeros((total, *values.shape[1:]), dtype=dtype)
+    out[rows] = values.to(dtype)
+    return out
+
+
 def all_reduce_rows(d_hidden: torch.Tensor, opts: LogprobOptions) -> torch.Tensor:
     """Sum dH over the tensor-parallel ranks (each rank holds only its vocabulary shard's contribution)."""
     if opts.tp_group is not None and dist.get_world_size(opts.tp_group) > 1:
@@ -258,15 +274,13 @@ def fused_linear_logprob_backward(hidden: torch.Tensor, weight: torch.Tensor, ta
     g = d_logp.to(acc_dtype(hidden.dtype)).contiguous()
     e = d_entropy.to(g.dtype).contiguous() if d_entropy is not None else None
     rows = active_rows(g, e)
-    d_hidden = torch.zeros_like(hidden)
     if rows.numel() == 0:
-        return d_hidden, torch.zeros_like(weight)
-    h_a = hidden.index_select(0, rows)
-    y_a = targets.index_select(0, rows) - opts.vocab_start
-    lse_a = stats.lse.index_select(0, rows).contiguous()
-    g_a = g.index_select(0, rows)
-    ez_a = stats.expect[:, 0].index_select(0, rows).contiguous() if e is not None else None
-    e_a = e.index_select(0, rows) if e is not None else None
+        return torch.zeros_like(hidden), torch.zeros_like(weight)
+    h_a = take_rows(hidden, rows)
+    y_a = take_rows(targets, rows) - opts.vocab_start
+    lse_a, g_a = take_rows(stats.lse, rows), take_rows(g, rows)
+    ez_a = take_rows(stats.expect[:, 0], rows) if e is not None else None
+    e_a = take_rows(e, rows)
     dz_fn = flp_dz_triton if backend == "triton" else flp_dz_torch
     chunk = opts.vocab_chunk or vocab_chunk_for(
         rows.numel(), weight.shape[0], weight.element_size() if backend == "triton" else 24,
@@ -276,7 +290,7 @@ def fused_linear_logprob_backward(hidden: torch.Tensor, weight: torch.Tensor, ta
         return dz_fn(h_a, weight[c0:c1], y_a - c0, lse_a, ez_a, g_a, e_a, opts.inv_temp)
 
     dh_a, d_weight = linear_backward_by_vocab_chunks(h_a, weight, chunk, dz_chunk)
-    d_hidden[rows] = all_reduce_rows(dh_a, opts).to(hidden.dtype)
+    d_hidden = put_rows(all_reduce_rows(dh_a, opts), rows, hidden.shape[0], hidden.dtype)
     return d_hidden, d_weight
 
 
