@@ -8,8 +8,8 @@ the same order of calls, not across engines.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from p2o.rollout.engine import GenerationRequest, SamplingParams
 from p2o.rollout.sampling import sequence_seed

@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.exists()
-    stamp, commit, dev = datetime.now(timezone.utc).isoformat(timespec="seconds"), _commit(), _device_name(device)
+    stamp, commit, dev = datetime.now(UTC).isoformat(timespec="seconds"), _commit(), _device_name(device)
     with out.open("a", newline="") as f:
         w = csv.writer(f)
         if new:

@@ -18,8 +18,9 @@ Conventions every engine follows:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Protocol
+from typing import Protocol
 
 import torch
 
@@ -43,7 +44,7 @@ class SamplingParams:
     """Maximum response length in tokens."""
     stop: list[str] = field(default_factory=list)
     """Stop strings: the response ends when its decoded text contains one (the string itself is cut from `text`)."""
-    seed: Optional[int] = None
+    seed: int | None = None
     """Sampling seed; response j of the request draws from a generator seeded from (seed, j). None: the engine picks."""
 
     def __post_init__(self) -> None:

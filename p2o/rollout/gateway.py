@@ -31,7 +31,8 @@ import logging
 import os
 import socket
 import threading
-from typing import Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -44,7 +45,7 @@ from p2o.rollout.serving import GatewayLimits, OpenAIServing, ServedResult
 log = logging.getLogger(__name__)
 
 
-def build_app(serving: OpenAIServing, token: Optional[str] = None) -> Any:
+def build_app(serving: OpenAIServing, token: str | None = None) -> Any:
     """The FastAPI application over `serving` (bearer `token` required when given)."""
     app = FastAPI(title="p2o gateway", docs_url=None, redoc_url=None, openapi_url=None)
     scheduler = serving.scheduler
@@ -127,15 +128,15 @@ class Gateway:
 
     def __init__(self, engine: RolloutEngine, tokenizer: Any, model_name: str = "p2o-policy",
                  host: str = "127.0.0.1", port: int = 0, max_batch_sequences: int = 64, max_queue: int = 1024,
-                 limits: Optional[GatewayLimits] = None, token_env: str = "P2O_GATEWAY_TOKEN"):
+                 limits: GatewayLimits | None = None, token_env: str = "P2O_GATEWAY_TOKEN"):
         self.engine = engine
         self.scheduler = Scheduler(engine, max_batch_sequences=max_batch_sequences, max_queue=max_queue)
         self.serving = OpenAIServing(self.scheduler, tokenizer, model_name, limits or GatewayLimits())
         self.app = build_app(self.serving, os.environ.get(token_env) or None)
         self.host, self.port = host, port
         self._server: Any = None
-        self._thread: Optional[threading.Thread] = None
-        self._socket: Optional[socket.socket] = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
 
     @property
     def url(self) -> str:
@@ -161,7 +162,7 @@ class Gateway:
                                 timeout_keep_alive=30, backlog=2048)
         return uvicorn.Server(config)
 
-    def start(self, timeout_s: float = 30.0) -> "Gateway":
+    def start(self, timeout_s: float = 30.0) -> Gateway:
         """Serve from a daemon thread; returns once the server accepts connections."""
         sock = self._bind()
         self.scheduler.start()
@@ -191,7 +192,7 @@ class Gateway:
         started.set()
         await task
 
-    def serve_forever(self, ready: Optional[Callable[[str], None]] = None) -> None:
+    def serve_forever(self, ready: Callable[[str], None] | None = None) -> None:
         """Serve in the calling (main) thread until SIGINT/SIGTERM, then shut down; `ready(url)` once bound."""
         sock = self._bind()
         self.scheduler.start()
@@ -214,7 +215,7 @@ class Gateway:
         if self._socket is not None:
             self._socket.close()
 
-    def __enter__(self) -> "Gateway":
+    def __enter__(self) -> Gateway:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 
@@ -54,7 +55,7 @@ class HFEngine:
     """`RolloutEngine` over a transformers causal LM. Not thread-safe: one caller at a time (the scheduler)."""
 
     def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 64, seed: int = 0,
-                 max_prompt_tokens: Optional[int] = None, refill: bool = True):
+                 max_prompt_tokens: int | None = None, refill: bool = True):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: got {max_batch_size}; expected >= 1")
         self.model = model.eval()
@@ -73,7 +74,7 @@ class HFEngine:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                        **kwargs: Any) -> "HFEngine":
+                        **kwargs: Any) -> HFEngine:
         """Load model + tokenizer from an HF directory (see `p2o.models.resolve_model_dir` for named models)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -139,8 +140,8 @@ class HFEngine:
         """Decode `pending` in slots of max_batch_size, refilling freed slots when `self.refill`."""
         pending = list(pending)
         rows: list[_Row] = []
-        kv: Optional[PaddedKV] = None
-        logits: Optional[torch.Tensor] = None
+        kv: PaddedKV | None = None
+        logits: torch.Tensor | None = None
         while pending or rows:
             free = self.max_batch_size - len(rows)
             if pending and free > 0 and (self.refill or not rows):
@@ -213,7 +214,7 @@ class HFEngine:
         tokens, lps = sample(logp, temperature <= 0, uniforms)
         return tokens.cpu(), lps.cpu()
 
-    def _finish(self, row: _Row, reason: Optional[str]) -> Generation:
+    def _finish(self, row: _Row, reason: str | None) -> Generation:
         return Generation(prompt_ids=row.seq.prompt_ids, response_ids=row.response, logprobs=row.logprobs,
                           text=row.checker.text(row.response), finish_reason=reason or "length",
                           policy_version=self.policy_version)

@@ -58,12 +58,12 @@ class PaddedKV:
         self.lengths = self.lengths[keep]
         self._trim()
 
-    def merge(self, other: "PaddedKV") -> None:
+    def merge(self, other: PaddedKV) -> None:
         """Append the rows of `other` (same model, same device/dtype) after this cache's rows."""
         la, lb = self.mask.shape[1], other.mask.shape[1]
         length = max(la, lb)
         layers = []
-        for (ka, va), (kb, vb) in zip(_tensors(self.cache), _tensors(other.cache)):
+        for (ka, va), (kb, vb) in zip(_tensors(self.cache), _tensors(other.cache), strict=True):
             layers.append((torch.cat([_pad_left(ka, length), _pad_left(kb, length)], dim=0),
                            torch.cat([_pad_left(va, length), _pad_left(vb, length)], dim=0)))
         self.cache = DynamicCache(ddp_cache_data=layers)

@@ -11,7 +11,7 @@ Extensions (send them with the client's `extra_body=`):
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 class GatewayError(Exception):
     """An error answered as OpenAI-style JSON `{"error": {...}}` with HTTP `status`."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: Optional[str] = None):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param = status, message, type, param
 
@@ -30,18 +30,18 @@ class GatewayError(Exception):
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: Optional[str] = None
+    model: str | None = None
     n: int = Field(1, ge=1)
-    temperature: Optional[float] = Field(None, ge=0)
-    top_p: Optional[float] = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
     top_k: int = Field(0, ge=-1)
-    max_tokens: Optional[int] = Field(None, ge=1)
-    stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
+    max_tokens: int | None = Field(None, ge=1)
+    stop: Union[str, list[str]] | None = None
+    seed: int | None = None
     stream: bool = False
-    priority: Optional[str] = None
+    priority: str | None = None
     min_policy_version: int = Field(0, ge=0)
-    timeout_s: Optional[float] = Field(None, gt=0)
+    timeout_s: float | None = Field(None, gt=0)
     return_token_ids: bool = False
 
     def stop_list(self) -> list[str]:
@@ -52,7 +52,7 @@ class _Sampling(BaseModel):
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[int], list[str], list[list[int]]]
-    logprobs: Optional[int] = Field(None, ge=0, le=1)
+    logprobs: int | None = Field(None, ge=0, le=1)
     echo: bool = False
 
     def prompts(self) -> list[Union[str, list[int]]]:
@@ -68,13 +68,13 @@ class CompletionRequest(_Sampling):
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: str
-    text: Optional[str] = None
+    text: str | None = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: str
-    content: Optional[Union[str, list[ContentPart]]] = None
+    content: Union[str, list[ContentPart]] | None = None
 
     def as_template_message(self) -> dict[str, str]:
         if self.content is None or isinstance(self.content, str):
@@ -86,10 +86,10 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
-    top_logprobs: Optional[int] = Field(None, ge=0, le=0)
-    chat_template_kwargs: Optional[dict[str, Any]] = None
+    top_logprobs: int | None = Field(None, ge=0, le=0)
+    chat_template_kwargs: dict[str, Any] | None = None
 
 
 def parse(model: type[BaseModel], body: Any) -> Any:

@@ -27,9 +27,9 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
 
 from p2o.rollout.engine import Generation, GenerationRequest, RolloutEngine, WeightBucket
 
@@ -64,7 +64,7 @@ class _Job:
     request: GenerationRequest
     priority: int
     min_version: int
-    deadline: Optional[float]
+    deadline: float | None
     order: int
     bounded: bool
     batches_before: int
@@ -108,10 +108,10 @@ class Scheduler:
         self._holds = 0
         self._running = False
         self._closed = False
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
-    def start(self) -> "Scheduler":
+    def start(self) -> Scheduler:
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="p2o-rollout-scheduler", daemon=True)
             self._thread.start()
@@ -147,7 +147,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------------------ requests
     def submit(self, requests: list[GenerationRequest], priority: str | int = "training", min_policy_version: int = 0,
-               timeout_s: Optional[float] = None, bounded: bool = False) -> list[Future]:
+               timeout_s: float | None = None, bounded: bool = False) -> list[Future]:
         """Queue `requests`; one Future per request resolving to its `n` Generations. Never blocks.
 
         Raises `QueueFull` (bounded submitters, all-or-nothing) and `SchedulerClosed`.
@@ -168,7 +168,7 @@ class Scheduler:
         return [j.future for j in jobs]
 
     def generate(self, requests: list[GenerationRequest], priority: str | int = "training", min_policy_version: int = 0,
-                 timeout_s: Optional[float] = None) -> list[list[Generation]]:
+                 timeout_s: float | None = None) -> list[list[Generation]]:
         """Blocking `submit`: served in the same batches as queued HTTP requests of lower priority."""
         if self._thread is None:
             raise RuntimeError("Scheduler.generate before start()")
@@ -237,7 +237,7 @@ class Scheduler:
         deadlines = [j.deadline for j in self._queue if j.deadline is not None]
         return max(0.001, min(deadlines) - time.monotonic()) if deadlines else 1.0
 
-    def _next_batch(self) -> Optional[list[_Job]]:
+    def _next_batch(self) -> list[_Job] | None:
         """Under the lock: expire late jobs, then take eligible jobs in (priority, arrival) order."""
         now = time.monotonic()
         late = [j for j in self._queue if j.deadline is not None and j.deadline <= now]
@@ -269,7 +269,7 @@ class Scheduler:
             self._started += 1
         return batch or None
 
-    def _run(self, batch: list[_Job], index: Optional[int] = None) -> None:
+    def _run(self, batch: list[_Job], index: int | None = None) -> None:
         index = self._started - 1 if index is None else index
         start = time.monotonic()
         try:
@@ -291,7 +291,7 @@ class Scheduler:
         self.batch_log.append(record)
         self.counters["batches"] += 1
         self.counters["generated_tokens"] += tokens
-        for job, gens in zip(batch, results):
+        for job, gens in zip(batch, results, strict=True):
             job.future.set_result(gens)
 
 

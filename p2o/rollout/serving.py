@@ -9,7 +9,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from p2o.rollout.engine import Generation, GenerationRequest, SamplingParams
 from p2o.rollout.protocol import ChatCompletionRequest, CompletionRequest, GatewayError
@@ -51,7 +51,7 @@ class OpenAIServing:
         self.limits = limits
 
     # ------------------------------------------------------------------------------------------ endpoints
-    async def create_completion(self, req: CompletionRequest, header_priority: Optional[str]) -> ServedResult:
+    async def create_completion(self, req: CompletionRequest, header_priority: str | None) -> ServedResult:
         if req.echo:
             raise GatewayError(400, "echo is not supported", param="echo")
         prompts = [self._encode_text(p) if isinstance(p, str) else list(p) for p in req.prompts()]
@@ -69,7 +69,7 @@ class OpenAIServing:
                 choices.append(choice)
         return self._result(rid, "text_completion", req, prompts, gens, choices)
 
-    async def create_chat_completion(self, req: ChatCompletionRequest, header_priority: Optional[str]) -> ServedResult:
+    async def create_chat_completion(self, req: ChatCompletionRequest, header_priority: str | None) -> ServedResult:
         msgs = [m.as_template_message() for m in req.messages]
         kwargs = {**self.limits.chat_template_kwargs, **(req.chat_template_kwargs or {})}
         try:
@@ -117,14 +117,14 @@ class OpenAIServing:
         except ValueError as e:
             raise GatewayError(400, str(e)) from e
 
-    def _priority(self, req: Any, header: Optional[str]) -> str:
+    def _priority(self, req: Any, header: str | None) -> str:
         priority = req.priority or header or self.limits.default_priority
         if priority not in PRIORITIES:
             raise GatewayError(400, f"priority {priority!r}: expected one of {', '.join(PRIORITIES)}",
                                param="priority")
         return priority
 
-    async def _run(self, req: Any, prompts: list[list[int]], rid: str, header_priority: Optional[str]) -> list[list[Generation]]:
+    async def _run(self, req: Any, prompts: list[list[int]], rid: str, header_priority: str | None) -> list[list[Generation]]:
         params = self._sampling(req)
         priority = self._priority(req, header_priority)
         for k, p in enumerate(prompts):
@@ -147,7 +147,7 @@ class OpenAIServing:
             # the scheduler expires queued requests at the deadline; the grace covers a batch still running
             return await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futures)),
                                           timeout + self.limits.request_timeout_s)
-        except (RequestTimeout, asyncio.TimeoutError) as e:
+        except (TimeoutError, RequestTimeout) as e:
             self.scheduler.cancel(futures)
             raise GatewayError(504, str(e) or f"request not served within {timeout} s", type="timeout") from e
         except SchedulerClosed as e:
@@ -184,4 +184,4 @@ class OpenAIServing:
 
     def _chat_logprobs(self, g: Generation) -> list[dict[str, Any]]:
         return [{"token": piece, "logprob": lp, "bytes": list(piece.encode()), "top_logprobs": []}
-                for piece, lp in zip(self._pieces(g), g.logprobs)]
+                for piece, lp in zip(self._pieces(g), g.logprobs, strict=True)]

@@ -6,8 +6,9 @@ stop string, as in the OpenAI API), or after `max_new_tokens` tokens ('length').
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any
 
 
 def eos_token_ids(tokenizer: Any, model_config: Any = None, generation_config: Any = None) -> set[int]:
@@ -27,7 +28,7 @@ def eos_token_ids(tokenizer: Any, model_config: Any = None, generation_config: A
 @dataclass
 class StopResult:
     finished: bool
-    reason: Optional[str] = None
+    reason: str | None = None
     """'stop' or 'length' once finished."""
 
 
@@ -59,6 +60,6 @@ class StopChecker:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _stop_index(self, text: str) -> Optional[int]:
+    def _stop_index(self, text: str) -> int | None:
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         return min(hits) if hits else None

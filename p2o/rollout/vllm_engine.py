@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -58,7 +59,7 @@ def generation_from_vllm(seq: Sequence, output: Any, policy_version: int) -> Gen
     steps = output.logprobs or []
     if len(steps) != len(token_ids):
         raise ValueError(f"vLLM returned {len(steps)} log-prob entries for {len(token_ids)} tokens")
-    logprobs = [float(step[tok].logprob) for tok, step in zip(token_ids, steps)]
+    logprobs = [float(step[tok].logprob) for tok, step in zip(token_ids, steps, strict=True)]
     return Generation(prompt_ids=seq.prompt_ids, response_ids=token_ids, logprobs=logprobs, text=output.text,
                       finish_reason=_FINISH.get(output.finish_reason or "length", "length"),
                       policy_version=policy_version)
@@ -68,7 +69,7 @@ class VLLMEngine:
     """`RolloutEngine` over an in-process `vllm.LLM` with sleep mode (see module docstring)."""
 
     def __init__(self, model_path: str, tp: int = 1, sleep_level: int = 1, gpu_memory_utilization: float = 0.5,
-                 dtype: str = "bfloat16", max_model_len: Optional[int] = None, seed: int = 0,
+                 dtype: str = "bfloat16", max_model_len: int | None = None, seed: int = 0,
                  tp_group: Any = None, **llm_kwargs: Any):
         if sleep_level not in (1, 2):
             raise ValueError(f"rollout.vllm_sleep_level: got {sleep_level}; expected 1 or 2")
@@ -141,7 +142,7 @@ class VLLMEngine:
                                     sampling_params=[VLLMSamplingParams(**vllm_sampling_kwargs(s)) for s in seqs],
                                     use_tqdm=False)
         results = {(s.request_index, s.sample_index): generation_from_vllm(s, out.outputs[0], self.policy_version)
-                   for s, out in zip(seqs, outputs)}
+                   for s, out in zip(seqs, outputs, strict=True)}
         grouped = regroup(everything, results)
         start = sum(len(share) for share in shares[:self._group_rank()])
         return grouped[start:start + len(mine)]

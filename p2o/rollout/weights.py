@@ -14,8 +14,8 @@ sleep level 2) must write every parameter, and `WeightCoverage` says which ones 
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import torch
 

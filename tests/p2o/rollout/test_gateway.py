@@ -62,7 +62,7 @@ def test_chat_completion_matches_in_process_engine(gw, tiny_tokenizer):
                                      add_special_tokens=False)["input_ids"]
     direct = gw.engine.generate([GenerationRequest(expected_prompt, SamplingParams(n=3, temperature=1.0,
                                                                                    max_new_tokens=8, seed=11))])[0]
-    for choice, g in zip(resp.choices, direct):
+    for choice, g in zip(resp.choices, direct, strict=True):
         assert choice.model_extra["prompt_token_ids"] == expected_prompt
         assert choice.model_extra["token_ids"] == g.response_ids
         assert choice.message.content == g.text and choice.finish_reason == g.finish_reason
@@ -125,7 +125,7 @@ async def _flood_then_training(gw: Gateway) -> tuple[list, object]:
     gw.scheduler.resume()
     await asyncio.to_thread(wait_until, lambda: len(gw.scheduler.batch_log) >= 2)
     training = await c.completions.create(model="tiny", prompt="train", max_tokens=12, temperature=1.0,
-                                          extra_body={"priority": "training"})
+                                          extra_headers={"X-Priority": "training"})
     remaining = gw.scheduler.queue_depth()["evaluation"]
     done = await asyncio.gather(*flood)
     await c.close()
@@ -139,7 +139,7 @@ def test_training_requests_overtake_an_evaluation_flood(tiny_model_dir, tiny_tok
         assert len(done) == 24 and remaining > 0, "the flood must still be queued when training is served"
         log = list(gw.scheduler.batch_log)
         rec = next(r for r in log if any(rid.startswith(training.id) for rid in r.request_ids))
-        waited = dict(zip(rec.request_ids, rec.waited_batches))[f"{training.id}-0"]
+        waited = dict(zip(rec.request_ids, rec.waited_batches, strict=True))[f"{training.id}-0"]
         assert waited == 0, "a training request is served by the next batch after it arrives"
         assert any(r.index > rec.index and PRIORITIES["evaluation"] in r.priorities for r in log)
         assert max(w for r in log for w in r.waited_batches) >= 5  # evaluation requests did wait

@@ -44,7 +44,7 @@ def test_greedy_equals_transformers_generate(engine, tiny_model_dir, tiny_tokeni
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=10)
     prompts = prompt_ids(tiny_tokenizer, PROMPTS)
     gens = engine.generate([GenerationRequest(p, params) for p in prompts])
-    for p, per_prompt in zip(prompts, gens):
+    for p, per_prompt in zip(prompts, gens, strict=True):
         with torch.no_grad():
             ref = model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False, eos_token_id=None,
                                  pad_token_id=0)[0, len(p):].tolist()

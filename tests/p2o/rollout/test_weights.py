@@ -32,7 +32,7 @@ def test_loader_copies_in_place_with_tied_embeddings(tiny_model_dir):
     assert cov.missing == [] and cov.tensors == len(list(src.named_parameters()))
     assert dst.model.embed_tokens.weight.data_ptr() == ptr  # no reallocation
     assert dst.lm_head.weight is dst.model.embed_tokens.weight
-    for (n, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
+    for (n, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
     # a stream naming the tied head instead of the embedding writes the same tensor
     head_only = [[("lm_head.weight", torch.zeros_like(src.lm_head.weight))]]
