@@ -335,6 +335,8 @@ class LoggingConfig:
     """Progress bars on long phases."""
     level: str = "INFO"
     """Python logging level."""
+    save_rollouts: bool = True
+    """Write every step's rollouts (problem, template, reward, verdict, text) to run_dir/rollouts/."""
 
 
 @dataclass

@@ -134,6 +134,7 @@ class Trainer:
         metrics = self._score_and_mine(rows, problems) if rt.is_rank0 else None
         times["time_verify_s"] = time.time() - t
         rows, metrics = rt.broadcast((rows, metrics))
+        rt.save_rollouts(rows, step)
 
         t = time.time()
         old_lp, mask, weights_scale = self._old_logprobs(rows, metrics)
@@ -309,7 +310,8 @@ class Trainer:
         cfg, st, rt = self.cfg, self.state, self.rt
         epoch_metrics: dict[str, Any] = {"epoch": st.epoch, "hard_count": len(self.hard)}
         epoch_metrics.update(rt.evaluate_heldout() if rt.is_rank0 else {})
-        if cfg.p2o.enabled and st.gepa_job is None:
+        last_epoch = st.epoch + 1 >= cfg.train.epochs  # templates found now could never be used
+        if cfg.p2o.enabled and st.gepa_job is None and not last_epoch:
             job: Optional[dict] = None
             if rt.is_rank0 and len(self.hard) >= cfg.p2o.min_hard:
                 job = rt.submit_gepa(self.hard, st.epoch, st.policy_version)

@@ -89,6 +89,20 @@ class Runtime:
         self.scheduler.pause()
         return to_rows(planned, generations)
 
+    def save_rollouts(self, rows, step: int) -> None:
+        """rollouts/step_N.jsonl: problem, template, reward, verdict, text of every rollout (rank 0)."""
+        if not (self.is_rank0 and self.cfg.logging.save_rollouts):
+            return
+        import json
+
+        d = self.run_dir / "rollouts"
+        d.mkdir(exist_ok=True)
+        keys = ("problem_id", "group", "template", "reward", "verdict_reason", "advantage", "finish_reason",
+                "policy_version", "text")
+        tmp = d / f"step_{step:06d}.jsonl.tmp"
+        tmp.write_text("".join(json.dumps({k: getattr(r, k) for k in keys}, ensure_ascii=False) + "\n" for r in rows))
+        tmp.replace(d / f"step_{step:06d}.jsonl")
+
     def verify(self, pairs: list[tuple[str, str]]):
         return self.verifier.score_many(pairs)
 
@@ -139,7 +153,7 @@ class Runtime:
             problems=[s.problem for s in samples],
             failed_responses={s.problem.id: list(s.failed_responses) for s in samples},
             policy_version=policy_version, policy_url=self.gateway.url + "/v1", policy_model="policy",
-            reflection=self._reflection_settings(), gepa=gepa, k=cfg.rollout.n,
+            reflection=self._reflection_settings(), gepa=gepa, reward=asdict(cfg.reward), k=cfg.rollout.n,
             user_template=cfg.prompt.user_template, system=cfg.prompt.system, thinking=cfg.model.thinking,
             idempotency_key=f"{self.run_dir.resolve()}::epoch{epoch}",
             same_template_in_group=cfg.p2o.same_template_in_group,
@@ -163,7 +177,8 @@ class Runtime:
         client = self.gepa_client
         if block:
             self.scheduler.resume()  # the engine serves GEPA's candidate evaluations while we wait
-            status = client.wait(job["job_id"], timeout_s=None, poll_s=self.cfg.gepa.poll_interval_s)
+            status = client.wait(job["job_id"], timeout_s=float("inf"), poll_s=self.cfg.gepa.poll_interval_s,
+                                 on_progress=lambda st: log.info("GEPA %s: %s", job["job_id"], _progress_line(st)))
             self.scheduler.pause()
         else:
             status = client.status(job["job_id"])
@@ -187,7 +202,8 @@ class Runtime:
             shown = {k: metrics[k] for k in ("reward_mean", "hard_count", "templated_share", "mask_rate", "loss",
                                               "time_step_s", "heldout_greedy", "pool_size", "assigned")
                      if isinstance(metrics.get(k), (int, float))}
-            log.info("%s %d: %s", kind, step, " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+            where = f"epoch {metrics['epoch']}" if kind != "step" and "epoch" in metrics else f"{kind} {step}"
+            log.info("%s: %s", where, " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
     def truncate_metrics(self, step: int) -> None:
         if self.is_rank0:
@@ -227,7 +243,13 @@ def _start_gepa_service(run_dir: Path, token_env: str) -> tuple[subprocess.Popen
             proc.kill()
             raise RuntimeError(f"the GEPA service did not start within 120 s; see {d / 'service.log'}")
         time.sleep(0.2)
-    return proc, endpoint.read_text().strip()
+    url = endpoint.read_text().strip()
+    return proc, url if url.startswith("http") else f"http://{url}"
+
+
+def _progress_line(status: dict) -> str:
+    keys = ("state", "iteration", "budget_used", "budget_total", "pool_size", "best_dev_score")
+    return " ".join(f"{k}={status.get(k)}" for k in keys if status.get(k) is not None)
 
 
 def build_runtime(cfg: RunConfig) -> Runtime:
