@@ -21,7 +21,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "tests" / "data" / "verifier_pairs.jsonl"
 
@@ -31,11 +31,11 @@ class Disagreement:
     id: str
     style: str
     answer: str
-    extracted: Optional[str]
+    extracted: str | None
     ours: bool
     ours_reason: str
     math_verify: bool
-    label: Optional[bool]
+    label: bool | None
     note: str
 
 
@@ -43,8 +43,8 @@ class Disagreement:
 class AgreementReport:
     n: int
     agreement: float                 # fraction of pairs where our verdict == math-verify's
-    ours_vs_label: Optional[float]   # accuracy against the expected labels (None without labels)
-    math_verify_vs_label: Optional[float]
+    ours_vs_label: float | None   # accuracy against the expected labels (None without labels)
+    math_verify_vs_label: float | None
     disagreements: list[Disagreement] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def compute(rows: list[dict[str, Any]]) -> AgreementReport:
                            math_verify_vs_label=mv_ok / labelled if labelled else None, disagreements=dis)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m p2o.reward.agreement", description=__doc__.split("\n")[0])
     ap.add_argument("--jsonl", default=str(DEFAULT_PAIRS), help="labelled pairs (default: %(default)s)")
     ap.add_argument("--out", default=None, help="write the report as JSON here")

@@ -25,7 +25,7 @@ import platform
 import random
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from p2o.config import RewardConfig
@@ -109,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
     rows = run(pairs, modes, args.workers, args.timeout_s)
     machine = f"{platform.machine()} {len(os.sched_getaffinity(0))}-core CPU"
     load = os.getloadavg()[0]  # other work on the machine skews wall-clock rates; recorded with them
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     commit = _commit()
     print(f"{machine}, load average {load:.2f}")
     print(f"{'mode':8s} {'workers':>7s} {'pairs':>7s} {'seconds':>9s} {'verdicts/s':>11s} {'per CPU-s':>10s} "

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Optional
+from typing import Any
 
 import sympy
 
@@ -36,7 +36,7 @@ def _finite(x: sympy.Basic) -> bool:
     return not x.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo)
 
 
-def _numeric(x: sympy.Basic) -> Optional[complex]:
+def _numeric(x: sympy.Basic) -> complex | None:
     try:
         v = complex(sympy.N(x, _DIGITS))
     except (TypeError, ValueError, OverflowError, ZeroDivisionError):
@@ -50,7 +50,7 @@ def _close(a: complex, b: complex, rel: float) -> bool:
     return abs(a - b) <= rel * max(abs(a), abs(b), 1e-300) or (a == b)
 
 
-def equal_expr(a: sympy.Basic, b: sympy.Basic, approx: bool, rel_tol: float) -> Optional[str]:
+def equal_expr(a: sympy.Basic, b: sympy.Basic, approx: bool, rel_tol: float) -> str | None:
     """Reason code when expressions `a` and `b` are equal, else None (see the module docstring)."""
     if a == b:
         return EQUAL_SYMBOLIC
@@ -84,7 +84,7 @@ def equal_expr(a: sympy.Basic, b: sympy.Basic, approx: bool, rel_tol: float) -> 
     return EQUAL_NUMERIC if at_points else None
 
 
-def _equal_at_points(a: sympy.Basic, b: sympy.Basic, syms: list[sympy.Symbol], rel: float) -> Optional[bool]:
+def _equal_at_points(a: sympy.Basic, b: sympy.Basic, syms: list[sympy.Symbol], rel: float) -> bool | None:
     """True/False when a and b agree/disagree at 6 seeded random points (>= 3 must evaluate); else None."""
     rng = random.Random(0)
     valid = 0
@@ -100,7 +100,7 @@ def _equal_at_points(a: sympy.Basic, b: sympy.Basic, syms: list[sympy.Symbol], r
     return True if valid >= 3 else None
 
 
-def _numeric_at(x: sympy.Basic, point: dict) -> Optional[complex]:
+def _numeric_at(x: sympy.Basic, point: dict) -> complex | None:
     try:
         v = complex(x.evalf(_DIGITS, subs=point))
     except (TypeError, ValueError, OverflowError, ZeroDivisionError, AttributeError):
@@ -117,7 +117,7 @@ def _percent_variants(v: Any, percent: bool) -> list[Any]:
 
 
 def equivalent(pred: Any, gold: Any, *, approx: bool = False, rel_tol: float = 1e-6,
-               pred_percent: bool = False, gold_percent: bool = False) -> Optional[str]:
+               pred_percent: bool = False, gold_percent: bool = False) -> str | None:
     """Reason code (`equal_symbolic`/`equal_numeric`/`equal_string`) when `pred` equals `gold`, else None.
 
     `approx`: either answer was written with a decimal point (enables the `rel_tol` comparison).
@@ -131,7 +131,7 @@ def equivalent(pred: Any, gold: Any, *, approx: bool = False, rel_tol: float = 1
     return None
 
 
-def _equal(a: Any, b: Any, approx: bool, tol: float) -> Optional[str]:
+def _equal(a: Any, b: Any, approx: bool, tol: float) -> str | None:
     if isinstance(a, sympy.Basic) and isinstance(b, sympy.Basic):
         return equal_expr(a, b, approx, tol)
     if isinstance(a, Text) or isinstance(b, Text):
@@ -168,7 +168,7 @@ def _equal(a: Any, b: Any, approx: bool, tol: float) -> Optional[str]:
     return None
 
 
-def _letter(v: Any) -> Optional[str]:
+def _letter(v: Any) -> str | None:
     if isinstance(v, sympy.Symbol) and len(v.name) == 1:
         return v.name.lower()
     return {sympy.E: "e", sympy.I: "i"}.get(v) if isinstance(v, sympy.Basic) else None
@@ -182,11 +182,11 @@ def _combine(reasons: list[str]) -> str:
     return EQUAL_SYMBOLIC
 
 
-def _in_order(xs: tuple[Any, ...], ys: tuple[Any, ...], approx: bool, tol: float) -> Optional[str]:
+def _in_order(xs: tuple[Any, ...], ys: tuple[Any, ...], approx: bool, tol: float) -> str | None:
     if len(xs) != len(ys) or len(xs) > MAX_ITEMS:
         return None
     reasons = []
-    for x, y in zip(xs, ys):
+    for x, y in zip(xs, ys, strict=True):
         r = _equal(x, y, approx, tol)
         if r is None:
             return None
@@ -194,7 +194,7 @@ def _in_order(xs: tuple[Any, ...], ys: tuple[Any, ...], approx: bool, tol: float
     return _combine(reasons)
 
 
-def _unordered(xs: tuple[Any, ...], ys: tuple[Any, ...], approx: bool, tol: float) -> Optional[str]:
+def _unordered(xs: tuple[Any, ...], ys: tuple[Any, ...], approx: bool, tol: float) -> str | None:
     """Multiset equality by greedy matching (items of an answer are pairwise distinct in practice)."""
     if len(xs) != len(ys) or len(xs) > MAX_ITEMS:
         return None
@@ -215,7 +215,7 @@ def _unordered(xs: tuple[Any, ...], ys: tuple[Any, ...], approx: bool, tol: floa
 _MIRROR = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "=": "=", "!=": "!="}
 
 
-def _relation(a: Relation, b: Relation, approx: bool, tol: float) -> Optional[str]:
+def _relation(a: Relation, b: Relation, approx: bool, tol: float) -> str | None:
     if a.ops == b.ops:
         r = _in_order(a.terms, b.terms, approx, tol)
         if r is not None:

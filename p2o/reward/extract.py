@@ -13,7 +13,6 @@ Extraction is a pure function over strings: linear time, no regex backtracking o
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 FALLBACKS = ("none", "last_number", "answer_is")
 
@@ -43,7 +42,7 @@ def brace_end(text: str, open_at: int) -> int:
     return -1
 
 
-def _box_at(text: str, start: int, command: str) -> tuple[Optional[str], int]:
+def _box_at(text: str, start: int, command: str) -> tuple[str | None, int]:
     """(content, end index) of the box command at `start`; content None when it is not a well-formed box."""
     i = start + len(command)
     while i < len(text) and text[i] == " ":
@@ -58,14 +57,14 @@ def _box_at(text: str, start: int, command: str) -> tuple[Optional[str], int]:
     return None, start + len(command)
 
 
-def last_boxed(text: str) -> Optional[str]:
+def last_boxed(text: str) -> str | None:
     """Content of the last top-level `\\boxed{}` / `\\fbox{}` in `text` (nested braces matched), or None.
 
     Boxes nested inside a box belong to it (`\\boxed{\\boxed{4}}` gives `\\boxed{4}`; normalisation unwraps
     it). When the last box is malformed (unbalanced braces), the answer is None: a truncated final box is
     not silently replaced by an earlier one. One left-to-right pass: linear time.
     """
-    content: Optional[str] = None
+    content: str | None = None
     found = False
     nxt = 0
     for m in _BOX_RE.finditer(text):
@@ -78,7 +77,7 @@ def last_boxed(text: str) -> Optional[str]:
     return content.strip()
 
 
-def _last_number(text: str) -> Optional[str]:
+def _last_number(text: str) -> str | None:
     last = None
     for m in _LAST_NUMBER.finditer(text):
         last = m
@@ -87,7 +86,7 @@ def _last_number(text: str) -> Optional[str]:
     return last.group(0).rstrip(",").replace(" ", "")
 
 
-def _answer_is(text: str) -> Optional[str]:
+def _answer_is(text: str) -> str | None:
     last = None
     for m in _ANSWER_IS.finditer(text):
         last = m
@@ -103,7 +102,7 @@ def _answer_is(text: str) -> Optional[str]:
     return line or None
 
 
-def extract_answer(text: str, fallback: str = "none") -> Optional[str]:
+def extract_answer(text: str, fallback: str = "none") -> str | None:
     """The final answer in a response, or None.
 
     `fallback` is one of `FALLBACKS`; it is used only when the text has no box. Raises ValueError for an

@@ -13,8 +13,17 @@ from p2o.reward.equivalence import equivalent
 from p2o.reward.extract import extract_answer
 from p2o.reward.normalize import Normalized, normalize, split_choice
 from p2o.reward.parser import ParseError, TooComplex, parse_answer
-from p2o.reward.verdict import (BAD_INPUT, EQUAL_STRING, INTERNAL_ERROR, NO_BOXED, NOT_EQUAL, PARSE_ERROR,
-                                TOO_COMPLEX, TOO_LONG, Verdict)
+from p2o.reward.verdict import (
+    BAD_INPUT,
+    EQUAL_STRING,
+    INTERNAL_ERROR,
+    NO_BOXED,
+    NOT_EQUAL,
+    PARSE_ERROR,
+    TOO_COMPLEX,
+    TOO_LONG,
+    Verdict,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ single latin letters (optionally subscripted) or greek-letter names; nothing els
 Accepted (see docs/verifier.md): integers and decimals (exact rationals), + - * / ^, implicit
 multiplication, parentheses, \\frac, \\sqrt and \\sqrt[n], \\binom, n!, |x|, floor/ceil, \\pi, e, i,
 \\infty, sin/cos/tan/.../log/ln/exp, log_b, mixed numbers (`2\\frac{1}{2}` = 5/2 for a proper fraction of
-integers), \\pm (a two-element set), tuples and intervals `(a, b]`, sets `\\{a, b\\}`, bare lists `a, b`,
+integers), repeating decimals `0.1\\overline{6}`, \\pm (a two-element set), tuples and intervals `(a, b]`, sets `\\{a, b\\}`, bare lists `a, b`,
 unions `\\cup`, matrices (pmatrix/bmatrix/vmatrix/matrix), relations (= < > \\le \\ge \\ne, \\in); an
 equation `x = v` with a lone variable on the left is its right-hand side, and `x > a`, `a < x \\le b`
 are intervals.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import sympy
 
@@ -73,6 +73,7 @@ _UNICODE = {"π": "\\pi ", "∞": "\\infty ", "√": "\\sqrt ", "≤": "\\le ", 
             "∅": "\\emptyset ", "⋅": "*"}
 _SINGLE = set("+-*/^_()[]{}|,;!=<>&:'")
 _WORD_SEPARATORS = {"and", "or"}
+_REPEATING = re.compile(r"(\d{0,30})\.(\d{0,30})\\overline\s*\{(\d{1,30})\}")
 _E_NOTATION = re.compile(r"[eE]([+-]?)(\d{1,4})(?![\d.a-zA-Z])")
 _ENVS = {"pmatrix", "bmatrix", "vmatrix", "Bmatrix", "matrix", "smallmatrix", "array"}
 
@@ -88,6 +89,12 @@ def tokenize(s: str) -> list[Tok]:
         c = s[i]
         if c.isspace():
             i += 1
+        elif (c.isdigit() or c == ".") and (m := _REPEATING.match(s, i)):  # 0.1\overline{6} = 1/6
+            whole, fixed, rep = m.group(1) or "0", m.group(2), m.group(3)
+            num = int(whole + fixed + rep) - int(whole + fixed)
+            den = (10 ** len(rep) - 1) * 10 ** len(fixed)
+            toks.extend([Tok("op", "("), Tok("num", str(num)), Tok("op", "/"), Tok("num", str(den)), Tok("op", ")")])
+            i = m.end()
         elif c.isdigit() or (c == "." and i + 1 < n and s[i + 1].isdigit()):
             j = i
             while j < n and s[j].isdigit():
@@ -182,7 +189,7 @@ def _log2_magnitude(x: sympy.Basic) -> float:
     try:
         v = abs(complex(sympy.N(x, 15)))
     except (TypeError, ValueError, OverflowError):
-        raise TooComplex("cannot bound a power's size")
+        raise TooComplex("cannot bound a power's size") from None
     if v == 0 or not math.isfinite(v):
         return 0.0 if v == 0 else float("inf")
     return abs(math.log2(v))
@@ -242,7 +249,7 @@ class _Parser:
         self.pos = 0
         self.depth = 0
         self.abs_depth = 0
-        self.assigned: list[Optional[sympy.Symbol]] = []  # per top-level item: the x of `x = value`, else None
+        self.assigned: list[sympy.Symbol | None] = []  # per top-level item: the x of `x = value`, else None
 
     # -- helpers
     def peek(self, k: int = 0) -> Tok:
@@ -254,7 +261,7 @@ class _Parser:
             self.pos += 1
         return t
 
-    def at(self, kind: str, text: Optional[str] = None) -> bool:
+    def at(self, kind: str, text: str | None = None) -> bool:
         t = self.peek()
         return t.kind == kind and (text is None or t.text == text)
 
@@ -384,7 +391,7 @@ class _Parser:
             else:
                 return value
 
-    def _try_mixed(self, whole: sympy.Integer) -> Optional[sympy.Basic]:
+    def _try_mixed(self, whole: sympy.Integer) -> sympy.Basic | None:
         save = self.pos
         t = self.toks
         # \frac { n } { d }  or  \frac n d (single digits)
@@ -648,7 +655,7 @@ def _simplify_relation(ops: tuple[str, ...], terms: tuple[Any, ...]) -> Any:
     return Relation(ops, terms)
 
 
-def _split_pm(toks: list[Tok]) -> Optional[tuple[list[Tok], list[Tok]]]:
+def _split_pm(toks: list[Tok]) -> tuple[list[Tok], list[Tok]] | None:
     """A single top-level \\pm / \\mp: the two token lists with + and - (in that order)."""
     idx = [k for k, t in enumerate(toks) if t.kind == "op" and t.text in ("pm", "mp")]
     if not idx:

@@ -23,7 +23,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
 
 from p2o.reward.verdict import INTERNAL_ERROR, TIMEOUT
 
@@ -62,7 +61,7 @@ class _Worker:
         self.proc.stdin.write(json.dumps(pairs).encode("utf-8") + b"\n")
         self.proc.stdin.flush()
 
-    def read_line(self, timeout_s: float) -> Optional[bytes]:
+    def read_line(self, timeout_s: float) -> bytes | None:
         """The next output line, or None when `timeout_s` passes first; raises WorkerDied on EOF."""
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any
 
 # reason codes (the `reason` field of a Verdict)
 NO_BOXED = "no_boxed"              # no answer could be extracted (strict: no well-formed \boxed{} / \fbox{})
@@ -29,7 +29,7 @@ class Verdict:
     """
 
     correct: bool
-    extracted: Optional[str]
+    extracted: str | None
     reason: str
 
     def to_dict(self) -> dict[str, Any]:

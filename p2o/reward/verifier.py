@@ -12,7 +12,7 @@ sympy comparison run in a `ComparePool` of `cfg.workers` processes with a hard `
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 from p2o.config import RewardConfig
 from p2o.reward.extract import FALLBACKS, extract_answer
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 class Verifier:
     """Scores (response, gold answer) pairs; see the module docstring. Close it (or use `with`) to stop workers."""
 
-    def __init__(self, cfg: Optional[RewardConfig] = None):
+    def __init__(self, cfg: RewardConfig | None = None):
         cfg = cfg if cfg is not None else RewardConfig()
         if cfg.fallback not in FALLBACKS:
             raise ValueError(f"reward.fallback: got {cfg.fallback!r}; expected one of {', '.join(FALLBACKS)}")
@@ -36,7 +36,7 @@ class Verifier:
                                  memory_mb=int(cfg.worker_memory_mb))
 
     # ------------------------------------------------------------------ scoring
-    def _prepare(self, response: Any, answer: Any) -> tuple[Optional[Verdict], Optional[str]]:
+    def _prepare(self, response: Any, answer: Any) -> tuple[Verdict | None, str | None]:
         """(final verdict, None) when decided without parsing, else (None, extracted answer)."""
         if not isinstance(response, str) or not isinstance(answer, str):
             return Verdict(False, None, BAD_INPUT), None
@@ -57,7 +57,7 @@ class Verifier:
 
     def score_many(self, pairs: list[tuple[str, str]]) -> list[Verdict]:
         """Verdicts for many pairs, in the same order, spread over the worker processes."""
-        verdicts: list[Optional[Verdict]] = [None] * len(pairs)
+        verdicts: list[Verdict | None] = [None] * len(pairs)
         todo: list[int] = []
         work: list[tuple[str, str]] = []
         extracted: list[str] = []
@@ -77,7 +77,7 @@ class Verifier:
                 extracted.append(ext)
         if work:
             results = self._pool.run(work)
-            for k, ext, (correct, reason) in zip(todo, extracted, results):
+            for k, ext, (correct, reason) in zip(todo, extracted, results, strict=True):
                 verdicts[k] = Verdict(bool(correct) and reason in CORRECT_REASONS, ext, reason)
         return [v if v is not None else Verdict(False, None, INTERNAL_ERROR) for v in verdicts]
 
@@ -91,7 +91,7 @@ class Verifier:
         """Stop the worker processes (idempotent)."""
         self._pool.close()
 
-    def __enter__(self) -> "Verifier":
+    def __enter__(self) -> Verifier:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -24,6 +24,8 @@ def _limit_memory(memory_mb: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; the worker ends on EOF or kill
     rel_tol = float(argv[0]) if argv else 1e-6
     _limit_memory(int(argv[1]) if len(argv) > 1 else 0)
     sys.setrecursionlimit(4000)

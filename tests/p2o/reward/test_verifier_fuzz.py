@@ -11,12 +11,23 @@ import random
 import time
 
 import pytest
+from verifier_fuzz_inputs import TOWERS, fuzz_answer, fuzz_pairs
 
 from p2o.config import RewardConfig
 from p2o.reward import Verdict, Verifier
-from p2o.reward.verdict import (BAD_INPUT, EQUAL_NUMERIC, EQUAL_STRING, EQUAL_SYMBOLIC, INTERNAL_ERROR, NO_BOXED,
-                                NOT_EQUAL, PARSE_ERROR, TIMEOUT, TOO_COMPLEX, TOO_LONG)
-from verifier_fuzz_inputs import TOWERS, fuzz_answer, fuzz_pairs
+from p2o.reward.verdict import (
+    BAD_INPUT,
+    EQUAL_NUMERIC,
+    EQUAL_STRING,
+    EQUAL_SYMBOLIC,
+    INTERNAL_ERROR,
+    NO_BOXED,
+    NOT_EQUAL,
+    PARSE_ERROR,
+    TIMEOUT,
+    TOO_COMPLEX,
+    TOO_LONG,
+)
 
 REASONS = {BAD_INPUT, EQUAL_NUMERIC, EQUAL_STRING, EQUAL_SYMBOLIC, INTERNAL_ERROR, NO_BOXED, NOT_EQUAL, PARSE_ERROR,
            TIMEOUT, TOO_COMPLEX, TOO_LONG, "gold_parse_error"}
@@ -39,7 +50,7 @@ def test_fuzz_10k(verifier, tmp_path):
     verdicts = verifier.score_many(pairs)
     wall = time.perf_counter() - t
     assert len(verdicts) == len(pairs)
-    for (response, _), v in zip(pairs, verdicts):
+    for v in verdicts:
         assert isinstance(v, Verdict) and isinstance(v.correct, bool) and v.reason in REASONS, v
         assert v.extracted is None or isinstance(v.extracted, str)
         if v.correct:

@@ -33,6 +33,8 @@ x, y, n = sympy.symbols("x y n")
     ("\\lfloor 2.5 \\rfloor", sympy.Integer(2)), ("\\lceil 2.5 \\rceil", sympy.Integer(3)),
     ("\\sin^2 x", sympy.sin(x) ** 2), ("\\sin 2x", sympy.sin(2 * x)), ("\\log_2 8", sympy.Integer(3)),
     ("\\ln e", sympy.Integer(1)), ("\\exp(0)", sympy.Integer(1)), ("\\cos(\\pi)", sympy.Integer(-1)),
+    ("0.\\overline{3}", sympy.Rational(1, 3)), ("0.1\\overline{6}", sympy.Rational(1, 6)),
+    ("1.\\overline{142857}", sympy.Rational(8, 7)),
     ("5e-7", sympy.Rational(5, 10**7)), ("1.2E3", sympy.Integer(1200)),
     ("6.4 \\times 10^{3}", sympy.Integer(6400)), ("3 \\cdot 4", sympy.Integer(12)), ("8 \\div 2", sympy.Integer(4)),
     ("x_1 + x_{2}", sympy.Symbol("x_1") + sympy.Symbol("x_2")), ("\\alpha", sympy.Symbol("alpha")),
