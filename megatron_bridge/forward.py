@@ -40,8 +40,9 @@ class MicroBatch:
 
 
 def make_micro_batches(batch: SequenceBatch, micro_batch_size: int, device, pad_id: int = 0,
-                       seq_len: Optional[int] = None) -> tuple[list[MicroBatch], int]:
-    """Split rows into fixed-shape micro-batches; returns (micro_batches, S)."""
+                       seq_len: Optional[int] = None, min_micro_batches: int = 1) -> tuple[list[MicroBatch], int]:
+    """Split rows into fixed-shape micro-batches (at least `min_micro_batches`, adding all-padding ones: the
+    interleaved schedule needs >= pp); returns (micro_batches, S)."""
     if len(batch) == 0:
         raise ValueError("empty batch")
     lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
@@ -69,6 +70,10 @@ def make_micro_batches(batch: SequenceBatch, micro_batch_size: int, device, pad_
                                torch.tensor(pidx, dtype=torch.long, device=device)),
                               torch.tensor(tgt, dtype=torch.long, device=device), slice(start_tok, start_tok + n)))
         start_tok += n
+    while len(out) < min_micro_batches:
+        none = torch.empty(0, dtype=torch.long, device=device)
+        out.append(MicroBatch(torch.full((micro_batch_size, S), pad_id, dtype=torch.long, device=device), [],
+                              (none, none), none, slice(start_tok, start_tok)))
     return out, S
 
 

@@ -47,8 +47,8 @@ def hf_logits(model_dir: str | Path, tokens: torch.Tensor) -> torch.Tensor:
         return model(input_ids=tokens).logits.float()
 
 
-def megatron_logits_worker(jobs: list[tuple[str, torch.Tensor]], tp: int, pp: int, vpp: int, out_file: str) -> None:
-    """One rank: for each (model_dir, tokens [B, S]) build + load the Megatron model, run the tokens through the
+def megatron_logits_worker(jobs: list[tuple[str, torch.Tensor, int]], tp: int, pp: int, out_file: str) -> None:
+    """One rank: for each (model_dir, tokens [B, S], vpp) build + load the Megatron model, run the tokens through the
     pipeline schedule and write the full logits [B, S, V] of every job (from one rank) to `out_file`."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
@@ -63,7 +63,7 @@ def megatron_logits_worker(jobs: list[tuple[str, torch.Tensor]], tp: int, pp: in
 
     results = []
     try:
-        for model_dir, tokens in jobs:
+        for model_dir, tokens, vpp in jobs:
             layout = init_parallel(ParallelConfig(tp=tp, pp=pp, vpp=vpp))
             hf = read_config(model_dir)
             bridge = bridge_for(hf)
@@ -74,15 +74,18 @@ def megatron_logits_worker(jobs: list[tuple[str, torch.Tensor]], tp: int, pp: in
                 c.eval()
             tokens = tokens.to(layout.device)
             empty = torch.empty(0, dtype=torch.long)
-            mb = MicroBatch(tokens, list(range(tokens.shape[0])), (empty, empty), empty, slice(0, 0))
+            # The interleaved schedule needs at least pp micro-batches: one row each then.
+            rows_per_mb = 1 if vpp > 1 else tokens.shape[0]
+            mbs = [MicroBatch(tokens[i:i + rows_per_mb], list(range(i, i + rows_per_mb)), (empty, empty), empty,
+                              slice(0, 0)) for i in range(0, tokens.shape[0], rows_per_mb)]
 
             def collect(_mb, logits, vocab=provider.vocab_size):
                 return gather_from_tensor_model_parallel_region(logits)[..., :vocab].float().cpu()
 
             with torch.no_grad():
-                out = run_schedule(chunks, layout, [mb], tokens.shape[1], collect, forward_only=True,
+                out = run_schedule(chunks, layout, mbs, tokens.shape[1], collect, forward_only=True,
                                    collect_non_loss_data=True)
-            results.append(out[0] if layout.is_last_stage else None)
+            results.append(torch.cat(out) if layout.is_last_stage else None)
             del chunks
             ps.destroy_model_parallel()
         # The last pipeline stage's TP rank 0 holds the logits: hand them to rank 0 for writing.
@@ -95,29 +98,31 @@ def megatron_logits_worker(jobs: list[tuple[str, torch.Tensor]], tp: int, pp: in
         shutdown_parallel()
 
 
-def check_parity(models: list[str], tp: int = 1, pp: int = 1, vpp: int = 1, batch: int = 2, seq_len: int = 16,
-                 seed: int = 1234, cache_dir: str = "~/.cache/p2o") -> list[ParityReport]:
-    """Compare every model of `models` under one TP x PP (x VPP) layout, in one launch of tp*pp ranks."""
+def check_parity(models: list[str], tp: int = 1, pp: int = 1, vpp: int | list[int] = 1, batch: int = 2,
+                 seq_len: int = 16, seed: int = 1234, cache_dir: str = "~/.cache/p2o") -> list[ParityReport]:
+    """Compare every model of `models` under one TP x PP layout, in one launch of tp*pp ranks (`vpp`: virtual
+    pipeline stages, one value for all models or one per model)."""
+    vpps = list(vpp) if isinstance(vpp, (list, tuple)) else [vpp] * len(models)
     from megatron_bridge.hf_io import read_config
     from p2o.models import resolve_model_dir
 
     from megatron_bridge.provider import bridge_and_provider
 
     jobs, refs = [], []
-    for hf in models:
+    for hf, v in zip(models, vpps):
         model_dir = resolve_model_dir(hf, cache_dir=cache_dir, init_seed=seed)
-        bridge_and_provider(model_dir)[1].check_layout(tp, pp, vpp)  # fail here, not in every rank
+        bridge_and_provider(model_dir)[1].check_layout(tp, pp, v)  # fail here, not in every rank
         vocab = read_config(model_dir)["vocab_size"]
         gen = torch.Generator().manual_seed(seed)
         tokens = torch.randint(0, vocab, (batch, seq_len), generator=gen)
-        jobs.append((str(model_dir), tokens))
+        jobs.append((str(model_dir), tokens, v))
         refs.append(hf_logits(model_dir, tokens))
     with tempfile.TemporaryDirectory(prefix="p2o-parity-") as tmp:
         out_file = str(Path(tmp) / "logits.pt")
-        spawn(megatron_logits_worker, tp * pp, (jobs, tp, pp, vpp, out_file))
+        spawn(megatron_logits_worker, tp * pp, (jobs, tp, pp, out_file))
         outs = torch.load(out_file)
     reports = []
-    for (model_dir, _), ref, got in zip(jobs, refs, outs):
+    for (model_dir, _, _), ref, got in zip(jobs, refs, outs):
         diff = (got - ref).abs().max().item()
         scale = ref.abs().max().item()
         reports.append(ParityReport(model_dir, tp, pp, diff, diff / max(scale, 1e-12), scale, tuple(ref.shape)))

@@ -103,6 +103,10 @@ class MegatronPolicy:
         return cls(layout, bridge, provider, chunks, optimizer, micro_batch_size=cfg.grpo.micro_batch_size,
                    peak_lr=o.lr, warmup_steps=o.warmup_steps, use_kernels=cfg.train.use_kernels)
 
+    @property
+    def _min_micro_batches(self) -> int:
+        return self.layout.pp if self.layout.vpp > 1 else 1
+
     # ------------------------------------------------------------------ log-probs
     def _response_logprobs(self, mb: MicroBatch, output: torch.Tensor) -> torch.Tensor:
         """[T_mb] fp32 log-probs of mb's response tokens from the last stage's output."""
@@ -127,7 +131,8 @@ class MegatronPolicy:
 
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         """Packed fp32 log-probs [T] of the response tokens (no grad); identical on every rank."""
-        mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, self.layout.device)
+        mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, self.layout.device,
+                                           min_micro_batches=self._min_micro_batches)
         for c in self.chunks:
             c.eval()
         with torch.no_grad():
@@ -151,7 +156,8 @@ class MegatronPolicy:
                                  "(one entry per response token of the batch, packed in row order)")
         device = self.layout.device
         token_inputs = {k: v.to(device) for k, v in token_inputs.items()}
-        mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, device)
+        mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, device,
+                                           min_micro_batches=self._min_micro_batches)
         scale = len(mbs) * self.layout.dp
 
         def loss_func(mb: MicroBatch, output: torch.Tensor):

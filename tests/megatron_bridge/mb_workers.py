@@ -1,0 +1,112 @@
+"""Rank functions for the multi-process Megatron tests (spawned by `megatron_bridge.launch.spawn`).
+
+Each writes its results with torch.save from one rank; the tests compare them against references.
+"""
+from __future__ import annotations
+
+import torch
+
+from p2o.train.policy import SequenceBatch
+
+VOCAB_LIMIT = 500  # token ids used by the synthetic batch (below every test model's vocabulary)
+
+
+def synthetic_batch(seed: int = 0, rows: int = 5) -> tuple[SequenceBatch, dict[str, torch.Tensor]]:
+    """Rows of random prompts (3-6 tokens) and responses (2-5 tokens), with per-token advantages."""
+    g = torch.Generator().manual_seed(seed)
+    prompts, responses = [], []
+    for _ in range(rows):
+        p = int(torch.randint(3, 7, (1,), generator=g))
+        r = int(torch.randint(2, 6, (1,), generator=g))
+        prompts.append(torch.randint(0, VOCAB_LIMIT, (p,), generator=g).tolist())
+        responses.append(torch.randint(0, VOCAB_LIMIT, (r,), generator=g).tolist())
+    batch = SequenceBatch(prompts, responses)
+    adv = torch.randn(batch.num_response_tokens, generator=g)
+    return batch, {"advantages": adv}
+
+
+def pg_loss(logprobs: torch.Tensor, inputs: dict[str, torch.Tensor], normaliser: float):
+    """-sum(A * logp) / normaliser: a policy-gradient loss, globally normalised by the caller."""
+    loss = -(inputs["advantages"] * logprobs).sum() / normaliser
+    return loss, {"mean_logprob": float(logprobs.detach().mean()) if logprobs.numel() else 0.0}
+
+
+def make_cfg(tp: int, pp: int, vpp: int = 1, dist_opt: bool = False, use_kernels: bool = False):
+    from p2o.config import RunConfig
+
+    cfg = RunConfig()
+    cfg.parallel.tp, cfg.parallel.pp, cfg.parallel.vpp = tp, pp, vpp
+    cfg.parallel.distributed_optimizer = dist_opt
+    cfg.grpo.micro_batch_size = 2
+    cfg.optim.lr = 1e-2
+    cfg.optim.warmup_steps = 2
+    cfg.optim.grad_clip = 1.0
+    cfg.train.use_kernels = use_kernels
+    return cfg
+
+
+def train_worker(model_dir: str, tp: int, pp: int, steps: int, out_file: str, save_dir: str = "",
+                 load_dir: str = "", resume_steps: int = 0, export: bool = False, use_kernels: bool = False) -> None:
+    """Train `steps` steps (then optionally save); optionally load another checkpoint and train `resume_steps` more."""
+    import torch.distributed as dist
+
+    from megatron_bridge.parallel import shutdown_parallel
+    from megatron_bridge.policy import MegatronPolicy
+
+    policy = MegatronPolicy.from_config(make_cfg(tp, pp, use_kernels=use_kernels), model_dir)
+    batch, inputs = synthetic_batch()
+    norm = float(batch.num_response_tokens)
+    res: dict = {"logprobs0": policy.logprobs(batch), "metrics": []}
+    for _ in range(steps):
+        m = policy.train_step(batch, inputs, lambda lp, ti: pg_loss(lp, ti, norm))
+        res["metrics"].append((m.loss, m.grad_norm, m.lr, m.extra["mean_logprob"]))
+    res["logprobs"] = policy.logprobs(batch)
+    if save_dir:
+        policy.save(save_dir)
+    if load_dir:
+        policy.load(load_dir)
+        res["loaded_step"] = policy.step
+        res["resume_metrics"] = []
+        for _ in range(resume_steps):
+            m = policy.train_step(batch, inputs, lambda lp, ti: pg_loss(lp, ti, norm))
+            res["resume_metrics"].append((m.loss, m.grad_norm, m.lr, m.extra["mean_logprob"]))
+        res["resume_logprobs"] = policy.logprobs(batch)
+    if export:
+        res["export"] = exported_logprobs(policy, model_dir, batch)
+    if dist.get_rank() == 0:
+        torch.save(res, out_file)
+    dist.barrier()
+    shutdown_parallel()
+
+
+def exported_logprobs(policy, model_dir: str, batch: SequenceBatch) -> torch.Tensor:
+    """Stream the policy's weights into a fresh transformers model (rank 0) and score `batch` with it."""
+    import torch.distributed as dist
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from megatron_bridge.export import load_hf_weights_stream
+
+    model = None
+    if dist.get_rank() == 0:
+        torch.manual_seed(999)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), dtype=torch.float32)
+    stream = policy.export_weights(bucket_bytes=64 * 1024)
+    if model is None:
+        for _ in stream:
+            pass
+        return torch.empty(0)
+    load_hf_weights_stream(model, stream)
+    return hf_logprobs(model, batch)
+
+
+def hf_logprobs(model, batch: SequenceBatch) -> torch.Tensor:
+    """Independent reference: packed log p(response tokens) from a transformers model, row by row."""
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for p, r in zip(batch.prompt_ids, batch.response_ids):
+            ids = torch.tensor([p + r])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+            pos = torch.arange(len(p) - 1, len(p) + len(r) - 1)
+            out.append(logp[pos, torch.tensor(r)])
+    return torch.cat(out)
