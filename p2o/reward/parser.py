@@ -180,38 +180,40 @@ def _word_tokens(word: str) -> list[Tok]:
 
 
 # ----------------------------------------------------------------------------- sympy construction with limits
-def _log2_magnitude(x: sympy.Basic) -> float:
-    """Approximate log2|x| of a numeric sympy value (0 for zero)."""
+def _abs_float(x: sympy.Basic) -> float:
+    """|x| of a numeric sympy value as a float (inf when it overflows or cannot be evaluated)."""
+    try:
+        v = abs(complex(sympy.N(x, 15)))
+    except (TypeError, ValueError, OverflowError):
+        return float("inf")
+    return v if math.isfinite(v) else float("inf")
+
+
+def _log2_size(x: sympy.Basic) -> float:
+    """Bits needed to write the numeric value x: |log2|x|| (a huge or a tiny number both cost bits)."""
     if x.is_Integer:
         return float(abs(int(x)).bit_length())
     if x.is_Rational:
         return float(max(abs(x.p).bit_length(), abs(x.q).bit_length()))
-    try:
-        v = abs(complex(sympy.N(x, 15)))
-    except (TypeError, ValueError, OverflowError):
-        raise TooComplex("cannot bound a power's size") from None
-    if v == 0 or not math.isfinite(v):
-        return 0.0 if v == 0 else float("inf")
-    return abs(math.log2(v))
+    v = _abs_float(x)
+    if v == 0:
+        return 0.0
+    return abs(math.log2(v)) if math.isfinite(v) else float("inf")
 
 
 def make_pow(base: Any, exp: Any) -> sympy.Basic:
     """`base ** exp`, refusing powers whose value would exceed MAX_POWER_BITS (or huge symbolic exponents)."""
     base, exp = _expr(base), _expr(exp)
     if exp.is_number:
+        e_mag = abs(float(exp)) if exp.is_Rational else _abs_float(exp)
         if base.is_number:
             if base.is_zero or base in (sympy.S.One, sympy.S.NegativeOne):
                 return sympy.Pow(base, exp)
-            e_mag = 2.0 ** _log2_magnitude(exp) if not exp.is_Rational else abs(float(exp))
-            if e_mag * max(_log2_magnitude(base), 1.0) > MAX_POWER_BITS:
+            if e_mag * max(_log2_size(base), 1.0) > MAX_POWER_BITS:
                 raise TooComplex("power too large")
-        else:
-            mag = abs(float(exp)) if exp.is_Rational else 2.0 ** _log2_magnitude(exp)
-            if mag > MAX_SYMBOLIC_EXPONENT:
-                raise TooComplex("exponent of a symbolic base too large")
-    elif base.is_number and not (base.is_zero or base in (sympy.S.One, sympy.S.NegativeOne)):
-        pass  # symbolic exponent: kept unevaluated by sympy
-    return sympy.Pow(base, exp)
+        elif e_mag > MAX_SYMBOLIC_EXPONENT:
+            raise TooComplex("exponent of a symbolic base too large")
+    return sympy.Pow(base, exp)  # a symbolic exponent stays unevaluated
 
 
 def _expr(v: Any) -> sympy.Basic:
@@ -577,7 +579,7 @@ class _Parser:
             return sympy.Mul(num, make_pow(den, -1))
         if name == "binom":
             n, k = _expr(self.group()), _expr(self.group())
-            if n.is_Integer and abs(int(n)) > MAX_BINOMIAL:
+            if any(a.is_Integer and abs(int(a)) > MAX_BINOMIAL for a in (n, k)):
                 raise TooComplex("binomial argument too large")
             return sympy.binomial(n, k)
         if name == "pi":
