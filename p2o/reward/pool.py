@@ -162,21 +162,23 @@ class ComparePool:
                     continue
                 failed_starts = 0
                 for _ in rest:
+                    broken = False
                     try:
                         line = w.read_line(self.timeout_s)
-                        if line is None:
+                        if line is None:  # missed the deadline
                             res: Result = (False, TIMEOUT)
-                        else:
-                            correct, reason = json.loads(line)
-                            res = (bool(correct), str(reason))
-                    except (WorkerDied, OSError, ValueError):
-                        line, res = b"", (False, INTERNAL_ERROR)
-                    out.append(res)
-                    if line is None or res == (False, INTERNAL_ERROR) and line == b"":
-                        if line is None:
+                            broken = True
                             with self._count_lock:
                                 self.timeouts += 1
                             logger.warning("verifier worker exceeded %.2fs; replaced", self.timeout_s)
+                        else:
+                            correct, reason = json.loads(line)
+                            res = (bool(correct), str(reason))
+                    except (WorkerDied, OSError, ValueError):  # died (e.g. killed by the OS) or garbled output
+                        res, broken = (False, INTERNAL_ERROR), True
+                        logger.error("verifier worker died; replaced")
+                    out.append(res)
+                    if broken:
                         w = self._replace(w)
                         break  # resend the remainder to the new worker
         finally:

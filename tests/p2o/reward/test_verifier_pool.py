@@ -109,3 +109,18 @@ def test_close_and_context_manager():
 def test_config_errors_name_the_field(kwargs, key):
     with pytest.raises(ValueError, match=key):
         Verifier(RewardConfig(**kwargs))
+
+
+def test_worker_killed_by_the_os_is_replaced():
+    """A worker that dies mid-pair (OOM killer, segfault) gives internal_error; the pool keeps serving."""
+    with Verifier(RewardConfig(workers=1, timeout_s=60.0)) as v:
+        assert v.score("\\boxed{1}", "1").correct  # the worker is up
+        worker = v._pool._idle.queue[0]
+        result: list[Verdict] = []
+        th = threading.Thread(target=lambda: result.append(v.score(SLOW, SLOW_GOLD)))
+        th.start()
+        time.sleep(1.0)
+        worker.proc.kill()
+        th.join(timeout=60)
+        assert result == [Verdict(False, SLOW[7:-1], "internal_error")]
+        assert v.score("\\boxed{2}", "2").correct
