@@ -74,7 +74,7 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def default_chunk_bytes(device: torch.device) -> int:
     """Bytes one backward vocabulary chunk of ``dz`` (plus temporaries on CPU) may take."""
-    return (256 << 20) if device.type == "cuda" else (16 << 20)
+    return (64 << 20) if device.type == "cuda" else (16 << 20)
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
