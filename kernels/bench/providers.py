@@ -88,8 +88,9 @@ def setup_liger(c: Case) -> LossFn:
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy  # optional dependency
 
     def loss():
-        nll = liger_fused_linear_cross_entropy(c.hidden / TEMPERATURE, c.weight, c.targets, reduction="none")
-        return (-nll * c.d_logp).sum()
+        out = liger_fused_linear_cross_entropy(c.hidden / TEMPERATURE, c.weight, c.targets, reduction="none")
+        nll = out[0] if isinstance(out, tuple) else getattr(out, "loss", out)  # (loss, z_loss) in some versions
+        return (-nll.float() * c.d_logp).sum()
     return loss
 
 
