@@ -41,12 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base sampling seed")
     parser.add_argument("--template-file", default=None, help="a prompt template z to insert as T(x, z)")
     parser.add_argument("--no-responses", action="store_true", help="do not store response texts")
-    # runtime
-    parser.add_argument("--engine", default="hf", choices=("hf",), help="generation engine")
-    parser.add_argument("--device", default="cpu", help="torch device for the HF engine")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    # runtime (defaults: the config's rollout / model sections)
+    parser.add_argument("--engine", default=None, choices=("hf", "vllm"), help="generation engine (rollout.engine)")
+    parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="HF engine device (rollout.device)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="weights dtype (model.dtype)")
     parser.add_argument("--batch-size", type=int, default=32, help="problems per engine call")
-    parser.add_argument("--max-batch-size", type=int, default=64, help="sequences decoded together")
+    parser.add_argument("--max-batch-size", type=int, default=None, help="sequences decoded together (rollout.max_batch_size)")
+    parser.add_argument("--max-prompt-tokens", type=int, default=4096, help="longer prompts are an error")
     sub = parser.add_subparsers(dest="eval_command", metavar="ACTION")
     c = sub.add_parser("compare", help="side-by-side table of run directories with deltas and a bootstrap CI")
     c.add_argument("runs", nargs="+", help="run directories; the first is the baseline")
@@ -111,7 +112,11 @@ def evaluate_main(args: argparse.Namespace) -> int:
     except (BenchmarkError, ConfigError, OSError, ValueError) as e:
         print(f"p2o eval: {e}", file=sys.stderr)
         return 2
-    engine = build_engine(args, model_dir)
+    try:
+        engine = build_engine(args, cfg, model_dir)
+    except (ImportError, RuntimeError, ValueError) as e:
+        print(f"p2o eval: {e}", file=sys.stderr)
+        return 2
     from p2o.reward import Verifier
 
     results = []
@@ -120,19 +125,23 @@ def evaluate_main(args: argparse.Namespace) -> int:
             log.info("evaluating %s (%d problems)", name, len(problems[name]))
             results.append(run_benchmark(engine, engine.tokenizer, scorer, get_spec(name), problems[name], settings))
     label = args.label or Path(args.out).name
-    info = {"model": str(args.model or cfg.model.path), "model_dir": str(model_dir), "engine": args.engine,
+    info = {"model": str(args.model or cfg.model.path), "model_dir": str(model_dir),
+            "engine": args.engine or cfg.rollout.engine,
             "settings": {k: v for k, v in vars(settings).items()}, "limit": args.limit}
     out = write_run(args.out, results, label, info)
     print((out / "summary.md").read_text(encoding="utf-8"), end="")
     return 0
 
 
-def build_engine(args: argparse.Namespace, model_dir: Path):
-    """The generation engine for `--engine` (an object with `.generate` and `.tokenizer`)."""
-    import torch
+def build_engine(args: argparse.Namespace, cfg, model_dir: Path):
+    """The engine of `p2o.rollout.factory` for the config's rollout/model sections with the CLI's overrides."""
+    from dataclasses import replace
 
-    from p2o.rollout.hf_engine import HFEngine
+    from p2o.rollout.factory import build_engine as build
 
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    return HFEngine.from_pretrained(model_dir, device=args.device, dtype=dtype, max_batch_size=args.max_batch_size,
-                                    seed=args.seed)
+    rollout = replace(cfg.rollout, engine=args.engine or cfg.rollout.engine, device=args.device or cfg.rollout.device,
+                      max_batch_size=args.max_batch_size or cfg.rollout.max_batch_size, seed=args.seed,
+                      max_prompt_tokens=args.max_prompt_tokens)
+    model = replace(cfg.model, dtype=args.dtype or cfg.model.dtype)
+    extra = {"max_model_len": args.max_prompt_tokens + args.max_new_tokens} if rollout.engine == "vllm" else {}
+    return build(rollout, model, model_dir, **extra)

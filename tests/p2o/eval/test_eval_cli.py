@@ -84,6 +84,8 @@ def test_compare_cli(tmp_path, capsys):
     (["--data-dir", str(FIXTURES), "--model", "{tmp}/nope"], "no such directory"),
     (["--data-dir", str(FIXTURES), "--model", "{tmp}/megatron"], "a Megatron-Core checkpoint"),
     (["--data-dir", str(FIXTURES), "--override", "model.thinking=maybe"], "model.thinking"),
+    (["--data-dir", str(FIXTURES), "--engine", "vllm"], "the vLLM engine needs CUDA"),
+    (["--data-dir", str(FIXTURES), "--device", "cuda"], "CUDA is not available"),
 ])
 def test_eval_cli_errors(tmp_path, capsys, argv, message):
     (tmp_path / "megatron" / "iter_0000010").mkdir(parents=True)
