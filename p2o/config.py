@@ -359,6 +359,8 @@ class TrainConfig:
     """Global seed."""
     use_kernels: bool = False
     """Use the fused Triton log-prob/loss kernels (torch reference path when off)."""
+    kernel_backend: str = "auto"
+    """With use_kernels: auto (Triton on CUDA, chunked torch on CPU) | triton | torch."""
     skip_zero_advantage_rows: bool = True
     """Leave rows whose loss is exactly zero (advantage 0, or every token masked) out of the forward/backward
     pass when grpo.kl_coef = 0; they still count in the normaliser, so the gradient is unchanged."""
@@ -395,6 +397,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "grpo.adv_norm": ("group", "batch", "none"),
     "grpo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "grpo.kl_type": ("k1", "k3"),
+    "train.kernel_backend": ("auto", "triton", "torch"),
     "p2o.hard_on": ("untemplated", "all"),
     "p2o.distill": ("ratio_mask", "replace_prompts", "fix_importance_ratio"),
     "p2o.gepa_mode": ("sync", "async"),
