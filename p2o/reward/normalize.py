@@ -46,6 +46,7 @@ _UNITS = ("cm", "mm", "km", "m", "meters", "meter", "metres", "centimeters", "ki
 _UNIT = r"\b(?:" + "|".join(sorted(_UNITS, key=len, reverse=True)) + r")\b(?:\s*\^\s*\{?-?[123]\}?)?"
 _UNIT_TAIL = re.compile(r"^(.*?[0-9}a-zA-Z)\]]|.*?\\pi)\s*(?:" + _UNIT + r"(?:\s*/\s*" + _UNIT + r")?\s*)+$")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_ENDS_WITH_UNIT = re.compile(_UNIT + r"\s*$")
 _CHOICE = re.compile(r"^\(([A-E])\)$")
 _CHOICE_WITH_VALUE = re.compile(r"^\(([A-E])\)\s*(.+)$")
 
@@ -84,6 +85,8 @@ def _text_wrappers(s: str) -> str:
 
 
 def _units(s: str) -> str:
+    if not _ENDS_WITH_UNIT.search(s):
+        return s  # cheap exit: the full pattern below is quadratic on long unit-like strings
     m = _UNIT_TAIL.match(s.strip())
     if m and re.search(r"\d|\\pi|\\frac|\\sqrt", m.group(1)):
         return m.group(1)

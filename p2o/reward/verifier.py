@@ -32,8 +32,10 @@ class Verifier:
         if cfg.max_answer_chars < 1:
             raise ValueError(f"reward.max_answer_chars: got {cfg.max_answer_chars}; expected >= 1")
         self.cfg = cfg
-        self._pool = ComparePool(int(cfg.workers), float(cfg.timeout_s), rel_tol=float(cfg.rel_tol),
-                                 memory_mb=int(cfg.worker_memory_mb))
+        defaults = RewardConfig()  # configs written before a field existed fall back to its default
+        self._pool = ComparePool(int(cfg.workers), float(cfg.timeout_s),
+                                 rel_tol=float(getattr(cfg, "rel_tol", defaults.rel_tol)),
+                                 memory_mb=int(getattr(cfg, "worker_memory_mb", defaults.worker_memory_mb)))
 
     # ------------------------------------------------------------------ scoring
     def _prepare(self, response: Any, answer: Any) -> tuple[Verdict | None, str | None]:
