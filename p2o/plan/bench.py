@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"p2o bench scaling: {e}")
         return 2
     device, commit = device_name(), git_commit()
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     rows = []
     measured_by_spec: dict = {}  # strong and weak share their 1-rank job
     for mode in args.modes:

@@ -25,7 +25,7 @@ def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each dataclass field (the project's config convention)."""
     body = ast.parse(inspect.getsource(cls)).body[0].body
     docs = {}
-    for prev, node in zip(body, body[1:]):
+    for prev, node in zip(body, body[1:], strict=False):
         if (isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr)
                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
             docs[prev.target.id] = node.value.value.strip()
@@ -80,7 +80,7 @@ def format_table(rows: list[PlanRow]) -> str:
     widths = [max(len(c), *(len(row[i]) for row in body)) if body else len(c) for i, c in enumerate(COLUMNS)]
     widths[-1] = 0  # the status column is free text
     line = lambda cells: "  ".join(c.ljust(w) if i < len(cells) - 1 else c  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+                                   for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
     return "\n".join([line(list(COLUMNS))] + [line(row) for row in body])
 
 

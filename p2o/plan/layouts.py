@@ -80,7 +80,10 @@ class RunSettings:
     distributed_optimizer: bool = True
     """Shard fp32 master weights and Adam moments over DP ranks."""
     fused_logprob: bool = True
-    """Fused hidden->log-prob kernel: no [tokens, V/TP] fp32 logit buffer."""
+    """Fused hidden->log-prob kernel: no [tokens, V/TP] logit buffers."""
+    logits_path: str = "gathered"
+    """Without the fused kernel, how log-probs are taken: gathered (the P2O backend: logits of every position,
+    response rows gathered, their gradient scattered back) | labels (Megatron's own vocab-parallel loss)."""
     vllm_sleep_level: int = 1
     """0: vLLM stays resident during training; 1: weights to host, KV freed; 2: weights and KV freed."""
     vllm_gpu_memory_fraction: float = 0.5
@@ -130,6 +133,8 @@ class RunSettings:
             raise PlanError("run.vllm_sleep_level", self.vllm_sleep_level, "0, 1 or 2")
         if not 0 < self.vllm_gpu_memory_fraction < 1:
             raise PlanError("run.vllm_gpu_memory_fraction", self.vllm_gpu_memory_fraction, "a number in (0, 1)")
+        if self.logits_path not in ("gathered", "labels"):
+            raise PlanError("run.logits_path", self.logits_path, "gathered or labels")
         if self.dtype_bytes not in (2, 4):
             raise PlanError("run.dtype_bytes", self.dtype_bytes, "2 (bf16) or 4 (fp32)")
         for key in ("mfu", "prefill_mfu", "hbm_efficiency"):

@@ -201,7 +201,7 @@ def measure_rank(shape: ModelShape, tp: int, pp: int, seq: int, micro_batch: int
     for h in hooks:
         h.remove()
     activations = max(decoder_marks) if decoder_marks else 0
-    logits = max(o - d for o, d in zip(output_marks, decoder_marks)) if ps.is_pipeline_last_stage() else 0
+    logits = max(o - d for o, d in zip(output_marks, decoder_marks, strict=False)) if ps.is_pipeline_last_stage() else 0
     known = {"tp", "pp", "dp"}
     m = StepMeasurement(
         rank=dist.get_rank(), tp_rank=ps.get_tensor_model_parallel_rank(), pp_rank=pp_rank,
@@ -213,3 +213,66 @@ def measure_rank(shape: ModelShape, tp: int, pp: int, seq: int, micro_batch: int
     log.debug("rank %d calls %s", m.rank, dict(comm.calls))
     ps.destroy_model_parallel()
     return m
+
+
+def measure_policy_rank(model_dir: str, tp: int, pp: int, prompt_tokens: int, response_tokens: int, rows: int,
+                        micro_batch: int, distributed_optimizer: bool = False, seed: int = 1234) -> StepMeasurement:
+    """The same measurement of one `MegatronPolicy.train_step` (the backend P2O trains with), fp32, naive
+    log-probs: `rows` rows of `prompt_tokens` + `response_tokens` random tokens, a policy-gradient loss."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from megatron_bridge.checkpoint import unwrap
+    from megatron_bridge.policy import MegatronPolicy
+    from p2o.config import load_config
+    from p2o.train.policy import SequenceBatch
+
+    cfg = load_config(None, [f"model.path={model_dir}", f"parallel.tp={tp}", f"parallel.pp={pp}",
+                             "parallel.backend=gloo",
+                             f"parallel.distributed_optimizer={str(distributed_optimizer).lower()}",
+                             f"grpo.micro_batch_size={micro_batch}", "optim.lr=1e-4", "model.dtype=float32",
+                             f"train.seed={seed}", "train.use_kernels=false"])
+    policy = MegatronPolicy.from_config(cfg, model_dir)
+    vocab = policy.provider.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda n: torch.randint(0, vocab, (n,), generator=g).tolist()  # noqa: E731
+    batch = SequenceBatch([rand(prompt_tokens) for _ in range(rows)], [rand(response_tokens) for _ in range(rows)])
+    n = batch.num_response_tokens
+    advantages = torch.randn(n, generator=g)
+
+    def loss_fn(lp, inputs):
+        return -(lp * inputs["adv"]).sum() / n, {}
+
+    policy.train_step(batch, {"adv": advantages}, loss_fn)  # warm-up: Adam states exist afterwards
+    inner = [unwrap(c) for c in policy.chunks]
+    params = [p for m in inner for p in m.parameters()]
+    grads = [p.main_grad for p in params if getattr(p, "main_grad", None) is not None]
+    opt_states = [t for ch in getattr(policy.optimizer, "chained_optimizers", [policy.optimizer])
+                  for st in ch.optimizer.state.values() for t in st.values() if isinstance(t, torch.Tensor)]
+    static = storage_bytes(params + grads + opt_states)
+    tracker = TensorMemoryTracker()
+    decoder_marks: list[int] = []
+    output_marks: list[int] = []
+    hooks = [m.decoder.register_forward_hook(lambda *_: decoder_marks.append(tracker.live_bytes)) for m in inner]
+    hooks += [m.register_forward_hook(lambda *_: output_marks.append(tracker.live_bytes)) for m in inner]
+    groups = {"tp": ps.get_tensor_model_parallel_group(), "pp": ps.get_pipeline_model_parallel_group(),
+              "dp": [ps.get_data_parallel_group(), ps.get_data_parallel_group(with_context_parallel=True)]}
+    from megatron.core.distributed import param_and_grad_buffer
+
+    dist.barrier()
+    t0 = time.perf_counter()
+    with CommCounter(groups, p2p_name="pp", modules=(param_and_grad_buffer,)) as comm, tracker:
+        policy.train_step(batch, {"adv": advantages}, loss_fn)
+    step_s = time.perf_counter() - t0
+    for h in hooks:
+        h.remove()
+    last = ps.is_pipeline_last_stage()
+    known = {"tp", "pp", "dp"}
+    return StepMeasurement(
+        rank=dist.get_rank(), tp_rank=ps.get_tensor_model_parallel_rank(), pp_rank=ps.get_pipeline_model_parallel_rank(),
+        dp_rank=ps.get_data_parallel_rank(), weights=storage_bytes(params), gradients=storage_bytes(grads),
+        optimizer=storage_bytes(opt_states), static=static, activations=max(decoder_marks, default=0),
+        logits=tracker.peak_bytes - max(decoder_marks, default=0) if last else 0,
+        dynamic_peak=tracker.peak_bytes, peak=static + tracker.peak_bytes,
+        comm_tp=comm.bytes.get("tp", 0), comm_pp=comm.bytes.get("pp", 0), comm_dp=comm.bytes.get("dp", 0),
+        comm_other=sum(v for k, v in comm.bytes.items() if k not in known), step_s=step_s)

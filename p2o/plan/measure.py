@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import weakref
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -143,7 +144,7 @@ class CommCounter:
         counted.__wrapped__ = original
         return counted
 
-    def __enter__(self) -> "CommCounter":
+    def __enter__(self) -> CommCounter:
         wrappers = {}
         for attr, index, kind in _WRAPPED:
             if hasattr(dist, attr):

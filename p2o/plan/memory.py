@@ -7,8 +7,8 @@ Terms (docs/scaling.md gives every formula with its derivation):
 - activations stored for the backward by the micro-batches in flight on that stage (1F1B: the first
   stage holds min(PP, M) of them), per layer per token from the tensors each op saves; full recompute
   keeps only each layer's input plus one layer's working set;
-- the LM-head logit buffer of the last stage: naive = the fp32 softmax [tokens, V/TP] plus the logits in
-  the compute dtype when that is not fp32; the fused kernel keeps only per-token statistics;
+- the LM-head logit buffers of the last stage without the fused kernel (`logits_bytes`: two [tokens, V/TP]
+  buffers in the compute dtype for the P2O backend); the fused kernel keeps only per-token statistics;
 - without fused weight-gradient accumulation and a fused Adam (the torch fallback, e.g. on CPU): a
   transient fp32 weight gradient while the activations are alive (the LM head's on the last stage, which
   the backward meets first; else the largest layer matrix), two Adam temporaries of the largest weight;
@@ -68,7 +68,7 @@ class MemoryTerms:
 
     @property
     def peak_phase(self) -> str:
-        peaks = dict(zip(PHASES, (self.peak_generation, self.peak_old_logprob, self.peak_update)))
+        peaks = dict(zip(PHASES, (self.peak_generation, self.peak_old_logprob, self.peak_update), strict=True))
         return max(peaks, key=peaks.get)
 
     def as_gib(self) -> dict[str, float | str]:
@@ -134,15 +134,20 @@ def activation_bytes_per_token_layer(shape: ModelShape, run: RunSettings, tp: in
 
 
 def logits_bytes(shape: ModelShape, run: RunSettings, tp: int, tokens: int) -> float:
-    """LM-head buffer of `tokens` tokens on one TP rank of the last stage.
+    """LM-head buffers of a micro-batch of `tokens` tokens on one TP rank of the last stage, at their peak
+    (the start of the backward, when the LM head's weight gradient is formed).
 
-    Naive (Megatron's vocab-parallel cross-entropy / a log-softmax): the fp32 softmax [tokens, V_pad/TP] kept
-    for the backward (its gradient is formed in place), plus the compute-dtype logits (or their gradient)
-    when that dtype is not fp32. Fused kernel: per-token fp32 statistics (lse, target logit).
+    gathered (the P2O backend without the fused kernel): the gradient of the [tokens, V_pad/TP] logits,
+    scattered back from the response rows, and its contiguous copy for the LM-head backward, both in the
+    compute dtype: 2 x b bytes per logit. labels (Megatron's vocab-parallel cross-entropy on every
+    position): the fp32 softmax, whose gradient is formed in place, plus the compute-dtype logits when that
+    dtype is not fp32. Fused kernel: per-token fp32 statistics (lse, target logit).
     """
     if run.fused_logprob:
         return tokens * 8.0
     vp = padded_vocab(shape, tp, run.vocab_multiple) / tp
+    if run.logits_path == "gathered":
+        return tokens * vp * 2 * run.dtype_bytes
     return tokens * vp * (4 + (run.dtype_bytes if run.dtype_bytes != 4 else 0))
 
 

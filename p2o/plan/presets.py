@@ -112,7 +112,7 @@ class ModelShape:
         """KV cache of one token in bf16 over all layers: L x 2 (K, V) x g x d x 2 bytes."""
         return self.layers * 2 * self.kv_heads * self.head_dim * 2
 
-    def with_name(self, name: str) -> "ModelShape":
+    def with_name(self, name: str) -> ModelShape:
         return replace(self, name=name)
 
 

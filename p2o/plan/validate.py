@@ -1,7 +1,8 @@
 """Predicted vs measured: the planner's per-rank memory and per-step communication against a real step.
 
     python -m p2o.plan.validate --model tiny-qwen3 --layouts 1x1x1 2x1x1 1x2x1 1x1x2
-    python -m p2o.plan.validate --model smollm2-135m --layouts 1x1x1 2x1x1 --markdown
+    python -m p2o.plan.validate --model smollm2-135m --layouts 1x1x1 1x2x1 --markdown
+    python -m p2o.plan.validate --model tiny-qwen3 --layouts 1x1x1 2x1x1 --policy   # MegatronPolicy.train_step
 
 Each layout (TPxPPxDP) runs `p2o.plan.mcore_step.measure_rank` in TP x PP x DP spawned processes (gloo on
 CPU), and each rank's measurement is compared with `p2o.plan.memory.stage_memory` (fp32, unfused attention,
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2o.plan.layouts import Cluster, Layout, RunSettings
-from p2o.plan.memory import MemoryTerms, padded_vocab, stage_memory
+from p2o.plan.memory import MemoryTerms, stage_memory
 from p2o.plan.presets import ModelShape, load_model_shape
 
 TERMS = ("weights", "gradients", "optimizer", "activations", "logits", "peak")
@@ -39,6 +40,9 @@ class StepSpec:
     distributed_optimizer: bool = False
     timed_steps: int = 0
     """Uninstrumented steps timed after the measured one (0: time the measured step)."""
+    model_dir: str = ""
+    """Set: measure `MegatronPolicy.train_step` on this HF model dir (the P2O backend) instead of the plain
+    GPTModel step; rows of seq/2 prompt + seq/2 response tokens, `micro_batch` rows per micro-batch."""
 
     @property
     def world(self) -> int:
@@ -50,7 +54,8 @@ class StepSpec:
                            prompt_tokens=self.seq // 2, response_tokens=self.seq - self.seq // 2,
                            micro_batch=self.micro_batch, recompute=False,
                            distributed_optimizer=self.distributed_optimizer, fused_logprob=False,
-                           dtype_bytes=4, flash_attention=False, fused_wgrad_and_adam=False, overhead_gib=0.0,
+                           logits_path="gathered" if self.model_dir else "labels", dtype_bytes=4, flash_attention=False, fused_wgrad_and_adam=False,
+                           overhead_gib=0.0,
                            colocated=True)
 
 
@@ -65,7 +70,8 @@ def predict_comm_bytes(shape: ModelShape, spec: StepSpec, pp_rank: int, vocab_mu
 
     TP, per micro-batch of T tokens: 2 all-reduces of [T, h] per layer forward (attention and MLP outputs)
     and 2 backward (QKV and fc1 input gradients); the embedding output (first stage) and the LM-head input
-    gradient (last stage) one each; the vocab-parallel cross-entropy 3 of [T] (max, target logit, sum exp).
+    gradient (last stage) one each; the vocab-parallel cross-entropy 3 of [T] (max, target logit, sum exp;
+    the policy step takes it over the response tokens only).
     PP: per micro-batch, the activation [T, h] forward from every stage but the last and its gradient
     backward from every stage but the first. DP: the fp32 gradient buffer all-reduced, or reduce-scattered
     plus the parameters all-gathered under the distributed optimizer. Payload is what is passed to the
@@ -75,7 +81,8 @@ def predict_comm_bytes(shape: ModelShape, spec: StepSpec, pp_rank: int, vocab_mu
     b, h, t = 4, shape.hidden, spec.seq * spec.micro_batch
     first, last = pp_rank == 0, pp_rank == spec.pp - 1
     layers = shape.layers // spec.pp
-    tp = (3 * t * 4 if last else 0) * spec.micro_batches  # Megatron calls these even when TP = 1
+    ce_tokens = (spec.seq - spec.seq // 2) * spec.micro_batch if spec.model_dir else t  # policy: response only
+    tp = (3 * ce_tokens * 4 if last else 0) * spec.micro_batches  # Megatron calls these even when TP = 1
     if spec.tp > 1:
         tp += (4 * layers * t * h * b + (t * h * b if first else 0) + (t * h * b if last else 0)) * spec.micro_batches
     pp = 0.0
@@ -106,8 +113,15 @@ def _rank_main(rank: int, world: int, port: int, shape: ModelShape, spec: StepSp
         torch.set_num_threads(1)
         dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        m = measure_rank(shape, spec.tp, spec.pp, spec.seq, spec.micro_batch, spec.micro_batches,
-                         spec.distributed_optimizer, timed_steps=spec.timed_steps)
+        if spec.model_dir:
+            from p2o.plan.mcore_step import measure_policy_rank
+
+            m = measure_policy_rank(spec.model_dir, spec.tp, spec.pp, spec.seq // 2, spec.seq - spec.seq // 2,
+                                    spec.micro_batch * spec.micro_batches, spec.micro_batch,
+                                    spec.distributed_optimizer)
+        else:
+            m = measure_rank(shape, spec.tp, spec.pp, spec.seq, spec.micro_batch, spec.micro_batches,
+                             spec.distributed_optimizer, timed_steps=spec.timed_steps)
         tmp = Path(out_dir) / f".rank{rank}.json.tmp"
         tmp.write_text(json.dumps(m.as_dict()))
         tmp.rename(Path(out_dir) / f"rank{rank}.json")
@@ -130,10 +144,13 @@ def compare(shape: ModelShape, spec: StepSpec, measured: list[dict]) -> list[dic
     rows = []
     for m in measured:
         pred_mem = predict_memory(shape, spec, m["pp_rank"])
+        # the policy step's "logits" are measured at the peak (the LM head's backward), weight gradient included
+        logits = pred_mem.logits + (pred_mem.wgrad_temp if spec.model_dir and pred_mem.logits else 0.0)
         pred = {"weights": pred_mem.weights, "gradients": pred_mem.gradients, "optimizer": pred_mem.optimizer,
-                "activations": pred_mem.activations, "logits": pred_mem.logits, "peak": pred_mem.peak_update}
+                "activations": pred_mem.activations, "logits": logits, "peak": pred_mem.peak_update}
         pred |= predict_comm_bytes(shape, spec, m["pp_rank"])
-        row = {"model": shape.name, "layout": f"TP{spec.tp} PP{spec.pp} DP{spec.dp}", "rank": m["rank"],
+        backend = "MegatronPolicy" if spec.model_dir else "GPTModel"
+        row = {"model": shape.name, "backend": backend, "layout": f"TP{spec.tp} PP{spec.pp} DP{spec.dp}", "rank": m["rank"],
                "pp_rank": m["pp_rank"], "step_s": m["step_s"], "comm_other": m["comm_other"]}
         for key, p in pred.items():
             row[f"pred_{key}"], row[f"meas_{key}"] = p, m[key]
@@ -152,10 +169,10 @@ def parse_layout(text: str) -> tuple[int, int, int]:
 
 def markdown(rows: list[dict]) -> str:
     """The validation table of docs/scaling.md: MiB predicted / measured (error) per term."""
-    head = ["model", "layout", "rank"] + list(TERMS) + list(COMM)
+    head = ["model", "step", "layout", "rank"] + list(TERMS) + list(COMM)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], r["layout"], str(r["rank"])]
+        cells = [r["model"], r["backend"], r["layout"], str(r["rank"])]
         for key in TERMS + COMM:
             p, m, e = r[f"pred_{key}"], r[f"meas_{key}"], r[f"err_{key}"]
             if p == 0 and m == 0:
@@ -174,13 +191,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--micro-batches", type=int, default=2)
     parser.add_argument("--distributed-optimizer", action="store_true")
+    parser.add_argument("--policy", action="store_true",
+                        help="measure MegatronPolicy.train_step (the P2O backend) on the embedded model's weights")
     parser.add_argument("--markdown", action="store_true", help="print the docs table")
     parser.add_argument("--json", default="", help="also write all rows to this JSON file")
     args = parser.parse_args(argv)
     shape = load_model_shape(args.model)
+    model_dir = ""
+    if args.policy:
+        from p2o.models import resolve_model_dir
+
+        model_dir = str(resolve_model_dir(args.model))
     rows = []
     for tp, pp, dp in args.layouts:
-        spec = StepSpec(tp, pp, dp, args.seq, args.micro_batch, args.micro_batches, args.distributed_optimizer)
+        spec = StepSpec(tp, pp, dp, args.seq, args.micro_batch, args.micro_batches, args.distributed_optimizer,
+                        model_dir=model_dir)
         rows += compare(shape, spec, run_step(shape, spec))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -12,7 +12,7 @@ def _by_name(rows):
 
 def test_every_factorisation_is_listed():
     layouts = candidate_layouts(PRESETS["Qwen3-4B"], Cluster(nodes=1), RunSettings())
-    assert sorted((l.tp, l.pp, l.dp) for l in layouts) == sorted(
+    assert sorted((x.tp, x.pp, x.dp) for x in layouts) == sorted(
         (tp, pp, 8 // (tp * pp)) for tp in (1, 2, 4, 8) for pp in (1, 2, 4, 8) if 8 % (tp * pp) == 0)
 
 

@@ -30,7 +30,7 @@ def test_stage_terms_by_hand():
     per_layer = 74 * 2 * 16  # bf16, 16 tokens per micro-batch
     assert first.activations == 2 * 2 * per_layer  # first stage: min(PP, M) = 2 micro-batches in flight
     assert last.activations == 1 * 2 * per_layer
-    assert first.logits == 0 and last.logits == 16 * 52 * (4 + 2)  # fp32 softmax + bf16 logits of V/TP
+    assert first.logits == 0 and last.logits == 16 * 52 * 2 * 2  # two bf16 [T, V/TP] buffers
     assert last.peak_update == last.weights + last.gradients + last.optimizer + last.activations + last.logits
 
 
@@ -43,7 +43,9 @@ def test_switches_change_the_right_terms():
     assert no_dist.optimizer == pytest.approx(4 * m.optimizer)
     naive = stage_memory(shape, Cluster(), layout, RunSettings(fused_logprob=False), 0, 8)
     tokens = base.seq_tokens * base.micro_batch
-    assert naive.logits == pytest.approx(tokens * 151936 * 6)  # 151936 is already a multiple of 128
+    assert naive.logits == pytest.approx(tokens * 151936 * 2 * 2)  # 2 bf16 buffers; 151936 = 1187 x 128
+    labels = stage_memory(shape, Cluster(), layout, RunSettings(fused_logprob=False, logits_path="labels"), 0, 8)
+    assert labels.logits == pytest.approx(tokens * 151936 * 6)  # fp32 softmax + bf16 logits
     assert m.logits == tokens * 8
     rec = stage_memory(shape, Cluster(), layout, RunSettings(recompute=True), 0, 8)
     assert rec.activations < m.activations / 10

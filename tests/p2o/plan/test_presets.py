@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from p2o.plan.presets import PRESETS, PlanError, ModelShape, load_model_shape, shape_from_hf_config
+from p2o.plan.presets import PRESETS, ModelShape, PlanError, load_model_shape, shape_from_hf_config
 
 # Parameter counts of the released safetensors checkpoints (model cards / index metadata).
 PUBLISHED = {

@@ -28,7 +28,7 @@ def test_config_loads_and_matches_the_planner(size, repo_root):
     assert (cfg.parallel.tp, cfg.parallel.pp, cfg.rollout.vllm_tp) == (best.layout.tp, best.layout.pp, run.vllm_tp)
     for n in (1, 2, 4, 8):  # the commented layouts are the planner's too
         row = recommend(PRESETS[model], Cluster(nodes=n), resolve_vllm_tp(PRESETS[model], Cluster(nodes=n), RUN))
-        line = next(l for l in text.splitlines() if re.match(rf"#\s+{n} nodes?\s", l))
+        line = next(ln for ln in text.splitlines() if re.match(rf"#\s+{n} nodes?\s", ln))
         if row is None:
             assert "none fits" in line
         else:

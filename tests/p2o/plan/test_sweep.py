@@ -46,9 +46,9 @@ def test_submit_script_dry_run(tmp_path, repo_root):
     out = subprocess.run(["bash", str(repo_root / "slurm" / "scaling_sweep.sh"), "submit"], env=env, cwd=repo_root,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    lines = [l for l in out.stdout.splitlines() if l.startswith("CONFIG=")]
-    assert len(lines) == 2 and all("configs/scaling/qwen3_8b_p2o.yaml" in l and "bash slurm/p2o_qwen3.sh" in l
-                                   for l in lines)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("CONFIG=")]
+    assert len(lines) == 2 and all("configs/scaling/qwen3_8b_p2o.yaml" in ln and "bash slurm/p2o_qwen3.sh" in ln
+                                   for ln in lines)
     assert "NODES=4" in lines[1] and "parallel.tp=" in lines[1]
     manifest = list(csv.DictReader((tmp_path / "sweep" / "manifest.tsv").open(), delimiter="\t"))
     assert [m["nodes"] for m in manifest] == ["1", "4"] and manifest[0]["config"].endswith("qwen3_8b_p2o.yaml")

@@ -2,8 +2,8 @@
 import pytest
 
 from p2o.plan.layouts import Cluster, Layout, RunSettings
-from p2o.plan.throughput import generation_time, resolve_vllm_tp, step_time
 from p2o.plan.presets import PRESETS
+from p2o.plan.throughput import generation_time, resolve_vllm_tp, step_time
 
 SHAPE = PRESETS["Qwen3-4B"]
 H100 = Cluster(nodes=1)

@@ -29,9 +29,10 @@ def test_tiny_single_rank_peak_memory_within_target():
 
 @pytest.mark.multiproc
 @pytest.mark.slow
-def test_tiny_tensor_parallel_memory_and_bytes():
-    spec = StepSpec(2, 1, 1, seq=32, micro_batch=2, micro_batches=2)
+def test_policy_step_tensor_parallel_memory_and_bytes(tiny_model_dir):
+    """MegatronPolicy.train_step (the backend P2O trains with) at TP=2: memory per rank and TP / DP bytes."""
+    spec = StepSpec(2, 1, 1, seq=32, micro_batch=2, micro_batches=2, model_dir=str(tiny_model_dir))
     rows = compare(TINY, spec, run_step(TINY, spec))
-    assert len(rows) == 2
+    assert len(rows) == 2 and rows[0]["backend"] == "MegatronPolicy"
     _check(rows, ("weights", "gradients", "optimizer", "activations", "logits", "peak", "comm_tp", "comm_dp"))
     assert rows[0]["meas_comm_tp"] > 4 * 2 * 32 * 2 * 64 * 4  # the [T, h] all-reduces are there
