@@ -129,6 +129,8 @@ def flp_partials_triton(hidden: torch.Tensor, weight: torch.Tensor, y_local: tor
     ncols = 3 if with_entropy else 2
     out = torch.full((n_splits, T, ncols), float("nan"), dtype=torch.float32, device=hidden.device)
     grid = (triton.cdiv(T, cfg.block_t) * n_splits,)
+    if T == 0:  # nothing to launch (an empty grid is not portable across Triton backends)
+        return SoftmaxStats.unpack(out)
     _flp_fwd_kernel[grid](hidden, weight, y_local, out, T, V, H, inv_temp, split,
                           hidden.stride(0), weight.stride(0), out.stride(0), out.stride(1),
                           ENTROPY=with_entropy, UPCAST=interpreter_enabled(),

@@ -221,3 +221,13 @@ def test_row_blocked_dh_update(monkeypatch):
     ((ref_logp * d_logp.double()).sum() + (ref_ent * d_ent.double()).sum()).backward()
     torch.testing.assert_close(dh.double(), h64.grad, **FP32_TOL)
     torch.testing.assert_close(dw.double(), w64.grad, **FP32_TOL)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_empty_batch(backend):
+    hidden = torch.zeros(0, 8, requires_grad=True)
+    weight = torch.randn(20, 8, requires_grad=True)
+    logp, ent = fused_linear_logprob(hidden, weight, torch.zeros(0, dtype=torch.long), with_entropy=True,
+                                     backend=backend)
+    (logp.sum() + ent.sum()).backward()
+    assert logp.shape == ent.shape == (0,) and (weight.grad == 0).all()
