@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base sampling seed")
     parser.add_argument("--template-file", default=None, help="a prompt template z to insert as T(x, z)")
     parser.add_argument("--no-responses", action="store_true", help="do not store response texts")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep benchmarks already finished in --out by a run with the same model and settings")
     # runtime (defaults: the config's rollout / model sections)
     parser.add_argument("--engine", default=None, choices=("hf", "vllm"), help="generation engine (rollout.engine)")
     parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="HF engine device (rollout.device)")
@@ -85,7 +87,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
     from p2o.eval.benchmarks import BenchmarkError, get_spec, load_benchmark, parse_names
     from p2o.eval.checkpoint import resolve_checkpoint
     from p2o.eval.harness import EvalSettings, run_benchmark
-    from p2o.eval.results import write_run
+    from p2o.eval.results import load_finished, write_run
 
     try:
         cfg = load_config(args.config, args.override)
@@ -119,15 +121,21 @@ def evaluate_main(args: argparse.Namespace) -> int:
         return 2
     from p2o.reward import Verifier
 
+    label = args.label or Path(args.out).name
+    info = {"model": str(args.model or cfg.model.path), "model_dir": str(model_dir),
+            "engine": args.engine or cfg.rollout.engine, "settings": vars(settings), "limit": args.limit}
+    finished = load_finished(args.out, info) if args.resume else {}
     results = []
     with Verifier(cfg.reward) as scorer:
         for name in names:
+            done = finished.get(name)
+            if done is not None and [p.id for p in done.problems] == [p.id for p in problems[name]]:
+                log.info("%s: kept from the previous run in %s", name, args.out)
+                results.append(done)
+                continue
             log.info("evaluating %s (%d problems)", name, len(problems[name]))
             results.append(run_benchmark(engine, engine.tokenizer, scorer, get_spec(name), problems[name], settings))
-    label = args.label or Path(args.out).name
-    info = {"model": str(args.model or cfg.model.path), "model_dir": str(model_dir),
-            "engine": args.engine or cfg.rollout.engine,
-            "settings": {k: v for k, v in vars(settings).items()}, "limit": args.limit}
+            write_run(args.out, results, label, info)  # after every benchmark, so an interrupted run can resume
     out = write_run(args.out, results, label, info)
     print((out / "summary.md").read_text(encoding="utf-8"), end="")
     return 0

@@ -109,6 +109,33 @@ def write_run(out_dir: str | Path, results: list[BenchmarkResult], label: str, i
     return out
 
 
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x))
+
+
+def load_finished(out_dir: str | Path, info: dict[str, Any]) -> dict[str, BenchmarkResult]:
+    """Benchmarks already finished in `out_dir` by a run with the same `info` (model, settings, limit).
+
+    Used to resume an interrupted evaluation: `write_run` is called after every benchmark, so what is in
+    run.json is complete. A run with different settings, or none at all, gives {}.
+    """
+    run_file = Path(out_dir).expanduser() / RUN_FILE
+    if not run_file.is_file():
+        return {}
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    if any(run.get(k) != v for k, v in _jsonable(info).items()):
+        return {}
+    done = {}
+    for b in run.get("benchmarks", []):
+        lines = (run_file.parent / b["file"]).read_text(encoding="utf-8").splitlines()
+        problems = [ProblemResult.from_dict(json.loads(line)) for line in lines if line.strip()]
+        done[b["name"]] = BenchmarkResult(name=b["name"], title=b["title"], protocol=b["protocol"],
+                                          samples=b["samples"], temperature=b["temperature"], problems=problems,
+                                          scores=b["scores"], seconds=b["seconds"],
+                                          mean_response_tokens=b["mean_response_tokens"])
+    return done
+
+
 @dataclass
 class RunRecord:
     """A run directory read back: its label, run.json, and per-problem scores per benchmark."""

@@ -9,7 +9,7 @@ import pytest
 from p2o.eval.benchmarks import get_spec
 from p2o.eval.compare import compare_runs, comparison_markdown
 from p2o.eval.harness import EvalSettings, ProblemResult, summarise
-from p2o.eval.results import read_run, write_run
+from p2o.eval.results import load_finished, read_run, write_run
 
 SETTINGS = EvalSettings(samples=4, temperature=0.6, pass_ks=(1, 2, 4))
 
@@ -89,3 +89,14 @@ def test_read_errors(tmp_path):
         read_run(out)
     with pytest.raises(ValueError, match="at least two"):
         compare_runs([])
+
+
+def test_load_finished_only_for_same_settings(tmp_path):
+    results = _results([[True] * 4, [False] * 4], [True, False])
+    info = {"model": "m", "settings": {"seed": 0, "pass_ks": (1, 2, 4)}, "limit": 0}
+    write_run(tmp_path, results[:1], "r", info)
+    done = load_finished(tmp_path, info)
+    assert list(done) == ["aime24"]
+    assert done["aime24"].problems == results[0].problems and done["aime24"].scores == results[0].scores
+    assert load_finished(tmp_path, dict(info, settings={"seed": 1, "pass_ks": (1, 2, 4)})) == {}
+    assert load_finished(tmp_path / "none", info) == {}
