@@ -8,7 +8,7 @@ import pytest
 
 from p2o.cli import main
 
-pytestmark = pytest.mark.xdist_group("verifier_pool")
+pytestmark = pytest.mark.xdist_group("verifier_cli")
 
 
 def _write(path, rows):
