@@ -15,7 +15,7 @@ EQUAL_NUMERIC = "equal_numeric"    # equal within the numeric tolerance (last re
 NOT_EQUAL = "not_equal"
 TIMEOUT = "timeout"                # the worker exceeded reward.timeout_s and was replaced
 BAD_INPUT = "bad_input"            # response or answer is not a string
-INTERNAL_ERROR = "internal_error"  # an unexpected exception inside the grader (logged; counted as wrong)
+INTERNAL_ERROR = "internal_error"  # an unexpected exception (logged) or a worker that died mid-pair; wrong
 
 CORRECT_REASONS = frozenset({EQUAL_STRING, EQUAL_SYMBOLIC, EQUAL_NUMERIC})
 
