@@ -28,6 +28,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from megatron_bridge.hf_io import CheckpointError
+
 log = logging.getLogger(__name__)
 
 DIST_OPT_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
@@ -92,7 +94,9 @@ def save_checkpoint(path: str | os.PathLike, chunks: list, optimizer=None, extra
 def load_checkpoint(path: str | os.PathLike, chunks: list, optimizer=None) -> dict:
     """Collective: restore model (+ optimizer) state saved by `save_checkpoint` (any TP/PP); returns `extra`."""
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.core import CheckpointingException
     from megatron.core.dist_checkpointing.validation import StrictHandling
+    from torch.distributed.checkpoint.api import CheckpointException
 
     path = Path(path)
     if not (path / "metadata.json").is_file():
@@ -104,7 +108,10 @@ def load_checkpoint(path: str | os.PathLike, chunks: list, optimizer=None) -> di
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=True,
                                                           metadata=_optimizer_metadata(optimizer))
-    loaded = dist_checkpointing.load(state, str(path), strict=StrictHandling.RAISE_UNEXPECTED)
+    try:
+        loaded = dist_checkpointing.load(state, str(path), strict=StrictHandling.RAISE_UNEXPECTED)
+    except (CheckpointingException, CheckpointException) as e:  # the latter is a BaseException
+        raise CheckpointError(f"{path}: does not match this model: {_root_cause(e)}") from None
     for i, c in enumerate(chunks):
         unwrap(c).load_state_dict(loaded["model"][f"chunk{i}"], strict=True)
     if optimizer is not None:
@@ -113,6 +120,18 @@ def load_checkpoint(path: str | os.PathLike, chunks: list, optimizer=None) -> di
         restore_adam_steps(optimizer)
     log.info("loaded checkpoint %s", path)
     return dict(loaded.get("extra") or {})
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost message of a (per-rank wrapped) checkpoint exception."""
+    failures = getattr(e, "failures", None)
+    if failures:  # torch.distributed.checkpoint: {rank: (exception, traceback frames)}
+        return "; ".join(f"rank {r}: {_root_cause(f[0] if isinstance(f, tuple) else f)}"
+                         for r, f in sorted(failures.items()))
+    text = str(e).strip()
+    if text.startswith("Unexpected keys"):  # Megatron's wording for keys the checkpoint lacks
+        text = "tensors missing from the checkpoint: " + text.split(":", 1)[1].strip()
+    return text.splitlines()[-1] if text else type(e).__name__
 
 
 def restore_adam_steps(optimizer) -> None:

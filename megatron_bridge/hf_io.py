@@ -25,7 +25,10 @@ class CheckpointError(ValueError):
 
 
 def read_config(model_dir: str | os.PathLike) -> dict:
-    path = Path(model_dir) / "config.json"
+    """config.json of an HF model directory (or a path to a config.json itself) as a dict."""
+    path = Path(model_dir)
+    if not (path.is_file() and path.suffix == ".json"):
+        path = path / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (expected an HF model directory with config.json)")
     return json.loads(path.read_text())

@@ -193,12 +193,12 @@ def registered_architectures() -> list[str]:
 
 
 def bridge_and_provider(model_dir) -> tuple[ModelBridge, GPTProvider]:
-    """(bridge, provider) for an HF model directory; raises naming config.json's unsupported field."""
+    """(bridge, provider) for an HF model directory or config.json; raises naming an unsupported field."""
     from pathlib import Path
 
     from megatron_bridge.hf_io import read_config
 
     hf = read_config(model_dir)
-    source = str(Path(model_dir) / "config.json")
+    source = str(model_dir if str(model_dir).endswith(".json") else Path(model_dir) / "config.json")
     bridge = bridge_for(hf, source=source)
     return bridge, bridge.provider(hf, source=source)

@@ -110,3 +110,87 @@ def hf_logprobs(model, batch: SequenceBatch) -> torch.Tensor:
             pos = torch.arange(len(p) - 1, len(p) + len(r) - 1)
             out.append(logp[pos, torch.tensor(r)])
     return torch.cat(out)
+
+
+def bad_input_worker(hf_cases: list[tuple[str, str]], megatron_cases: list[tuple[str, str]], out_file: str) -> None:
+    """Try loading corrupted checkpoints; record each error message (or 'no error').
+
+    hf_cases: (HF dir with the model's config.json, HF dir with the weights to load).
+    megatron_cases: (HF config dir of the model to build, Megatron checkpoint dir to load into it).
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from megatron_bridge.checkpoint import load_checkpoint
+    from megatron_bridge.parallel import init_parallel, shutdown_parallel
+    from megatron_bridge.provider import bridge_and_provider
+    from megatron_bridge.weights import load_hf_checkpoint
+    from p2o.config import ParallelConfig
+
+    results: dict = {"hf": [], "megatron": []}
+    for kind, cases in (("hf", hf_cases), ("megatron", megatron_cases)):
+        for config_dir, weights in cases:
+            layout = init_parallel(ParallelConfig())
+            bridge, provider = bridge_and_provider(config_dir)
+            chunks = provider.provide(layout)
+            try:
+                if kind == "hf":
+                    load_hf_checkpoint(chunks, bridge, provider, weights, layout)
+                else:
+                    load_checkpoint(weights, chunks)
+                results[kind].append("no error")
+            except Exception as e:  # noqa: BLE001  (the test inspects the message)
+                results[kind].append(f"{type(e).__name__}: {e}")
+            ps.destroy_model_parallel()
+    if dist.get_rank() == 0:
+        torch.save(results, out_file)
+    shutdown_parallel()
+
+
+def export_memory_worker(config_dir: str, bucket_bytes: int, out_file: str) -> None:
+    """Build a randomly initialised model, then measure RSS growth while iterating its export stream."""
+    import threading
+    import time
+
+    import psutil
+
+    from megatron_bridge.export import WeightExport
+    from megatron_bridge.parallel import init_parallel, shutdown_parallel
+    from megatron_bridge.provider import bridge_and_provider
+    from p2o.config import ParallelConfig
+
+    layout = init_parallel(ParallelConfig())
+    bridge, provider = bridge_and_provider(config_dir)
+    chunks = provider.provide(layout)
+    proc = psutil.Process()
+    model_bytes = sum(p.numel() * p.element_size() for c in chunks for p in c.parameters())
+    largest = max(p.numel() * p.element_size() for c in chunks for p in c.parameters())
+    try:  # hand freed heap (e.g. init-time master weights) back to the OS so reuse cannot hide growth
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    baseline = proc.memory_info().rss
+    peak = [baseline]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    n_tensors, n_buckets, exported = 0, 0, 0
+    for bucket in WeightExport(chunks, bridge, provider, layout, bucket_bytes):
+        n_buckets += 1
+        n_tensors += len(bucket)
+        exported += sum(t.numel() * t.element_size() for _, t in bucket)
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        del bucket  # a consumer drops each bucket before asking for the next
+    done.set()
+    sampler.join()
+    torch.save(dict(growth=peak[0] - baseline, model_bytes=model_bytes, largest=largest, n_tensors=n_tensors,
+                    n_buckets=n_buckets, exported=exported), out_file)
+    shutdown_parallel()
