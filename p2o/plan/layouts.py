@@ -22,7 +22,9 @@ class Cluster:
     """Homogeneous GPU nodes. Defaults: NVIDIA H100 SXM 80GB nodes of 8 (spec-sheet numbers, not measured)."""
 
     nodes: int = 1
+    """Nodes of the job (trainer and, when colocated, generation)."""
     gpus_per_node: int = 8
+    """GPUs per node (a TP group never spans nodes)."""
     gpu_mem_gib: float = 80.0
     """Usable device memory per GPU, GiB."""
     intra_node_gbs: float = 450.0
