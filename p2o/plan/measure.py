@@ -20,6 +20,7 @@ tensor of a send. Wire traffic of a ring all-reduce is 2(n-1)/n x payload.
 """
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections import defaultdict
 from collections.abc import Callable
@@ -91,6 +92,8 @@ _WRAPPED: tuple[tuple[str, int, str], ...] = (
     ("all_reduce", 0, "all_reduce"), ("reduce", 0, "reduce"), ("broadcast", 0, "broadcast"),
     ("all_gather_into_tensor", 0, "all_gather"), ("_all_gather_base", 0, "all_gather"),
     ("reduce_scatter_tensor", 1, "reduce_scatter"), ("_reduce_scatter_base", 1, "reduce_scatter"),
+    ("all_gather_single", 0, "all_gather"), ("reduce_scatter_single", 1, "reduce_scatter"),
+    ("reduce_scatter", 1, "reduce_scatter"),
     ("all_gather", 0, "all_gather"), ("send", 0, "send"), ("isend", 0, "send"),
     ("all_to_all_single", 1, "all_to_all"),
 )
@@ -122,20 +125,19 @@ class CommCounter:
 
     def _wrap(self, attr: str, index: int, kind: str) -> Callable:
         original = getattr(dist, attr)
+        names = list(inspect.signature(original).parameters)
+        tensor_name = names[index]
+        group_pos = names.index("group") if "group" in names else None
 
         def counted(*args, **kwargs):
-            tensor = args[index] if len(args) > index else None
-            if tensor is None:
-                tensor = kwargs.get("tensor", kwargs.get("output", kwargs.get("input")))
+            tensor = args[index] if len(args) > index else kwargs.get(tensor_name)
             if isinstance(tensor, list | tuple):  # all_gather(list, tensor): the gathered list
                 size = sum(t.numel() * t.element_size() for t in tensor)
             else:
-                size = tensor.numel() * tensor.element_size()
+                size = tensor.numel() * tensor.element_size() if tensor is not None else 0
             group = kwargs.get("group")
-            if group is None:
-                names = original.__code__.co_varnames[:original.__code__.co_argcount]
-                if "group" in names and names.index("group") < len(args):
-                    group = args[names.index("group")]
+            if group is None and group_pos is not None and group_pos < len(args):
+                group = args[group_pos]
             name = self.p2p_name if (kind == "send" and self.p2p_name) else self._group_name(group)
             self.bytes[name] += size
             self.calls[f"{name}.{kind}"] += 1

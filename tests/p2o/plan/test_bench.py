@@ -30,6 +30,7 @@ def test_efficiency():
 
 
 @pytest.mark.multiproc
+@pytest.mark.xdist_group("plan_spawned_ranks")  # one spawned job at a time on 2 cores
 @pytest.mark.slow
 def test_bench_scaling_writes_csv(tmp_path, capsys):
     from p2o.cli import main

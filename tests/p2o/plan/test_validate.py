@@ -19,6 +19,7 @@ def _check(rows, terms):
 
 
 @pytest.mark.multiproc
+@pytest.mark.xdist_group("plan_spawned_ranks")  # one spawned job at a time on 2 cores
 def test_tiny_single_rank_peak_memory_within_target():
     spec = StepSpec(1, 1, 1, seq=64, micro_batch=2, micro_batches=2)
     rows = compare(TINY, spec, run_step(TINY, spec))
@@ -28,6 +29,7 @@ def test_tiny_single_rank_peak_memory_within_target():
 
 
 @pytest.mark.multiproc
+@pytest.mark.xdist_group("plan_spawned_ranks")  # one spawned job at a time on 2 cores
 @pytest.mark.slow
 def test_policy_step_tensor_parallel_memory_and_bytes(tiny_model_dir):
     """MegatronPolicy.train_step (the backend P2O trains with) at TP=2: memory per rank and TP / DP bytes."""
