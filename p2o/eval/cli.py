@@ -2,6 +2,7 @@
 
     p2o eval --model runs/p2o/hf --data-dir benchmarks/ --benchmarks all --out runs/p2o/eval
     p2o eval --model tiny-qwen3 --data-dir benchmarks/ --benchmarks math500 --limit 8 --max-new-tokens 32 --out /tmp/e
+    p2o eval --model runs/p2o/checkpoints/step_000390 --config configs/qwen3_4b_p2o_deepmath.yaml ...  # Megatron
     p2o eval compare runs/grpo/eval runs/p2o/eval --bootstrap 2000 --seed 0
 
 `--config` takes a training YAML so the prompt (user template, system message), the thinking mode and the
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # what to evaluate
     parser.add_argument("--model", default=None, help="HF model directory or embedded name (default: the config's model.path)")
+    parser.add_argument("--hf-config", default=None,
+                        help="Megatron checkpoints without hf_config/: the HF model dir they were trained from "
+                             "(default with --config: the config's model.path)")
     parser.add_argument("--config", default=None, help="training YAML: prompt, model.thinking and reward settings")
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--label", default=None, help="name of this run in tables (default: the output folder name)")
@@ -110,7 +114,9 @@ def evaluate_main(args: argparse.Namespace) -> int:
             pass_ks=tuple(int(k) for k in args.pass_k.split(",") if k.strip()), seed=args.seed,
             batch_size=args.batch_size, thinking=cfg.model.thinking, user_template=cfg.prompt.user_template,
             system=cfg.prompt.system, template=template, keep_responses=not args.no_responses)
-        model_dir = resolve_checkpoint(args.model or cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
+        hf_config = args.hf_config or (cfg.model.path if args.config and args.model else None)
+        model_dir = resolve_checkpoint(args.model or cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed,
+                                       hf_config=hf_config, convert_dir=Path(args.out) / "hf_model")
     except (BenchmarkError, ConfigError, OSError, ValueError) as e:
         print(f"p2o eval: {e}", file=sys.stderr)
         return 2

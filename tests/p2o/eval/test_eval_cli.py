@@ -88,7 +88,8 @@ def test_compare_cli(tmp_path, capsys):
     (["--file", "math500"], "--file math500: expected NAME=PATH"),
     (["--benchmarks", "math500", "--file", "math500={tmp}/x.jsonl"], "x.jsonl: file not found"),
     (["--data-dir", str(FIXTURES), "--model", "{tmp}/nope"], "no such directory"),
-    (["--data-dir", str(FIXTURES), "--model", "{tmp}/megatron"], "a Megatron-Core checkpoint"),
+    (["--data-dir", str(FIXTURES), "--model", "{tmp}/megatron"], "Megatron-LM training checkpoint"),
+    (["--data-dir", str(FIXTURES), "--model", "{tmp}/step_000004"], "pass --hf-config"),
     (["--data-dir", str(FIXTURES), "--override", "model.thinking=maybe"], "model.thinking"),
     (["--data-dir", str(FIXTURES), "--engine", "vllm"], "the vLLM engine needs CUDA"),
     (["--data-dir", str(FIXTURES), "--device", "cuda"], "CUDA is not available"),
@@ -96,8 +97,35 @@ def test_compare_cli(tmp_path, capsys):
 def test_eval_cli_errors(tmp_path, capsys, argv, message):
     (tmp_path / "megatron" / "iter_0000010").mkdir(parents=True)
     (tmp_path / "megatron" / "latest_checkpointed_iteration.txt").write_text("10")
+    (tmp_path / "step_000004" / "policy").mkdir(parents=True)
+    (tmp_path / "step_000004" / "policy" / ".metadata").write_bytes(b"")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     if "--model" not in argv:
         argv += ["--model", "tiny-qwen3"]
     assert main(["eval", "--out", str(tmp_path / "o"), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_eval_megatron_checkpoint_converted_on_the_fly(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from megatron_bridge.convert import hf_to_megatron
+    from p2o.eval.checkpoint import resolve_checkpoint
+
+    ckpt = hf_to_megatron(str(tiny_model_dir), tmp_path / "mcore")
+    out = tmp_path / "m"
+    assert main(["eval", "--data-dir", str(FIXTURES), "--benchmarks", "math500", "--limit", "2", "--max-new-tokens",
+                 "5", "--override", "reward.workers=1", "--model", str(ckpt), "--out", str(out)]) == 0
+    assert len((out / "problems" / "math500.jsonl").read_text().splitlines()) == 2
+    converted = out / "hf_model"
+    assert json.loads((converted / "p2o_source.json").read_text())["megatron"] == str((ckpt / "model").resolve())
+    # the engine ran on exactly the original weights (the HF -> Megatron -> HF round trip is exact)
+    ref = {k: v for f in tiny_model_dir.glob("*.safetensors") for k, v in load_file(f).items()}
+    got = {k: v for f in converted.glob("*.safetensors") for k, v in load_file(f).items()}
+    assert set(got) <= set(ref) and all(got[k].equal(ref[k]) for k in got)
+    # resolving the same checkpoint again reuses the conversion
+    stamp = {p.name: p.stat().st_mtime_ns for p in converted.glob("*.safetensors")}
+    assert resolve_checkpoint(str(ckpt), convert_dir=converted) == converted
+    assert {p.name: p.stat().st_mtime_ns for p in converted.glob("*.safetensors")} == stamp
