@@ -37,6 +37,13 @@ def _has_weights(path: Path) -> bool:
     return any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
 
 
+def _read_marker(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def convert_megatron(path: Path, model_dir: Path, config_dir: Path, convert_dir: Path) -> Path:
     """HF directory for the Megatron checkpoint `path` (converted into `convert_dir`, or reused from it)."""
     if not (config_dir / "config.json").is_file():
@@ -45,7 +52,7 @@ def convert_megatron(path: Path, model_dir: Path, config_dir: Path, convert_dir:
     source = {"megatron": str(model_dir.resolve()), "metadata_mtime_ns": (model_dir / ".metadata").stat().st_mtime_ns,
               "hf_config": str(config_dir.resolve())}
     marker = convert_dir / SOURCE_FILE
-    if marker.is_file() and _has_weights(convert_dir) and json.loads(marker.read_text()) == source:
+    if _has_weights(convert_dir) and _read_marker(marker) == source:
         log.info("reusing the HF conversion of %s in %s", path, convert_dir)
         return convert_dir
     from megatron_bridge.convert import megatron_to_hf
