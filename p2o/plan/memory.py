@@ -27,6 +27,8 @@ from p2o.plan.layouts import GIB, Cluster, Layout, RunSettings
 from p2o.plan.presets import ModelShape
 
 PHASES = ("generation", "old_logprob", "update")
+VLLM_WORKSPACE_GIB = 1.0
+"""vLLM's activation / sampling workspace per GPU inside its memory fraction (not KV cache)."""
 
 
 @dataclass
@@ -56,7 +58,15 @@ class MemoryTerms:
     wgrad_temp: float
     adam_temp: float
     vllm_generation: float
+    """vLLM's whole share while generating: fraction x GPU memory (= weights + KV cache + workspace)."""
+    vllm_weights: float
+    """vLLM's bf16 weights on one GPU (2 x params / vllm_tp)."""
+    vllm_kv_cache: float
+    """vLLM's KV cache on one GPU while generating."""
     vllm_training: float
+    """What vLLM keeps on the GPU during training: everything at sleep level 0, nothing at 1 and 2."""
+    host_vllm: float
+    """Host memory per GPU vLLM uses while asleep: its weights at sleep level 1, nothing at 0 and 2."""
     overhead: float
     peak_generation: float
     peak_old_logprob: float
@@ -195,7 +205,10 @@ def stage_memory(shape: ModelShape, cluster: Cluster, layout: Layout, run: RunSe
         adam_temp = 2 * largest_weight(shape, layout.tp, vocab, with_vocab=bool(sp.embedding or sp.head)) * 4.0
 
     vllm_gen = run.vllm_gpu_memory_fraction * cluster.gpu_mem_bytes
+    vllm_weights = shape.num_params * 2.0 / max(1, run.vllm_tp)
+    vllm_kv = max(0.0, vllm_gen - vllm_weights - VLLM_WORKSPACE_GIB * GIB)
     vllm_train = vllm_gen if (run.colocated and run.vllm_sleep_level == 0) else 0.0
+    host_vllm = vllm_weights if run.vllm_sleep_level == 1 else 0.0
     overhead = run.overhead_gib * GIB
     state = weights + gradients + optimizer
     if run.colocated:
@@ -210,7 +223,7 @@ def stage_memory(shape: ModelShape, cluster: Cluster, layout: Layout, run: RunSe
     if layout.pp == 1:
         name = "only"
     return MemoryTerms(name, weights, gradients, optimizer, activations, logits, wgrad_temp, adam_temp, vllm_gen,
-                       vllm_train, overhead, peak_gen, peak_old, peak_update)
+                       vllm_weights, vllm_kv, vllm_train, host_vllm, overhead, peak_gen, peak_old, peak_update)
 
 
 def micro_batches_per_rank(run: RunSettings, layout: Layout) -> int:
@@ -225,9 +238,9 @@ def layout_memory(shape: ModelShape, cluster: Cluster, layout: Layout, run: RunS
     return max((stage_memory(shape, cluster, layout, run, s, m) for s in stages), key=lambda t: t.peak)
 
 
-def vllm_kv_budget_bytes(shape: ModelShape, cluster: Cluster, run: RunSettings, workspace_gib: float = 1.0) -> float:
+def vllm_kv_budget_bytes(shape: ModelShape, cluster: Cluster, run: RunSettings) -> float:
     """KV-cache bytes per vLLM instance: fraction x memory x vllm_tp minus bf16 weights and a workspace per GPU."""
-    per_gpu = run.vllm_gpu_memory_fraction * cluster.gpu_mem_bytes - workspace_gib * GIB
+    per_gpu = run.vllm_gpu_memory_fraction * cluster.gpu_mem_bytes - VLLM_WORKSPACE_GIB * GIB
     return per_gpu * run.vllm_tp - shape.num_params * 2.0
 
 

@@ -67,3 +67,12 @@ def test_unfused_attention_stores_probabilities():
 def test_worst_rank_is_reported():
     m = layout_memory(PRESETS["Qwen3-8B"], Cluster(), Layout(2, 4, 1), RunSettings(prompts_per_step=8, k=2))
     assert m.stage in ("first", "last")
+
+
+def test_vllm_terms_by_sleep_level():
+    shape, layout = PRESETS["Qwen3-4B"], Layout(1, 1, 8)
+    for level, on_gpu_training, host in ((0, 0.5 * 80 * GIB, 0.0), (1, 0.0, shape.num_params), (2, 0.0, 0.0)):
+        m = stage_memory(shape, Cluster(), layout, RunSettings(vllm_sleep_level=level, vllm_tp=2), 0, 8)
+        assert m.vllm_training == on_gpu_training and m.host_vllm == host  # level 1: bf16 weights / vllm_tp 2
+        assert m.vllm_weights == shape.num_params  # 2 bytes x params / 2
+        assert m.vllm_kv_cache == pytest.approx(0.5 * 80 * GIB - shape.num_params - 1 * GIB)
