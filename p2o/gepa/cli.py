@@ -36,6 +36,8 @@ def main(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise SystemExit(f"--workers: got {args.workers}; expected >= 1")
     token = os.environ.get(args.token_env) or None
+    for noisy in ("httpx", "httpx2"):  # one INFO line per scoring request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     jobs = JobManager(Path(args.run_dir), workers=args.workers)
     service = GEPAService(jobs, token=token, host=args.host).bind(args.port)
     if args.endpoint_file:

@@ -48,6 +48,7 @@ class GEPAResult:
     counters: dict[str, int] = field(default_factory=dict)
     policy_version: int = 0
     wall_s: float = 0.0
+    iteration_stats: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def best(self) -> PoolEntry:
@@ -78,4 +79,5 @@ def build_result(state: SearchState, k: int, seed: int, budget_total: int, accou
                       feedback_ids=list(state.feedback_ids), log=[asdict(r) for r in state.log],
                       iterations=state.iteration, metric_calls=state.metric_calls, budget_used=state.charged,
                       budget_total=budget_total, accounting=accounting, stop_reason=state.stop_reason,
-                      counters=dict(state.counters), policy_version=policy_version, wall_s=state.wall_s)
+                      counters=dict(state.counters), policy_version=policy_version, wall_s=state.wall_s,
+                      iteration_stats=list(state.iteration_stats))

@@ -78,6 +78,8 @@ class Pending:
     minibatches: list[list[int]]
     charge: bool = True
     last: bool = False
+    wall_s_at_start: float = 0.0
+    calls_at_start: int = 0
     parent_outcomes: Optional[list[list[dict]]] = None
     proposals: Optional[list[dict]] = None
     child_outcomes: Optional[list[Optional[list[dict]]]] = None
@@ -102,6 +104,8 @@ class SearchState:
     wall_s: float = 0.0
     stop_reason: str = ""
     counters: dict[str, int] = field(default_factory=dict)
+    iteration_stats: list[dict[str, Any]] = field(default_factory=list)
+    """Per finished iteration: parents, accepted, metric_calls (made in it), wall_s (spent in it)."""
 
     @property
     def done(self) -> bool:
@@ -294,7 +298,8 @@ class Search:
             last = remaining < self._b() * len(parents) + len(st.dev_ids) * len(parents)
         minibatches = [self._draw_minibatch(rng) for _ in parents]
         st.rng_state = rng.getstate()
-        return Pending(parents=parents, minibatches=minibatches, charge=charge, last=last)
+        return Pending(parents=parents, minibatches=minibatches, charge=charge, last=last, wall_s_at_start=st.wall_s,
+                       calls_at_start=st.metric_calls)
 
     def _evaluate_parents(self, p: Pending) -> None:
         st = self.state
@@ -400,6 +405,10 @@ class Search:
                                    st.metric_calls)
                 records[r].child, records[r].dev_mean = cand.idx, cand.dev_mean
         st.log.extend(records)
+        now = self.hooks.clock()
+        st.iteration_stats.append({"iteration": st.iteration, "parents": len(p.parents), "accepted": len(accepted),
+                                   "metric_calls": st.metric_calls - p.calls_at_start,
+                                   "wall_s": round(st.wall_s + (now - self._mark) - p.wall_s_at_start, 4)})
         st.iters_since_accept = 0 if accepted else st.iters_since_accept + 1
         st.iteration += 1
         st.pending = None

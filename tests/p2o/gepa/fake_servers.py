@@ -113,3 +113,16 @@ class FakeReflectionServer(_Server):
         if kind == "garbage":
             return 200, chat_response("I am not sure what you mean.", body["model"])
         return 200, chat_response(scripted_reflection(body["messages"][-1]["content"]), body["model"])
+
+
+class CyclingReflectionServer(_Server):
+    """A scripted reflection model that proposes the given templates in turn, in a fenced block."""
+
+    def __init__(self, templates: list[str]):
+        self.templates = templates
+        super().__init__(self._answer)
+
+    def _answer(self, body: dict) -> tuple[int, Any]:
+        with self._lock:
+            template = self.templates[(len(self.requests) - 1) % len(self.templates)]
+        return 200, chat_response(f"New instruction:\n```\n{template}\n```", body["model"])

@@ -145,6 +145,7 @@ def start_service_process(run_dir: Path, token: str) -> tuple[subprocess.Popen, 
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("gepa_kill")
 def test_sigkill_mid_job_resumes_to_the_same_result(tmp_path):
     policy = FakePolicyServer(delay_s=0.02).start()
     reflection = FakeReflectionServer().start()
