@@ -129,3 +129,19 @@ def test_eval_megatron_checkpoint_converted_on_the_fly(tmp_path, tiny_model_dir)
     stamp = {p.name: p.stat().st_mtime_ns for p in converted.glob("*.safetensors")}
     assert resolve_checkpoint(str(ckpt), convert_dir=converted) == converted
     assert {p.name: p.stat().st_mtime_ns for p in converted.glob("*.safetensors")} == stamp
+
+
+def test_prompts_follow_the_training_convention(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from p2o.data.problem import Problem
+    from p2o.eval.harness import build_prompts
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    q = Problem("p", "What is $2+3$?", "5")
+    [plain] = build_prompts(tok, [q], EvalSettings())
+    assert "What is $2+3$? Let's think step by step and output the final answer within \\boxed{}." in tok.decode(plain)
+    settings = EvalSettings(user_template="Problem: {question}", system="Be brief.", template="  Check twice.\n")
+    text = tok.decode(build_prompts(tok, [q], settings)[0])
+    assert "Be brief." in text and "Check twice.\n\nProblem: What is $2+3$?" in text and "step by step" not in text
+    assert text.index("Be brief.") < text.index("Check twice.")
