@@ -26,7 +26,7 @@ RUNTIME = [
 ]
 
 EXTRAS = {
-    # One mutually compatible GPU set (docs/install_gpu.md). NVIDIA apex is built from source, never from PyPI.
+    # One mutually compatible GPU set (README "On a GPU cluster"). NVIDIA apex is built from source, never from PyPI.
     "gpu": [
         "vllm==0.33.0",  # pins torch==2.14.0 (CUDA 13) and transformers>=5.16.1,<5.21
         "transformers>=5.16.1,<5.21",
