@@ -5,6 +5,8 @@ Protocol (fixed, so numbers are comparable across machines):
   template), one distinct prompt per sequence;
 - engine: `generate` on `batch` requests (n=1, temperature 1, seed = request index, `max_new_tokens`),
   one warm-up call, then `repeats` timed calls; tokens/s = generated tokens / wall time, median reported;
+- baseline (`--baseline`): transformers' `model.generate` on the same left-padded batch, sampling at
+  temperature 1 for exactly `max_new_tokens` tokens, same repeats;
 - gateway: `clients` concurrent `openai.AsyncOpenAI` clients, each sending `requests_per_client` chat
   completions one after another to a gateway on 127.0.0.1 whose batches hold up to max(batches) sequences;
   latency p50 / p99 per request and aggregate generated tokens/s.
@@ -43,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed engine calls per batch size")
     parser.add_argument("--clients", type=int, default=64, help="concurrent gateway clients (0: skip the gateway)")
     parser.add_argument("--requests-per-client", type=int, default=2, help="sequential requests per client")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also time transformers' model.generate on the same batches (mode 'hf-generate')")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
@@ -76,6 +80,29 @@ def engine_rows(name: str, engine: Any, batches: list[int], max_new_tokens: int,
             elapsed = time.perf_counter() - start
             rates.append(sum(len(g[0].response_ids) for g in gens) / elapsed)
         rows.append(Row(name, "engine", "tokens_per_s", batch, statistics.median(rates)))
+    return rows
+
+
+def generate_baseline_rows(name: str, engine: Any, batches: list[int], max_new_tokens: int, repeats: int) -> list[Row]:
+    """transformers' `generate` (sampling, left padding, exactly max_new_tokens) on the engine's model."""
+    model, pad = engine.model, engine.pad_id
+    device = next(model.parameters()).device
+    ids = bench_prompts(engine.tokenizer, max(batches))
+    rows = []
+    for batch in batches:
+        width = max(len(p) for p in ids[:batch])
+        x = torch.tensor([[pad] * (width - len(p)) + p for p in ids[:batch]], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids[:batch]], device=device)
+        kwargs = dict(attention_mask=mask, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                      do_sample=True, temperature=1.0, top_k=0, pad_token_id=pad)
+        with torch.inference_mode():
+            model.generate(x[:1], attention_mask=mask[:1], max_new_tokens=2, pad_token_id=pad)  # warm-up
+            rates = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model.generate(x, **kwargs)
+                rates.append(batch * max_new_tokens / (time.perf_counter() - start))
+        rows.append(Row(name, "hf-generate", "tokens_per_s", batch, statistics.median(rates)))
     return rows
 
 
@@ -152,6 +179,8 @@ def main(args: argparse.Namespace) -> int:
     for name in [m for m in args.models.split(",") if m]:
         engine = HFEngine.from_pretrained(resolve_model_dir(name, args.cache_dir), device=device, dtype=dtype)
         rows += engine_rows(name, engine, batches, args.max_new_tokens, args.repeats)
+        if args.baseline:
+            rows += generate_baseline_rows(name, engine, batches, args.max_new_tokens, args.repeats)
         if args.clients > 0:
             rows += gateway_rows(name, engine, max(batches), args.clients, args.requests_per_client,
                                  args.max_new_tokens)

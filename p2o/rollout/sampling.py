@@ -63,11 +63,24 @@ def sample(logp: torch.Tensor, greedy: torch.Tensor, uniforms: torch.Tensor) -> 
     if bool(greedy.all()):
         tokens = logp.argmax(dim=-1)
         return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
-    cdf = logp.exp().cumsum(dim=-1)                                    # [B, V]
-    target = (uniforms.to(cdf) * cdf[:, -1]).unsqueeze(-1)             # [B, 1]
-    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logp.shape[-1] - 1)
+    tokens = _inverse_cdf(logp.exp(), uniforms.to(logp.device))
     # float rounding at the top end of the CDF can land on a zero-mass tail token: fall back to the argmax
     fix = greedy | torch.isinf(logp.gather(-1, tokens[:, None]).squeeze(-1))
     if bool(fix.any()):
         tokens = torch.where(fix, logp.argmax(dim=-1), tokens)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """Smallest index i with cdf[i] > u * total, per row of probs [B, V]; two-level (block sums, then one
+    block) so no full-vocabulary cumsum is needed."""
+    b, v = probs.shape
+    nb = -(-v // block)
+    padded = torch.nn.functional.pad(probs, (0, nb * block - v)).view(b, nb, block)   # [B, NB, BLK]
+    block_cdf = padded.sum(dim=-1).cumsum(dim=-1)                                       # [B, NB]
+    target = (uniforms.to(probs.dtype) * block_cdf[:, -1]).unsqueeze(-1)                # [B, 1]
+    blk = torch.searchsorted(block_cdf, target, right=True).clamp_(max=nb - 1)           # [B, 1]
+    before = torch.where(blk > 0, block_cdf.gather(-1, (blk - 1).clamp(min=0)), torch.zeros_like(target))
+    inner = padded[torch.arange(b, device=probs.device), blk.squeeze(-1)].cumsum(dim=-1) + before  # [B, BLK]
+    pos = torch.searchsorted(inner, target, right=True).clamp_(max=block - 1)
+    return (blk * block + pos).squeeze(-1).clamp_(max=v - 1)

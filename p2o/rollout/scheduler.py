@@ -242,7 +242,8 @@ class Scheduler:
         now = time.monotonic()
         late = [j for j in self._queue if j.deadline is not None and j.deadline <= now]
         if late:
-            self._queue = [j for j in self._queue if j not in late]
+            late_ids = {id(j) for j in late}
+            self._queue = [j for j in self._queue if id(j) not in late_ids]
             self.counters["timeouts"] += len(late)
             for job in late:
                 _fail(job, RequestTimeout(f"request {job.request.request_id!r} not served within its timeout "

@@ -71,3 +71,16 @@ def test_sequence_seed_is_stable_and_distinct():
     assert sequence_seed(7, 0) == sequence_seed(7, 0)
     seeds = {sequence_seed(s, j) for s in range(20) for j in range(20)}
     assert len(seeds) == 400 and all(0 <= s < 2 ** 63 for s in seeds)
+
+
+@pytest.mark.parametrize("vocab", [5, 1024, 1025, 49152])
+def test_sample_equals_float64_inverse_cdf(vocab):
+    g = torch.Generator().manual_seed(vocab)
+    probs = torch.rand(9, vocab, generator=g) ** 4
+    probs[:, ::3] = 0
+    probs /= probs.sum(-1, keepdim=True)
+    u = torch.rand(9, generator=g)
+    cdf = probs.double().cumsum(-1)
+    ref = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    tokens, _ = sample(probs.log(), torch.zeros(9, dtype=torch.bool), u)
+    assert torch.equal(tokens, ref)
