@@ -7,7 +7,8 @@ A Megatron checkpoint written here is a directory
 
 `megatron-to-hf` also accepts a training checkpoint of `MegatronPolicy.save` (its optimizer state is ignored) when
 `--hf-config` names the HF config directory. Both directions stream: HF -> Megatron reads one HF tensor group at a
-time into the already-built model; Megatron -> HF writes shards of at most `shard_bytes` from the export stream.
+time into the already-built model; Megatron -> HF writes each tensor of the export stream straight into its
+planned shard (at most `shard_bytes`), buffering nothing beyond one 64 MiB bucket.
 Each direction spawns `tp x pp` local ranks (default 1). Round trip HF -> Megatron -> HF is bit-exact.
 """
 from __future__ import annotations
@@ -65,16 +66,19 @@ def megatron_to_hf_worker(model_ckpt: str, hf_config_dir: str, out_dir: str, tp:
 
     from megatron_bridge.checkpoint import load_checkpoint
     from megatron_bridge.export import WeightExport
-    from megatron_bridge.hf_io import ShardedSafetensorsWriter
+    from megatron_bridge.hf_io import StreamingSafetensorsWriter
     from megatron_bridge.parallel import shutdown_parallel
 
     try:
         layout, bridge, provider, chunks = _build(Path(hf_config_dir), tp, pp)
         load_checkpoint(model_ckpt, chunks)
-        writer = ShardedSafetensorsWriter(out_dir, shard_bytes) if dist.get_rank() == 0 else None
-        for bucket in WeightExport(chunks, bridge, provider, layout, bucket_bytes=min(shard_bytes, 256 << 20)):
+        stream = WeightExport(chunks, bridge, provider, layout, bucket_bytes=64 << 20)
+        plan = stream.plan()
+        writer = StreamingSafetensorsWriter(out_dir, plan, shard_bytes) if dist.get_rank() == 0 else None
+        for bucket in stream:
             if writer is not None:
                 writer.add_all(bucket)
+            del bucket
         if writer is not None:
             copy_hf_side_files(Path(hf_config_dir), writer.tmp)
             writer.close()

@@ -26,10 +26,10 @@ from typing import Iterable, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from megatron_bridge.hf_io import CheckpointError
+from megatron_bridge.hf_io import CheckpointError, TensorSpec
 from megatron_bridge.mapping import tp_attrs
 from megatron_bridge.provider import GPTProvider, ModelBridge
-from megatron_bridge.weights import OUTPUT, full_shape, iter_global_params, resolve
+from megatron_bridge.weights import OUTPUT, expected_hf_shapes, full_shape, iter_global_params, resolve
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class WeightExport:
         self.chunks, self.bridge, self.provider, self.layout = chunks, bridge, provider, layout
         self.bucket_bytes, self.version = bucket_bytes, version
         self._it: Optional[Iterator[WeightBucket]] = None
+        self._stage_meta: Optional[list] = None
 
     def __iter__(self) -> "WeightExport":
         return self
@@ -59,17 +60,37 @@ class WeightExport:
         tied = self.provider.share_embeddings_and_output_weights
         return [(n, p) for n, p in iter_global_params(self.chunks) if not (tied and n == OUTPUT)]
 
+    def _stages(self) -> list[list[tuple[str, tuple[int, ...], str]]]:
+        """Per PP stage: (global Megatron name, full shape, dtype name) of its exported parameters (collective)."""
+        if self._stage_meta is None:
+            meta = [(n, full_shape(p, self.layout.tp), str(p.dtype).removeprefix("torch."))
+                    for n, p in self._local_params()]
+            if self.layout.pp > 1:
+                stages: list = [None] * self.layout.pp
+                dist.all_gather_object(stages, meta, group=self.layout.pp_group)
+            else:
+                stages = [meta]
+            self._stage_meta = stages
+        return self._stage_meta
+
+    def plan(self) -> list[TensorSpec]:
+        """(HF name, shape, dtype) of every tensor the stream will yield, in order (collective; no data moves)."""
+        registry = self.bridge.registry()
+        info = self.provider.shape_info(self.layout.tp)
+        specs = []
+        for entries in self._stages():
+            for name, shape, dtype in entries:
+                mapping, hf_names = resolve(registry, self.provider, name)
+                for hf_name, hf_shape in zip(hf_names, expected_hf_shapes(mapping, shape, info)):
+                    specs.append(TensorSpec(hf_name, hf_shape, getattr(torch, dtype)))
+        return specs
+
     def _buckets(self) -> Iterator[WeightBucket]:
         layout = self.layout
         registry = self.bridge.registry()
         info = self.provider.shape_info(layout.tp)
         local = self._local_params()
-        meta = [(n, full_shape(p, layout.tp), str(p.dtype).removeprefix("torch.")) for n, p in local]
-        if layout.pp > 1:
-            stages: list = [None] * layout.pp
-            dist.all_gather_object(stages, meta, group=layout.pp_group)
-        else:
-            stages = [meta]
+        stages = self._stages()
         bucket: WeightBucket = []
         size = 0
         for stage, entries in enumerate(stages):
@@ -85,7 +106,9 @@ class WeightExport:
                 if layout.pp > 1:
                     dist.broadcast(full, src=layout.pp_global_rank(stage), group=layout.pp_group)
                 for hf_name, t in zip(hf_names, mapping.to_hf(full, info)):
-                    t = t.clone() if owned and layout.tp == 1 else t.contiguous()
+                    # Never hand out views of live parameters (TP=1 owners: `full` is the parameter itself).
+                    shares = t.untyped_storage().data_ptr() == full.untyped_storage().data_ptr()
+                    t = t.clone() if owned and layout.tp == 1 and shares else t.contiguous()
                     bucket.append((hf_name, t))
                     size += t.numel() * t.element_size()
                 del full
@@ -118,6 +141,7 @@ def load_hf_weights_stream(model: torch.nn.Module, buckets: Iterable[WeightBucke
                 raise CheckpointError(f"weight stream tensor(s) {result.unexpected_keys[:5]} are not parameters of "
                                       f"{type(model).__name__}")
             loaded.update(name for name, _ in bucket)
+            del bucket, result  # drop it before the stream builds the next one
     if require_all:
         tied = bool(getattr(getattr(model, "config", None), "tie_word_embeddings", False))
         missing = [n for n, _ in model.named_parameters() if n not in loaded and not (tied and n == "lm_head.weight")]

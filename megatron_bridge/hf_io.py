@@ -1,23 +1,35 @@
 """Streaming access to HF safetensors checkpoints (single file or sharded with `model.safetensors.index.json`).
 
-`HFCheckpoint` opens shards lazily and reads one tensor at a time; `ShardedSafetensorsWriter` buffers at most
-`max_shard_bytes` before writing a shard, then writes the index. The output directory is built under a temporary
-name and renamed into place when `close()` succeeds, so a crash never leaves a half-written checkpoint.
+Reading: `HFCheckpoint` parses each shard's header once and reads one tensor at a time with plain file reads
+(no mmap, so a converted model's pages never sit in this process's RSS).
+
+Writing: `StreamingSafetensorsWriter` is given the plan up front (names, shapes, dtypes in arrival order), so it
+can lay out the shards and write each file's header first; every tensor's bytes then go straight to disk as they
+arrive, and nothing is buffered. The output directory is built under `<out>.tmp` and renamed into place by
+`close()`, so a crash never leaves a half-written checkpoint.
+
+safetensors layout: u64 little-endian header size N, N bytes of JSON {name: {dtype, shape, data_offsets: [b, e]},
+"__metadata__": {...}} padded with spaces to 8 bytes, then the tensor bytes (offsets relative to the data start).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 class CheckpointError(ValueError):
@@ -34,21 +46,34 @@ def read_config(model_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
+def read_header(path: Path) -> tuple[dict, int]:
+    """(header dict without __metadata__, byte offset of the data section) of a safetensors file."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from e
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
 class HFCheckpoint:
-    """Lazy tensor access by HF name over the safetensors files of `model_dir`."""
+    """Tensor access by HF name over the safetensors files of `model_dir`, one tensor read at a time."""
 
     def __init__(self, model_dir: str | os.PathLike):
         self.dir = Path(model_dir)
         index = self.dir / INDEX
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self.weight_map: dict[str, str] = dict(weight_map)
+            self.weight_map: dict[str, str] = dict(json.loads(index.read_text())["weight_map"])
         elif (self.dir / SINGLE).is_file():
-            with safe_open(self.dir / SINGLE, framework="pt") as f:
-                self.weight_map = {k: SINGLE for k in f.keys()}
+            self.weight_map = {k: SINGLE for k in read_header(self.dir / SINGLE)[0]}
         else:
             raise FileNotFoundError(f"{self.dir}: no {SINGLE} or {INDEX}")
-        self._open: dict[str, object] = {}
+        self._headers: dict[str, tuple[dict, int]] = {}
 
     def names(self) -> list[str]:
         return list(self.weight_map)
@@ -56,72 +81,126 @@ class HFCheckpoint:
     def __contains__(self, name: str) -> bool:
         return name in self.weight_map
 
-    def _handle(self, file: str):
-        if file not in self._open:
-            path = self.dir / file
-            if not path.is_file():
-                raise CheckpointError(f"{path}: listed in {INDEX} but missing")
-            self._open[file] = safe_open(path, framework="pt")
-        return self._open[file]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(self.weight_map[name]).get_slice(name).get_shape())
-
-    def get(self, name: str) -> torch.Tensor:
-        """The tensor `name`; CheckpointError naming it when the checkpoint lacks it."""
+    def _entry(self, name: str) -> tuple[Path, dict, int]:
         if name not in self.weight_map:
             raise CheckpointError(f"tensor '{name}' is missing from the HF checkpoint {self.dir}")
-        return self._handle(self.weight_map[name]).get_tensor(name)
+        file = self.weight_map[name]
+        path = self.dir / file
+        if file not in self._headers:
+            if not path.is_file():
+                raise CheckpointError(f"{path}: listed in {INDEX} but missing")
+            self._headers[file] = read_header(path)
+        header, start = self._headers[file]
+        if name not in header:
+            raise CheckpointError(f"tensor '{name}' is listed in {INDEX} but missing from {path}")
+        return path, header[name], start
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._entry(name)[1]["shape"])
+
+    def get(self, name: str) -> torch.Tensor:
+        """The tensor `name` (a fresh CPU tensor); CheckpointError naming it when the checkpoint lacks it."""
+        path, meta, start = self._entry(name)
+        begin, end = meta["data_offsets"]
+        dtype = DTYPES.get(meta["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"tensor '{name}' in {path}: unsupported dtype {meta['dtype']}")
+        buf = bytearray(end - begin)
+        with open(path, "rb") as f:
+            f.seek(start + begin)
+            if f.readinto(buf) != len(buf):
+                raise CheckpointError(f"tensor '{name}' in {path}: file truncated")
+        if not buf:
+            return torch.empty(meta["shape"], dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(meta["shape"])
 
     def close(self) -> None:
-        self._open.clear()
+        self._headers.clear()
 
 
-class ShardedSafetensorsWriter:
-    """Writes named tensors into `model-0000i-of-0000n.safetensors` shards + index under `out_dir`, atomically."""
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
 
-    def __init__(self, out_dir: str | os.PathLike, max_shard_bytes: int = 2 * 1024**3):
+    @property
+    def nbytes(self) -> int:
+        n = self.dtype.itemsize
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class StreamingSafetensorsWriter:
+    """Writes tensors that arrive in `plan` order into shards of at most `max_shard_bytes` (+ index), unbuffered."""
+
+    def __init__(self, out_dir: str | os.PathLike, plan: Sequence[TensorSpec], max_shard_bytes: int = 2 * 1024**3):
         self.out = Path(out_dir)
         self.tmp = self.out.with_name(self.out.name + ".tmp")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
-        self.max_shard_bytes = max_shard_bytes
-        self._buffer: dict[str, torch.Tensor] = {}
-        self._buffer_bytes = 0
-        self._shards: list[list[str]] = []
-        self.total_bytes = 0
+        names = [s.name for s in plan]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tensor names repeat in the plan: {sorted({n for n in names if names.count(n) > 1})}")
+        self.shards: list[list[TensorSpec]] = [[]]
+        size = 0
+        for spec in plan:
+            if self.shards[-1] and size + spec.nbytes > max_shard_bytes:
+                self.shards.append([])
+                size = 0
+            self.shards[-1].append(spec)
+            size += spec.nbytes
+        n = len(self.shards)
+        self.files = [SINGLE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        self.total_bytes = sum(s.nbytes for s in plan)
+        self._shard, self._pos, self._fh = -1, 0, None
+
+    def _open_next(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        self._shard += 1
+        self._pos = 0
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for spec in self.shards[self._shard]:
+            header[spec.name] = {"dtype": DTYPE_NAMES[spec.dtype], "shape": list(spec.shape),
+                                 "data_offsets": [offset, offset + spec.nbytes]}
+            offset += spec.nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._fh = open(self.tmp / self.files[self._shard], "wb")
+        self._fh.write(struct.pack("<Q", len(raw)) + raw)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        if name in self._buffer or any(name in s for s in self._shards):
-            raise ValueError(f"tensor '{name}' written twice")
-        nbytes = tensor.numel() * tensor.element_size()
-        if self._buffer and self._buffer_bytes + nbytes > self.max_shard_bytes:
-            self._flush()
-        self._buffer[name] = tensor.detach().contiguous().cpu()
-        self._buffer_bytes += nbytes
-        self.total_bytes += nbytes
+        """Write the next tensor of the plan (name, shape and dtype must match it)."""
+        if self._fh is None or self._pos == len(self.shards[self._shard]):
+            if self._shard + 1 >= len(self.shards):
+                raise ValueError(f"tensor '{name}' is beyond the plan")
+            self._open_next()
+        spec = self.shards[self._shard][self._pos]
+        if (name, tuple(tensor.shape), tensor.dtype) != (spec.name, spec.shape, spec.dtype):
+            raise ValueError(f"tensor '{name}' {tuple(tensor.shape)} {tensor.dtype} arrived where the plan expects "
+                             f"'{spec.name}' {spec.shape} {spec.dtype}")
+        t = tensor.detach().to("cpu").contiguous()
+        if t.numel():
+            self._fh.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        self._pos += 1
 
     def add_all(self, items: Iterable[tuple[str, torch.Tensor]]) -> None:
         for name, tensor in items:
             self.add(name, tensor)
 
-    def _flush(self) -> None:
-        if not self._buffer:
-            return
-        save_file(self._buffer, str(self.tmp / f"shard-{len(self._shards):05d}.safetensors"), metadata={"format": "pt"})
-        self._shards.append(list(self._buffer))
-        self._buffer, self._buffer_bytes = {}, 0
-
     def close(self, extra_files: Optional[dict[str, str]] = None) -> Path:
-        """Write the last shard, name the shards, write the index (+ extra text files), rename into place."""
-        self._flush()
-        n = len(self._shards)
-        weight_map = {}
-        for i, names in enumerate(self._shards):
-            final = SINGLE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            os.rename(self.tmp / f"shard-{i:05d}.safetensors", self.tmp / final)
-            weight_map.update({k: final for k in names})
-        if n > 1:
+        """Check every planned tensor arrived, write the index (+ extra text files), rename into place."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        written = sum(len(s) for s in self.shards[: self._shard]) + self._pos
+        planned = sum(len(s) for s in self.shards)
+        if written != planned:
+            raise ValueError(f"only {written} of {planned} planned tensors were written to {self.out}")
+        if len(self.shards) > 1:
+            weight_map = {spec.name: f for f, shard in zip(self.files, self.shards) for spec in shard}
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
             (self.tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
         for fname, text in (extra_files or {}).items():
