@@ -20,8 +20,8 @@
 #   GPUS_PER_NODE    GPUs (trainer ranks) per node; 0 = CPU run: gloo, no GPU binding     [8]
 #   CPU_PROCS_PER_NODE  ranks per node when GPUS_PER_NODE=0                                 [1]
 #   GEPA_CPUS, PARTITION, GEPA_PARTITION, REFLECTION_GPUS, REFLECTION_PARTITION, TIME, ACCOUNT: see lib/submit.sh
-#   LAUNCHER, MASTER_PORT, CHECKPOINT_TIMEOUT_S, NCCL_*: see lib/launch.sh
-#   ENDPOINT_TIMEOUT_S, MAX_REQUEUES, REQUEUE_WITHOUT_DELAY, REFLECTION_SERVER, REFLECTION_MODEL: see lib/job.sh
+#   LAUNCHER, MASTER_PORT, NCCL_*: see lib/launch.sh
+#   ENDPOINT_TIMEOUT_S, MAX_REQUEUES, REFLECTION_SERVER, REFLECTION_MODEL, REFLECTION_PORT: see lib/job.sh
 #   STOP_TIMEOUT_S   seconds a component gets to stop after SIGTERM (the trainer checkpoints)  [120]
 #
 # Pre-emption and time limits: Slurm sends SIGUSR1 to this script 300 s before the limit; it is forwarded

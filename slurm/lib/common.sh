@@ -44,6 +44,11 @@ p2o_python() {
     "${prefix[@]}" "$PYTHON" "$@"
 }
 
+het_group() {  # het_group N: "--het-group=N" inside a heterogeneous job, nothing in a plain one
+    [[ -n ${SLURM_HET_SIZE:-} ]] && echo "--het-group=$1"
+    return 0
+}
+
 first_host() {  # first_host NODELIST: the first host name of a Slurm node list ("gpu[01-04]" -> gpu01)
     scontrol show hostnames "$1" | head -n 1
 }

@@ -22,12 +22,11 @@
 #   REFLECTION_PORT     port of the reflection server on its node      [8000]
 #   ENDPOINT_TIMEOUT_S  seconds a service may take to answer /health   [600]
 #   MAX_REQUEUES        give up requeueing after this many restarts    [20]
-#   REQUEUE_WITHOUT_DELAY  1: release the requeued job at once instead of after Slurm's requeue delay
-#                       (AuthInfo cred_expire, 120 s by default)       [0]
+#
+# A requeued job becomes eligible after Slurm's requeue delay (AuthInfo cred_expire, 120 s by default).
 
 : "${ENDPOINT_TIMEOUT_S:=600}"
 : "${MAX_REQUEUES:=20}"
-: "${REQUEUE_WITHOUT_DELAY:=0}"
 : "${REFLECTION_SERVER:=p2o}"
 : "${REFLECTION_PORT:=8000}"
 
@@ -74,9 +73,6 @@ finish() {
         if ! scontrol requeue "$SLURM_JOB_ID"; then
             write_summary failed "" "$reason; scontrol requeue $SLURM_JOB_ID failed (was the job submitted with --requeue?)" 75
             exit 75
-        fi
-        if [[ $REQUEUE_WITHOUT_DELAY == 1 ]]; then
-            scontrol update JobId="$SLURM_JOB_ID" StartTime=now || log "could not release the requeued job early"
         fi
         exit 0
     fi
@@ -137,10 +133,15 @@ failure_code() {  # the job's exit code for a failed component's: its own, unles
     if ((rc == 0 || rc == 75)); then echo 1; else echo "$rc"; fi
 }
 
+signal_trainer() {  # signal_trainer SIGNAL: to the trainer's ranks only (see lib/launch.sh)
+    signal_trainer_ranks "$1" "$NODES" "$PID_DIR"
+}
+
 setup_job_dir() {  # JOB_DIR, JOB_LOG and the per-attempt snapshots
     JOB_DIR=$RUN_DIR/slurm/$SLURM_JOB_ID
-    mkdir -p "$JOB_DIR/endpoints" || die "cannot create the job directory $JOB_DIR"
-    rm -f "$JOB_DIR"/endpoints/*                   # a requeued attempt must not see stale endpoints
+    PID_DIR=$JOB_DIR/pids
+    mkdir -p "$JOB_DIR/endpoints" "$PID_DIR" || die "cannot create the job directory $JOB_DIR"
+    rm -f "$JOB_DIR"/endpoints/* "$PID_DIR"/*      # a requeued attempt must not see stale endpoints or PIDs
     JOB_LOG=$JOB_DIR/job.log
     log "job $SLURM_JOB_ID attempt ${SLURM_RESTART_COUNT:-0} on ${SLURMD_NODENAME:-$(hostname)}: run dir $RUN_DIR"
     snapshot_cluster
@@ -222,7 +223,8 @@ EOF
     train_args+=("${overrides[@]}" "logging.run_dir=$RUN_DIR")
     local cmd=()
     mapfile -d '' -t cmd < <(trainer_srun_cmd "$NODES" "$per_node" "$master_addr" "$master_port" \
-        "$SLURM_JOB_ID-${SLURM_RESTART_COUNT:-0}" -- "${train_args[@]}")
+        "$SLURM_JOB_ID-${SLURM_RESTART_COUNT:-0}" "$PID_DIR" -- "${train_args[@]}")
+    COMP_SIGNALLER[trainer]=signal_trainer
     start_component trainer "$JOB_DIR/trainer.log" "${SLURM_JOB_NODELIST_HET_GROUP_0:-$SLURM_JOB_NODELIST}" "${cmd[@]}"
     [[ -n $PREEMPT_SIGNAL ]] && signal_component USR1 trainer   # a signal that came while starting
 

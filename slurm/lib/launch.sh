@@ -8,7 +8,13 @@
 #   CPU_PROCS_PER_NODE  ranks per node when GPUS_PER_NODE=0                                   [1]
 #   LAUNCHER            torchrun | srun                                                        [torchrun]
 #   MASTER_PORT         rendezvous port on the first trainer node          [20000 + job id % 10000 + attempt]
-#   CHECKPOINT_TIMEOUT_S  seconds torchrun waits for ranks to checkpoint after a forwarded signal   [240]
+#
+# Signals for the trainer (SIGUSR1: checkpoint and exit 75; SIGTERM: the same, then stop) go to the rank
+# processes only, never to the whole step: Slurm signals every process of a step and torchrun signals each
+# rank's process group, and either would also kill the helper processes a rank is checkpointing with.
+# Each task records its PID in $PID_DIR/trainer.<node>.<task>; `signal_trainer_ranks` runs one task per
+# node (srun --overlap) that signals the ranks there: torchrun's children, or the task itself with
+# LAUNCHER=srun. torchrun ignores SIGUSR1, so a stray one cannot end the agent.
 #
 # Network knobs for GPU runs are set only when unset (export your own to override):
 #   NCCL_DEBUG=WARN                      NCCL's log level (INFO to debug hangs)
@@ -19,7 +25,6 @@
 
 : "${CPU_PROCS_PER_NODE:=1}"
 : "${LAUNCHER:=torchrun}"
-: "${CHECKPOINT_TIMEOUT_S:=240}"
 
 # GPUs per node from the allocation ("8", "h100:8", "gpu:h100:8") when not given.
 detect_gpus_per_node() {
@@ -49,28 +54,27 @@ check_layout() {
     echo "world size $world = tp $tp x pp $pp x dp $((world / (tp * pp)))"
 }
 
-# trainer_srun_cmd NODES PROCS_PER_NODE MASTER_ADDR MASTER_PORT RDZV_ID -- P2O_ARGS...: print the srun
-# command line (NUL-separated, for mapfile -d '') that launches `p2o ARGS` on het group 0.
+# trainer_srun_cmd NODES PROCS_PER_NODE MASTER_ADDR MASTER_PORT RDZV_ID PID_DIR -- P2O_ARGS...: print the
+# srun command line (NUL-separated, for mapfile -d '') that launches `p2o ARGS` on het group 0.
 trainer_srun_cmd() {
-    local nodes=$1 per_node=$2 addr=$3 port=$4 rdzv_id=$5; shift 6
-    local cargs=()
+    local nodes=$1 per_node=$2 addr=$3 port=$4 rdzv_id=$5 pid_dir=$6; shift 7
+    local cargs=() prefix=()
     mapfile -t cargs < <(container_srun_args)
-    local prefix=()
     mapfile -t prefix < <(container_exec_prefix)
-    local srun=(srun --het-group=0 --nodes="$nodes" --kill-on-bad-exit=1 --export=ALL "${cargs[@]}")
+    local srun=(srun $(het_group 0) --nodes="$nodes" --kill-on-bad-exit=1 --export=ALL "${cargs[@]}")
+    # Every task: record its PID, ignore SIGUSR1 until P2O installs its handler, then become the command.
+    local task=(bash -c 'echo $$ >"$0/trainer.$SLURMD_NODENAME.$SLURM_PROCID"; trap "" USR1; exec "$@"' "$pid_dir")
     if [[ $LAUNCHER == srun ]]; then
         # One task per rank; the env:// rendezvous variables come from Slurm's own.
         srun+=(--ntasks-per-node="$per_node" --ntasks=$((nodes * per_node)))
         printf '%s\0' "${srun[@]}" bash -c \
-            'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS LOCAL_WORLD_SIZE=$SLURM_NTASKS_PER_NODE; exec "$@"' \
-            p2o-rank "${prefix[@]}" "$PYTHON" -m p2o.cli "$@"
+            'echo $$ >"$0/trainer.$SLURMD_NODENAME.$SLURM_PROCID"; trap "" USR1
+             export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS LOCAL_WORLD_SIZE=$SLURM_NTASKS_PER_NODE
+             exec "$@"' "$pid_dir" "${prefix[@]}" "$PYTHON" -m p2o.cli "$@"
     elif [[ $LAUNCHER == torchrun ]]; then
-        # One torchrun agent per node; they meet at MASTER_ADDR:MASTER_PORT (c10d rendezvous). The agents
-        # forward SIGUSR1/SIGTERM to the ranks and give them CHECKPOINT_TIMEOUT_S to checkpoint.
-        srun+=(--ntasks-per-node=1 --ntasks="$nodes"
-            env PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
-            TORCH_ELASTIC_SHUTDOWN_TIMEOUT="$CHECKPOINT_TIMEOUT_S")
-        printf '%s\0' "${srun[@]}" "${prefix[@]}" "$PYTHON" -m torch.distributed.run \
+        # One torchrun agent per node; the agents meet at MASTER_ADDR:MASTER_PORT (c10d rendezvous).
+        srun+=(--ntasks-per-node=1 --ntasks="$nodes")
+        printf '%s\0' "${srun[@]}" "${task[@]}" "${prefix[@]}" "$PYTHON" -m torch.distributed.run \
             --nnodes="$nodes" --nproc-per-node="$per_node" --max-restarts=0 \
             --rdzv-backend=c10d --rdzv-endpoint="$addr:$port" --rdzv-id="$rdzv_id" \
             -m p2o.cli "$@"
@@ -78,4 +82,27 @@ trainer_srun_cmd() {
         echo "LAUNCHER must be torchrun or srun, got '$LAUNCHER'" >&2
         return 1
     fi
+}
+
+# signal_trainer_ranks SIGNAL NODES PID_DIR: deliver SIGNAL to every trainer rank, on every trainer node.
+signal_trainer_ranks() {
+    local sig=$1 nodes=$2 pid_dir=$3
+    # shellcheck disable=SC2016
+    timeout 60 srun --overlap $(het_group 0) --nodes="$nodes" --ntasks-per-node=1 --ntasks="$nodes" bash -c '
+        sig=$1 pid_dir=$2 launcher=$3
+        children() {  # direct children of PID $1, from /proc (no procps needed)
+            local parent=$1 d stat fields
+            for d in /proc/[0-9]*; do
+                stat=$(<"$d/stat") 2>/dev/null || continue
+                read -ra fields <<<"${stat##*) }"         # after "pid (comm) ": state ppid ...
+                [[ ${fields[1]} == "$parent" ]] && echo "${d#/proc/}"
+            done
+        }
+        for f in "$pid_dir"/trainer."$SLURMD_NODENAME".*; do
+            [[ -s $f ]] || continue
+            pid=$(<"$f")
+            if [[ $launcher == torchrun ]]; then targets=$(children "$pid"); else targets=$pid; fi
+            [[ -n $targets ]] && kill "-$sig" $targets 2>/dev/null
+        done
+        exit 0' p2o-signal "$sig" "$pid_dir" "$LAUNCHER"
 }

@@ -13,7 +13,7 @@
 
 : "${STOP_TIMEOUT_S:=120}"
 
-declare -gA COMP_PID=() COMP_RC=() COMP_LOG=() COMP_NODES=()
+declare -gA COMP_PID=() COMP_RC=() COMP_LOG=() COMP_NODES=() COMP_SIGNALLER=()
 declare -ga COMP_NAMES=()
 
 # start_component NAME LOG NODES srun ARGS...: run the srun line in the background, output appended to LOG.
@@ -61,9 +61,12 @@ step_id() {  # step_id NAME: the Slurm step id of a running component ("12.1", "
     squeue -h -s -u "$(id -un)" -o '%i %j' 2>/dev/null | awk -v n="p2o-$1-${SLURM_JOB_ID:-0}" '$2 == n {print $1; exit}'
 }
 
-signal_component() {  # signal_component SIGNAL NAME: deliver SIGNAL to every task of the component's step
+# signal_component SIGNAL NAME: deliver SIGNAL to every task of the component's step, or through the
+# component's own signaller (COMP_SIGNALLER[NAME], a command given SIGNAL) when it has one.
+signal_component() {
     local step
     component_running "$2" || return 0
+    if [[ -n ${COMP_SIGNALLER[$2]:-} ]]; then ${COMP_SIGNALLER[$2]} "$1" && return 0; fi
     step=$(step_id "$2")
     if [[ -n $step ]] && scancel --signal="$1" "$step" 2>/dev/null; then return 0; fi
     kill "-$1" "${COMP_PID[$2]}" 2>/dev/null   # step not registered yet: srun forwards USR1 as is

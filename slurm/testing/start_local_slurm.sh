@@ -12,7 +12,7 @@
 # Settings (environment):
 #   LOCAL_SLURM_DIR        state directory                              [/var/tmp/p2o-local-slurm]
 #   LOCAL_SLURM_NODES      slurmd daemons; >= 2 is needed for heterogeneous jobs   [2]
-#   LOCAL_SLURM_CPUS       CPUs advertised per node                     [nproc]
+#   LOCAL_SLURM_CPUS       CPUs advertised per node                     [nproc --all]
 #   LOCAL_SLURM_MEM_MB     RealMemory per node                          [MemTotal / nodes]
 #   LOCAL_SLURM_WRITE_ETC  1: write /etc/slurm/slurm.conf (plain `sbatch` works); 0: export SLURM_CONF yourself [1]
 #   LOCAL_SLURM_PORT       first port: slurmctld = PORT, slurmd i = PORT + i             [6817]
@@ -24,7 +24,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DIR=${LOCAL_SLURM_DIR:-/var/tmp/p2o-local-slurm}
 NODES=${LOCAL_SLURM_NODES:-2}
-CPUS=${LOCAL_SLURM_CPUS:-$(nproc)}
+CPUS=${LOCAL_SLURM_CPUS:-$(nproc --all)}
 WRITE_ETC=${LOCAL_SLURM_WRITE_ETC:-1}
 PORT=${LOCAL_SLURM_PORT:-6817}
 MARKER="# p2o-local-slurm"

@@ -1,0 +1,110 @@
+"""The local Slurm test cluster (slurm/testing/start_local_slurm.sh) as a session fixture, and a helper
+that submits the real job scripts to it.
+
+The cluster is two slurmd "nodes" on this host (heterogeneous jobs need one node per component). Tests
+skip, with the reason, where it cannot run: not root, no Slurm and no apt-get to install it, or an
+install that fails. A cluster that was already up is reused and left running.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TESTING = REPO / "slurm" / "testing"
+STATE_DIR = os.environ.get("LOCAL_SLURM_DIR", "/var/tmp/p2o-local-slurm")
+
+
+@dataclass
+class LocalSlurm:
+    state_dir: Path
+    env: dict[str, str]
+    """Environment for Slurm clients and jobs: SLURM_CONF, the venv's bin first on PATH."""
+
+    def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout)
+
+
+def _skip_reason() -> Optional[str]:
+    if sys.platform != "linux":
+        return "the local Slurm cluster needs Linux"
+    if os.geteuid() != 0:
+        return "the local Slurm cluster needs root (slurmd and munged run as root without systemd)"
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        return "Slurm is not installed and there is no apt-get to install it"
+    return None
+
+
+@pytest.fixture(scope="session")
+def local_slurm() -> LocalSlurm:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    env = dict(os.environ, LOCAL_SLURM_DIR=STATE_DIR, LOCAL_SLURM_NODES="2")
+    started = subprocess.run(["bash", str(TESTING / "start_local_slurm.sh")], env=env, capture_output=True,
+                             text=True, timeout=300)
+    if started.returncode == 2:
+        pytest.skip(started.stderr.strip().splitlines()[-1])
+    assert started.returncode == 0, f"start_local_slurm.sh failed:\n{started.stderr}"
+    reused = "already running" in started.stderr
+    env["SLURM_CONF"] = f"{STATE_DIR}/etc/slurm.conf"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    yield LocalSlurm(Path(STATE_DIR), env)
+    if not reused:
+        subprocess.run(["bash", str(TESTING / "stop_local_slurm.sh")], env=env, capture_output=True, timeout=120)
+
+
+@dataclass
+class Submitted:
+    """A job submitted with `sbatch --wait` in the background."""
+    proc: subprocess.Popen
+    job_id: str
+    output: Path
+    started: float
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+
+def submit(cluster: LocalSlurm, script: str, env: dict[str, str], output: Path, timeout_s: int) -> Submitted:
+    """`bash slurm/<script> --wait` (submit mode: the script calls sbatch itself) under `timeout`."""
+    proc = subprocess.Popen(["timeout", str(timeout_s), "bash", str(REPO / "slurm" / script), "--wait",
+                             f"--output={output}"],
+                            cwd=REPO, env={**cluster.env, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    t0 = time.monotonic()
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.search(r"Submitted batch job (\d+)", line)
+        if m:
+            return Submitted(proc, m.group(1), output, t0)
+    proc.wait()
+    raise AssertionError("sbatch did not submit the job:\n" + "".join(lines))
+
+
+def wait_for_path(path: Path, timeout_s: float, job: Submitted) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if job.proc.poll() is not None:
+            raise AssertionError(f"job {job.job_id} ended before {path} appeared:\n{_tail(job.output)}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout_s} s:\n{_tail(job.output)}")
+        time.sleep(0.2)
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return f"(no {path})"

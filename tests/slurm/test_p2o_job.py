@@ -1,0 +1,164 @@
+"""The real slurm/p2o_qwen3.sh on the local cluster with the tiny CPU config (configs/slurm_test_cpu.yaml):
+the heterogeneous job runs the trainer on one node and the GEPA service on the other, crosses an epoch
+boundary with a GEPA round and exits 0; a SIGUSR1 mid-run checkpoints, requeues and ends with the same
+final metrics and loop state as the uninterrupted run; a killed GEPA service or a bad config ends the job
+non-zero, in bounded time, with a summary naming the component.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.slurm.conftest import REPO, Submitted, _tail, submit, wait_for_path
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+
+needs_trainer = pytest.mark.skipif(importlib.util.find_spec("p2o.train.loop") is None,
+                                   reason="p2o train not available")
+JOB_TIMEOUT_S = 240
+
+
+def job_env(run_dir: Path, **extra: str) -> dict[str, str]:
+    return {"CONFIG": "configs/slurm_test_cpu.yaml", "RUN_DIR": str(run_dir), "PYTHON": sys.executable,
+            "GPUS_PER_NODE": "0", "GEPA_CPUS": "1", "STOP_TIMEOUT_S": "30",
+            "OVERRIDES": "", **extra}
+
+
+def finished(job: Submitted, timeout_s: float = JOB_TIMEOUT_S) -> int:
+    rc = job.wait(timeout_s)
+    assert rc != 124, f"job {job.job_id} hit the test timeout:\n{_tail(job.output)}"
+    return rc
+
+
+def summary(run_dir: Path, job_id: str) -> dict:
+    return json.loads((run_dir / "slurm" / job_id / "summary.json").read_text())
+
+
+def release_after_requeue(cluster, job: Submitted, timeout_s: float = 150) -> None:
+    """Wait until the job has requeued itself, then start it without Slurm's 120-s requeue delay."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = cluster.run("scontrol", "show", "job", job.job_id).stdout
+        if "JobState=PENDING" in info and "Restarts=0" not in info:
+            cluster.run("scontrol", "update", f"JobId={job.job_id}", "StartTime=now")
+            return
+        assert job.proc.poll() is None, f"job {job.job_id} ended without requeueing:\n{_tail(job.output)}"
+        time.sleep(0.5)
+    raise AssertionError(f"job {job.job_id} was not requeued within {timeout_s} s:\n{_tail(job.output)}")
+
+
+def metric_records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without wall-clock fields (times, rates)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if not (k == "time" or k.startswith("time_") or k.endswith(("_s", "_per_s")))}
+            for r in rows]
+
+
+def final_state(run_dir: Path) -> dict:
+    last = sorted((run_dir / "checkpoints").glob("step_*[0-9]"))[-1]
+    return json.loads((last / "state.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(local_slurm, tmp_path_factory):
+    """One complete run of the job; (run_dir, job_id, exit code, wall seconds)."""
+    run_dir = tmp_path_factory.mktemp("p2o_full")
+    job = submit(local_slurm, "p2o_qwen3.sh", job_env(run_dir), run_dir / "job.out", JOB_TIMEOUT_S)
+    rc = finished(job)
+    return run_dir, job.job_id, rc, time.monotonic() - job.started
+
+
+def test_bad_config_fails_before_anything_starts(local_slurm, tmp_path):
+    job = submit(local_slurm, "p2o_qwen3.sh", job_env(tmp_path, OVERRIDES="rollout.n=0"), tmp_path / "job.out", 120)
+    assert finished(job, 120) == 2
+    s = summary(tmp_path, job.job_id)
+    assert s["status"] == "failed" and s["failed_component"] == "config"
+    assert "rollout.n" in s["reason"]
+    assert s["components"] == {}
+
+
+@needs_trainer
+def test_hetjob_trains_with_gepa_on_the_other_node(uninterrupted):
+    run_dir, job_id, rc, wall_s = uninterrupted
+    job_dir = run_dir / "slurm" / job_id
+    assert rc == 0, _tail(job_dir / "job.log") + "\n" + _tail(job_dir / "trainer.log")
+    s = summary(run_dir, job_id)
+    assert s["status"] == "success" and s["ok"] and s["exit_code"] == 0 and s["failed_component"] is None
+    assert set(s["components"]) == {"trainer", "gepa"}
+    trainer_node, gepa_node = s["components"]["trainer"]["nodes"], s["components"]["gepa"]["nodes"]
+    assert trainer_node != gepa_node
+    for name in ("job.log", "trainer.log", "gepa.log", "config.yaml", "sinfo.txt", "scontrol_job.txt",
+                 "summary.txt", "endpoints.json"):
+        assert (job_dir / name).stat().st_size > 0, name
+    assert "SUCCESS" in (job_dir / "summary.txt").read_text()
+    # Discovery: the published endpoint names the GEPA node, and the trainer used it.
+    gepa_url = json.loads((job_dir / "endpoints.json").read_text())["gepa"]
+    assert gepa_url.startswith(f"http://{gepa_node}:")
+    assert gepa_url in (job_dir / "trainer.log").read_text()
+    # The token: a private file, never written to a log.
+    token_file = job_dir / "token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    for log in job_dir.glob("*.log"):
+        assert token not in log.read_text(errors="replace"), log
+    # The run crossed an epoch boundary with a GEPA round and finished both epochs.
+    kinds = [r["kind"] for r in metric_records(run_dir)]
+    assert kinds.count("step") == 2 and "gepa" in kinds and "epoch" in kinds
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
+    print(f"uninterrupted job: {wall_s:.1f} s")
+
+
+@needs_trainer
+def test_sigusr1_checkpoints_requeues_and_matches_the_uninterrupted_run(local_slurm, uninterrupted, tmp_path):
+    full_dir, _, full_rc, _ = uninterrupted
+    assert full_rc == 0
+    job = submit(local_slurm, "p2o_qwen3.sh", job_env(tmp_path), tmp_path / "job.out", JOB_TIMEOUT_S)
+    # Pre-empt after the first checkpoint, while the epoch-0 GEPA round or step 2 runs.
+    wait_for_path(tmp_path / "checkpoints" / "step_000001" / "COMPLETE", 150, job)
+    sent = local_slurm.run("scancel", "--signal=USR1", "--batch", job.job_id)
+    assert sent.returncode == 0, sent.stderr
+    release_after_requeue(local_slurm, job)
+    assert finished(job) == 0, _tail(tmp_path / "slurm" / job.job_id / "job.log")
+    job_dir = tmp_path / "slurm" / job.job_id
+    attempts = (job_dir / "summary.txt").read_text().splitlines()
+    assert len(attempts) == 2, attempts
+    assert "attempt 0: REQUEUED" in attempts[0] and "SIGUSR1" in attempts[0]
+    assert "attempt 1: SUCCESS" in attempts[1]
+    s = summary(tmp_path, job.job_id)
+    assert s["attempt"] == 1 and s["status"] == "success"
+    assert json.loads((tmp_path / "summary.json").read_text())["resumed"] is True
+    # Same final metrics and loop state (RNG streams, hard samples, assignment) as without the interruption.
+    assert metric_records(tmp_path) == metric_records(full_dir)
+    assert final_state(tmp_path) == final_state(full_dir)
+
+
+@needs_trainer
+def test_killed_gepa_service_brings_the_job_down(local_slurm, tmp_path):
+    job = submit(local_slurm, "p2o_qwen3.sh", job_env(tmp_path, STOP_TIMEOUT_S="20"), tmp_path / "job.out", 180)
+    job_log = tmp_path / "slurm" / job.job_id / "job.log"
+    wait_for_path(job_log, 60, job)
+    deadline = time.monotonic() + 60
+    while "started trainer" not in job_log.read_text():
+        assert time.monotonic() < deadline and job.proc.poll() is None, _tail(job_log)
+        time.sleep(0.2)
+    step = local_slurm.run("squeue", "-h", "-s", "-o", "%i %j").stdout.split("\n")
+    gepa_step = [line.split()[0] for line in step if line.endswith(f"p2o-gepa-{job.job_id}")]
+    assert gepa_step, step
+    killed_at = time.monotonic()
+    assert local_slurm.run("scancel", "--signal=KILL", gepa_step[0]).returncode == 0
+    rc = finished(job, 180)
+    ended_s = time.monotonic() - killed_at
+    assert rc != 0
+    assert ended_s < 60, f"the job took {ended_s:.0f} s to end after GEPA was killed"
+    s = summary(tmp_path, job.job_id)
+    assert s["status"] == "failed" and s["failed_component"] == "gepa", s
+    assert "gepa ended while the trainer was running" in s["reason"]
+    assert s["components"]["trainer"]["exit_code"] is not None
+    assert "FAILED (component: gepa)" in (tmp_path / "slurm" / job.job_id / "summary.txt").read_text()
