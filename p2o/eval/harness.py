@@ -30,10 +30,14 @@ log = logging.getLogger(__name__)
 
 
 class Engine(Protocol):
+    """What the harness needs from a rollout engine (`p2o.rollout.engine.RolloutEngine` satisfies it)."""
+
     def generate(self, requests: list[GenerationRequest]) -> list[list[Generation]]: ...
 
 
 class Scorer(Protocol):
+    """What the harness needs from a verifier: verdicts with `.correct` / `.extracted`, in pair order."""
+
     def score_many(self, pairs: list[tuple[str, str]]) -> list[Any]: ...
 
 
