@@ -2,6 +2,7 @@
 
     p2o plan --model Qwen3-8B --nodes 2                       # ranked table, H100 80GB nodes of 8
     p2o plan --model path/to/config.json --nodes 1 --gpu-mem-gib 40 --no-fused-logprob --json
+    p2o plan --config configs/scaling/qwen3_8b_p2o.yaml --nodes 2   # the run that config describes
 
 Every `Cluster` and `RunSettings` field is an option (`--prompts-per-step`, `--vllm-sleep-level`, ...).
 Infeasible layouts are listed with their reasons (use --top to shorten the table).
@@ -14,6 +15,7 @@ import dataclasses
 import inspect
 import json
 import sys
+from pathlib import Path
 
 from p2o.plan.layouts import GIB, Cluster, RunSettings
 from p2o.plan.planner import PlanRow, plan, recommend
@@ -38,24 +40,32 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: st
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{docs.get(f.name, '')} (default: {f.default})".replace("%", "%%")
+        # default None: an option not given falls back to --config, then to the dataclass default
         if isinstance(f.default, bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                help=help_text)
         else:
-            group.add_argument(flag, dest=f.name, type=type(f.default), default=f.default, help=help_text)
+            group.add_argument(flag, dest=f.name, type=type(f.default), default=None, help=help_text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="Qwen3-8B",
-                        help="preset (" + ", ".join(PRESETS) + ") or an HF model dir / config.json")
+    parser.add_argument("--model", default=None,
+                        help="preset (" + ", ".join(PRESETS) + ") or an HF model dir / config.json "
+                             "(default: the --config's model.path, else Qwen3-8B)")
+    parser.add_argument("--config", default=None,
+                        help="a run config YAML: its model, rollout, micro-batch, optimizer, kernel and vLLM settings "
+                             "become the defaults, and its parallel.tp / pp layout is marked in the table")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--top", type=int, default=0, help="show only the first N rows (0: all)")
     _add_dataclass_options(parser, Cluster, "cluster")
     _add_dataclass_options(parser, RunSettings, "run")
 
 
-def _from_args(cls: type, args: argparse.Namespace):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+def _from_args(cls: type, args: argparse.Namespace, base: dict | None = None):
+    """`cls` from the options given, then `base` (from --config), then the dataclass defaults."""
+    values = dict(base or {})
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None})
+    return cls(**values)
 
 
 COLUMNS = ("#", "layout", "peak GiB", "phase", "weights", "grads", "optim", "activ", "logits", "vllm",
@@ -85,10 +95,28 @@ def format_table(rows: list[PlanRow]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    config_layout = None
     try:
-        shape = load_model_shape(args.model)
+        model, base = args.model, {}
+        if args.config:
+            from p2o.config import ConfigError, load_config
+            from p2o.plan.from_config import settings_from_config
+
+            try:
+                config_model, base, config_layout = settings_from_config(load_config(args.config))
+            except ConfigError as e:
+                print(f"p2o plan: --config {args.config}: {e}", file=sys.stderr)
+                return 2
+            model = model or config_model
+        try:
+            shape = load_model_shape(model or "Qwen3-8B")
+        except PlanError:
+            if args.model or not args.config:
+                raise
+            # a config's checkpoint dir that is not on this machine: its name, e.g. models/Qwen3-8B -> Qwen3-8B
+            shape = load_model_shape(Path(model).name)
         cluster = _from_args(Cluster, args)
-        run = _from_args(RunSettings, args)
+        run = _from_args(RunSettings, args, base)
         run = resolve_vllm_tp(shape, cluster, run)
         rows = plan(shape, cluster, run)
     except PlanError as e:
@@ -111,4 +139,10 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(shown))
     if best is not None:
         print(f"recommended: {best.layout.name} (the simplest layout within 2% of the fastest predicted step)")
+    if config_layout is not None:
+        mine = next((r for r in rows if (r.layout.tp, r.layout.pp) == config_layout), None)
+        verdict = ("not a layout of this cluster" if mine is None else
+                   f"{mine.layout.name}: " + ("ok, " if mine.feasible else "; ".join(mine.layout.reasons) + "; ") +
+                   f"peak {mine.memory.peak / GIB:.1f} GiB, step {mine.time.total_s:.1f} s")
+        print(f"--config layout (parallel.tp={config_layout[0]}, parallel.pp={config_layout[1]}): {verdict}")
     return 0 if feasible else 1

@@ -30,3 +30,23 @@ def test_errors(capsys):
     assert "--model: got 'Qwen3-5B'" in capsys.readouterr().err
     assert main(["plan", "--gpus-per-node", "0"]) == 2
     assert "cluster.gpus_per_node" in capsys.readouterr().err
+
+
+def test_plan_from_a_run_config(repo_root, capsys):
+    from p2o.config import load_config
+    from p2o.plan.from_config import settings_from_config
+
+    path = repo_root / "configs" / "scaling" / "qwen3_8b_p2o.yaml"
+    model, values, layout = settings_from_config(load_config(str(path)))
+    assert model == "models/Qwen3-8B" and layout == (2, 1)
+    assert (values["prompts_per_step"], values["k"], values["max_response_tokens"], values["micro_batch"]) == (
+        128, 6, 12288, 1)
+    assert values["fused_logprob"] is True and values["dtype_bytes"] == 2 and values["vllm_gpu_memory_fraction"] == 0.7
+    # options given on the command line win over the config
+    assert main(["plan", "--config", str(path), "--nodes", "1", "--k", "4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"]["name"] == "Qwen3-8B" and data["run"]["k"] == 4 and data["run"]["prompts_per_step"] == 128
+    assert main(["plan", "--config", str(path), "--nodes", "1", "--top", "1"]) == 0
+    assert "--config layout (parallel.tp=2, parallel.pp=1): TP2 PP1 DP4: ok" in capsys.readouterr().out
+    assert main(["plan", "--config", str(repo_root / "nope.yaml")]) == 2
+    assert "expected an existing YAML file" in capsys.readouterr().err
