@@ -184,9 +184,9 @@ def main(args: argparse.Namespace) -> int:
         if args.clients > 0:
             rows += gateway_rows(name, engine, max(batches), args.clients, args.requests_per_client,
                                  args.max_new_tokens)
-    print(f"{'model':14s} {'mode':8s} {'metric':14s} {'x':>5s} {'value':>10s}")
+    print(f"{'model':14s} {'mode':11s} {'metric':14s} {'x':>5s} {'value':>10s}")
     for r in rows:
-        print(f"{r.model:14s} {r.mode:8s} {r.metric:14s} {r.x:5d} {r.value:10.3f}")
+        print(f"{r.model:14s} {r.mode:11s} {r.metric:14s} {r.x:5d} {r.value:10.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.exists()
