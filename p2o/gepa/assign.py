@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from p2o.gepa.pool import WEIGHT_FLOOR, Pool
 

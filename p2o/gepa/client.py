@@ -12,7 +12,8 @@ restarting); `submit` is safe to retry because of the idempotency key.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -27,7 +28,7 @@ class GEPAServiceError(RuntimeError):
 
 
 class GEPAClient:
-    def __init__(self, url: str, token: Optional[str] = None, timeout_s: float = 60.0):
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 60.0):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
 
@@ -57,10 +58,10 @@ class GEPAClient:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
 
     def wait(self, job_id: str, timeout_s: float = 3600.0, poll_s: float = 1.0,
-             on_progress: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Poll until the job is done, failed or cancelled; returns the final status. Raises TimeoutError."""
         deadline = time.monotonic() + timeout_s
-        last: Optional[dict[str, Any]] = None
+        last: dict[str, Any] | None = None
         while True:
             try:
                 st = self.status(job_id)
@@ -81,7 +82,7 @@ class GEPAClient:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> "GEPAClient":
+    def __enter__(self) -> GEPAClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

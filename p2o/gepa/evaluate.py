@@ -14,8 +14,9 @@ a bad pair never blocks the search. Implementations: `p2o.gepa.policy_evaluator.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence
+from typing import Protocol
 
 from p2o.data.problem import Problem
 
@@ -30,9 +31,9 @@ class EvalItem:
 class EvalOutcome:
     score: float = 0.0
     response: str = ""
-    extracted: Optional[str] = None
+    extracted: str | None = None
     reason: str = ""
-    policy_version: Optional[int] = None
+    policy_version: int | None = None
     error: str = ""
     """Non-empty: the pair was not evaluated (endpoint unavailable); the search retries it."""
 

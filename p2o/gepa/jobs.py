@@ -22,7 +22,8 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from p2o.config import GEPAConfig, ReflectionConfig, RewardConfig
 from p2o.gepa.evaluate import Evaluator
@@ -89,7 +90,7 @@ class JobManager:
         self._lock = threading.Lock()
         self._status: dict[str, JobStatus] = {}
         self._cancel: set[str] = set()
-        self._queue: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._queue: queue.Queue[str | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._closing = threading.Event()
         for job_id in self.store.job_ids():
@@ -98,7 +99,7 @@ class JobManager:
                 self._status[job_id] = JobStatus.from_dict(d)
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "JobManager":
+    def start(self) -> JobManager:
         for job_id, st in sorted(self._status.items(), key=lambda kv: kv[1].created_at):
             if st.state not in FINAL_STATES:
                 log.info("resuming GEPA job %s (was %s)", job_id, st.state)
@@ -170,7 +171,7 @@ class JobManager:
 
     # ------------------------------------------------------------------ internals
     def _update(self, job_id: str, **fields: Any) -> None:
-        """Update and persist a status (caller may hold the lock; the lock is re-entrant-free so fields only)."""
+        """Update and persist a status; the caller holds `self._lock`."""
         st = self._status[job_id]
         for k, v in fields.items():
             setattr(st, k, v)
@@ -210,6 +211,7 @@ class JobManager:
         state = SearchState.from_dict(saved) if saved else new_state(spec.problems, gepa)
         self._set(job_id, state="running", pause_reason="")
         evaluator = self.evaluator_factory(spec, gepa, reward)
+        reflector = None
         try:
             reflector = self.reflector_factory(spec, gepa, reflection)
             hooks = SearchHooks(
@@ -220,9 +222,10 @@ class JobManager:
                 sleep=self.sleep)
             Search(spec.problems, gepa, evaluator, reflector, state, spec.user_template, hooks).run()
         finally:
-            close = getattr(evaluator, "close", None)
-            if close:
-                close()
+            for closable in (evaluator, getattr(reflector, "complete", None)):
+                close = getattr(closable, "close", None)
+                if close:
+                    close()
         if state.stop_reason == "cancelled":
             self._set(job_id, state="cancelled", stop_reason="cancelled", pause_reason="")
             return

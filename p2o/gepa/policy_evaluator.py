@@ -19,8 +19,9 @@ with the reason, so one bad problem cannot stall the job.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 import openai
 
@@ -59,7 +60,7 @@ def classify_error(e: Exception) -> tuple[bool, str]:
 class PolicyEvaluator:
     def __init__(self, base_url: str, model: str, scorer: Scorer, *, user_template: str = DEFAULT_USER_TEMPLATE,
                  system: str = "", thinking: str = "off", temperature: float = 0.0, n: int = 1,
-                 max_tokens: int = 64, min_policy_version: Optional[int] = None, concurrency: int = 64,
+                 max_tokens: int = 64, min_policy_version: int | None = None, concurrency: int = 64,
                  timeout_s: float = 600.0, api_key: str = "none", priority: str = "evaluation"):
         self.client = openai.OpenAI(base_url=v1_url(base_url), api_key=api_key or "none", max_retries=0,
                                     timeout=timeout_s)
@@ -76,7 +77,7 @@ class PolicyEvaluator:
             body["priority"] = self.priority
         return body
 
-    def _generate(self, item: EvalItem) -> tuple[list[str], Optional[int], str, bool]:
+    def _generate(self, item: EvalItem) -> tuple[list[str], int | None, str, bool]:
         """(response texts, policy version, error, unavailable?)."""
         try:
             resp = self.client.chat.completions.create(
@@ -102,7 +103,7 @@ class PolicyEvaluator:
                 owners.append(k)
         verdicts = self.scorer.score_many(pairs) if pairs else []
         per_item: list[list[Any]] = [[] for _ in items]
-        for k, v in zip(owners, verdicts):
+        for k, v in zip(owners, verdicts, strict=True):
             per_item[k].append(v)
         out = []
         for k, (texts, version, error, unavailable) in enumerate(generated):

@@ -19,8 +19,8 @@ All randomness comes from the `random.Random` passed in.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
 
 WEIGHT_FLOOR = 1e-6
 SELECTIONS = ("frequency", "pruned", "paper")
@@ -32,7 +32,7 @@ class Candidate:
 
     idx: int
     template: str
-    parent: Optional[int]
+    parent: int | None
     iteration: int
     """Iteration that produced it (-1 for the seed)."""
     dev_scores: list[float]
@@ -47,7 +47,7 @@ class Candidate:
 class Pool:
     candidates: list[Candidate] = field(default_factory=list)
 
-    def add(self, template: str, parent: Optional[int], iteration: int, dev_scores: Sequence[float],
+    def add(self, template: str, parent: int | None, iteration: int, dev_scores: Sequence[float],
             metric_calls: int = 0) -> Candidate:
         if self.candidates and len(dev_scores) != len(self.candidates[0].dev_scores):
             raise ValueError(f"dev_scores has {len(dev_scores)} entries; the pool's dev split has "
@@ -60,7 +60,7 @@ class Pool:
     def __len__(self) -> int:
         return len(self.candidates)
 
-    def index_of(self, template: str) -> Optional[int]:
+    def index_of(self, template: str) -> int | None:
         """Index of a candidate whose template equals `template` after stripping, else None."""
         key = template.strip()
         return next((c.idx for c in self.candidates if c.template.strip() == key), None)
@@ -77,7 +77,7 @@ class Pool:
         return {"candidates": [asdict(c) for c in self.candidates]}
 
     @staticmethod
-    def from_dict(d: dict) -> "Pool":
+    def from_dict(d: dict) -> Pool:
         return Pool([Candidate(**c) for c in d["candidates"]])
 
 
@@ -133,7 +133,7 @@ def non_dominated(scores: Sequence[Sequence[float]]) -> list[int]:
     """Candidates not Pareto-dominated: no other row is >= everywhere and > somewhere (exact duplicates both kept)."""
     keep = []
     for a, ra in enumerate(scores):
-        dominated = any(all(x >= y for x, y in zip(rb, ra)) and any(x > y for x, y in zip(rb, ra))
+        dominated = any(all(x >= y for x, y in zip(rb, ra, strict=True)) and any(x > y for x, y in zip(rb, ra, strict=True))
                         for b, rb in enumerate(scores) if b != a)
         if not dominated:
             keep.append(a)

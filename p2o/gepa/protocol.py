@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -71,7 +71,7 @@ class GEPAJobSpec:
         return d
 
     @staticmethod
-    def from_dict(d: Any) -> "GEPAJobSpec":
+    def from_dict(d: Any) -> GEPAJobSpec:
         if not isinstance(d, dict):
             raise SpecError("(body)", "expected a JSON object")
         known = {f.name for f in dataclasses.fields(GEPAJobSpec)}
@@ -152,7 +152,7 @@ class JobStatus:
     budget_total: int = 0
     metric_calls: int = 0
     pool_size: int = 0
-    best_dev_score: Optional[float] = None
+    best_dev_score: float | None = None
     accepted: int = 0
     error: str = ""
     pause_reason: str = ""
@@ -167,6 +167,6 @@ class JobStatus:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "JobStatus":
+    def from_dict(d: dict[str, Any]) -> JobStatus:
         known = {f.name for f in dataclasses.fields(JobStatus)}
         return JobStatus(**{k: v for k, v in d.items() if k in known})

@@ -25,9 +25,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class ReflectionExample:
     answer: str
     """Gold answer."""
     correct: bool
-    extracted: Optional[str]
+    extracted: str | None
     """The verifier's extracted answer (None: no final answer found)."""
     reason: str
     """The verifier's reason string."""
@@ -80,8 +81,8 @@ class ReflectionRequest:
 class Completion:
     """What a chat completion returned: `text` (message content; may be None) and the reasoning channel."""
 
-    text: Optional[str]
-    reasoning: Optional[str] = None
+    text: str | None
+    reasoning: str | None = None
     finish_reason: str = "stop"
 
 
@@ -174,7 +175,7 @@ def cut_middle(text: str, keep_tokens: int, counter: TokenCounter) -> str:
 
 
 def build_meta_prompt(template: str, examples: Sequence[ReflectionExample], budget_tokens: int,
-                      counter: Optional[TokenCounter] = None) -> tuple[str, int]:
+                      counter: TokenCounter | None = None) -> tuple[str, int]:
     """The reflection prompt and the number of examples kept, fitted into `budget_tokens`."""
     counter = counter or ApproxTokens()
     outputs = [ex.output if ex.extracted is not None else cut_middle(ex.output, 2 * FORMAT_ERROR_KEEP_TOKENS, counter)
@@ -221,7 +222,7 @@ def _clean_block(block: str) -> str:
     return block.strip()
 
 
-def parse_template(text: str, truncated: bool = False, max_chars: int = 4000) -> tuple[Optional[str], str]:
+def parse_template(text: str, truncated: bool = False, max_chars: int = 4000) -> tuple[str | None, str]:
     """(template, "") when a usable fenced block is found, else (None, why)."""
     body = strip_reasoning(text or "")
     if not body.strip():
@@ -261,7 +262,7 @@ class Reflector:
     """
 
     def __init__(self, complete: Callable[[str], Completion], context_tokens: int, max_tokens: int,
-                 counter: Optional[TokenCounter] = None, max_template_chars: int = 4000, concurrency: int = 16):
+                 counter: TokenCounter | None = None, max_template_chars: int = 4000, concurrency: int = 16):
         self.complete = complete
         self.budget_tokens = context_tokens - max_tokens - PROMPT_MARGIN_TOKENS
         if self.budget_tokens <= 0:

@@ -22,7 +22,7 @@ import os
 import random
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import openai
 
@@ -39,7 +39,7 @@ class CircuitBreaker:
     def __init__(self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic):
         self.threshold, self.cooldown_s, self.clock = failures, cooldown_s, clock
         self.consecutive = 0
-        self.opened_at: Optional[float] = None
+        self.opened_at: float | None = None
         self._lock = threading.Lock()
 
     @property
@@ -72,7 +72,7 @@ def retryable(e: Exception) -> bool:
 
 class ReflectionClient:
     def __init__(self, cfg: ReflectionConfig, *, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, jitter: Optional[random.Random] = None):
+                 clock: Callable[[], float] = time.monotonic, jitter: random.Random | None = None):
         if not cfg.base_url:
             raise ValueError("reflection.base_url: empty; expected the reflection endpoint's base URL")
         self.cfg = cfg

@@ -58,7 +58,7 @@ class GEPAResult:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "GEPAResult":
+    def from_dict(d: dict[str, Any]) -> GEPAResult:
         d = dict(d)
         d["pool"] = [PoolEntry(**e) for e in d["pool"]]
         return GEPAResult(**d)
@@ -73,8 +73,8 @@ def build_result(state: SearchState, k: int, seed: int, budget_total: int, accou
     assignment = assign_templates(pool, cover, state.dev_ids, state.feedback_ids, k, random.Random(f"assign:{seed}"),
                                   same_template_in_group, leave_one_untemplated)
     entries = [PoolEntry(c.idx, c.template, c.parent, c.iteration, c.dev_mean,
-                         dict(zip(state.dev_ids, c.dev_scores)), c.metric_calls_at_discovery) for c in pool.candidates]
-    fronts = {pid: sorted(f) for pid, f in zip(state.dev_ids, instance_fronts(pool.matrix()))}
+                         dict(zip(state.dev_ids, c.dev_scores, strict=True)), c.metric_calls_at_discovery) for c in pool.candidates]
+    fronts = {pid: sorted(f) for pid, f in zip(state.dev_ids, instance_fronts(pool.matrix()), strict=True)}
     return GEPAResult(assignment=assignment, pool=entries, cover=cover, fronts=fronts, dev_ids=list(state.dev_ids),
                       feedback_ids=list(state.feedback_ids), log=[asdict(r) for r in state.log],
                       iterations=state.iteration, metric_calls=state.metric_calls, budget_used=state.charged,

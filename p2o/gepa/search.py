@@ -37,8 +37,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from p2o.config import GEPAConfig
 from p2o.data.problem import Problem
@@ -66,8 +67,8 @@ class ProposalRecord:
     reason: str = ""
     child_template: str = ""
     child_scores: list[float] = field(default_factory=list)
-    child: Optional[int] = None
-    dev_mean: Optional[float] = None
+    child: int | None = None
+    dev_mean: float | None = None
 
 
 @dataclass
@@ -80,9 +81,9 @@ class Pending:
     last: bool = False
     wall_s_at_start: float = 0.0
     calls_at_start: int = 0
-    parent_outcomes: Optional[list[list[dict]]] = None
-    proposals: Optional[list[dict]] = None
-    child_outcomes: Optional[list[Optional[list[dict]]]] = None
+    parent_outcomes: list[list[dict]] | None = None
+    proposals: list[dict] | None = None
+    child_outcomes: list[list[dict] | None] | None = None
 
 
 @dataclass
@@ -99,7 +100,7 @@ class SearchState:
     feedback_order: list[int] = field(default_factory=list)
     feedback_cursor: int = 0
     log: list[ProposalRecord] = field(default_factory=list)
-    pending: Optional[Pending] = None
+    pending: Pending | None = None
     iters_since_accept: int = 0
     wall_s: float = 0.0
     stop_reason: str = ""
@@ -118,7 +119,7 @@ class SearchState:
         return d
 
     @staticmethod
-    def from_dict(d: dict) -> "SearchState":
+    def from_dict(d: dict) -> SearchState:
         d = dict(d)
         d["pool"] = Pool.from_dict(d["pool"])
         d["rng_state"] = _rng_from_json(d["rng_state"])
@@ -168,7 +169,7 @@ class Cancelled(Exception):
 @dataclass
 class SearchHooks:
     checkpoint: Callable[[SearchState], None] = lambda state: None
-    should_stop: Callable[[], Optional[str]] = lambda: None
+    should_stop: Callable[[], str | None] = lambda: None
     """A non-empty return (e.g. "cancelled") stops the search at the next phase boundary or pause retry."""
     on_pause: Callable[[str], None] = lambda reason: None
     on_resume: Callable[[], None] = lambda: None
@@ -180,7 +181,7 @@ class SearchHooks:
 class Search:
     def __init__(self, problems: Sequence[Problem], cfg: GEPAConfig, evaluator: Evaluator, reflector: Reflector,
                  state: SearchState, user_template: str = DEFAULT_USER_TEMPLATE,
-                 hooks: Optional[SearchHooks] = None):
+                 hooks: SearchHooks | None = None):
         self.problems = {p.id: p for p in problems}
         self.cfg = cfg
         self.evaluator = evaluator
@@ -215,7 +216,7 @@ class Search:
 
     def _wave(self, items: list[EvalItem]) -> list[EvalOutcome]:
         """Evaluate all items; pause and retry the unavailable ones until every item is scored."""
-        results: list[Optional[EvalOutcome]] = [None] * len(items)
+        results: list[EvalOutcome | None] = [None] * len(items)
         todo = list(range(len(items)))
         paused = False
         while todo:
@@ -223,7 +224,7 @@ class Search:
             if len(outs) != len(todo):
                 raise RuntimeError(f"evaluator returned {len(outs)} outcomes for {len(todo)} items")
             failed = []
-            for i, o in zip(todo, outs):
+            for i, o in zip(todo, outs, strict=True):
                 if o.ok:
                     results[i] = o
                 else:
@@ -267,7 +268,7 @@ class Search:
                 out.append(i)
         return out
 
-    def _stop_before_iteration(self) -> Optional[str]:
+    def _stop_before_iteration(self) -> str | None:
         cfg, st = self.cfg, self.state
         if cfg.max_wall_s and st.wall_s >= cfg.max_wall_s:
             return "wall_time"
@@ -283,7 +284,7 @@ class Search:
     def _b(self) -> int:
         return min(self.cfg.minibatch_size, len(self.state.feedback_ids))
 
-    def _start_iteration(self) -> Optional[Pending]:
+    def _start_iteration(self) -> Pending | None:
         cfg, st = self.cfg, self.state
         rng = random.Random()
         rng.setstate(st.rng_state)
@@ -303,7 +304,7 @@ class Search:
 
     def _evaluate_parents(self, p: Pending) -> None:
         st = self.state
-        items = [item for parent, mb in zip(p.parents, p.minibatches)
+        items = [item for parent, mb in zip(p.parents, p.minibatches, strict=True)
                  for item in self._items(st.pool.candidates[parent].template, [st.feedback_ids[i] for i in mb])]
         outs = self._wave(items)
         self._charge(len(outs), p.charge)
@@ -311,7 +312,7 @@ class Search:
 
     def _request(self, parent: int, mb: list[int], outcomes: list[dict]) -> ReflectionRequest:
         examples = []
-        for i, o in zip(mb, outcomes):
+        for i, o in zip(mb, outcomes, strict=True):
             prob = self.problems[self.state.feedback_ids[i]]
             examples.append(ReflectionExample(
                 inputs=user_text(prob.question, self.user_template), output=o["response"], answer=prob.answer,
@@ -322,7 +323,7 @@ class Search:
         assert p.parent_outcomes is not None
         slots, requests = [], []
         proposals: list[dict] = [{}] * len(p.parents)
-        for s, (parent, mb, outs) in enumerate(zip(p.parents, p.minibatches, p.parent_outcomes)):
+        for s, (parent, mb, outs) in enumerate(zip(p.parents, p.minibatches, p.parent_outcomes, strict=True)):
             if self.cfg.skip_perfect_parent and all(o["score"] >= 1.0 for o in outs):
                 proposals[s] = asdict(Proposal("parent_perfect", detail="parent solves its whole minibatch"))
             else:
@@ -341,7 +342,7 @@ class Search:
             self._check_cancel()
         if paused:
             self.hooks.on_resume()
-        for s, g in zip(slots, got):
+        for s, g in zip(slots, got, strict=True):
             proposals[s] = asdict(g)
         p.proposals = proposals
 
@@ -349,7 +350,7 @@ class Search:
         st = self.state
         assert p.proposals is not None
         items, sizes, slots = [], [], []
-        for s, (prop, mb) in enumerate(zip(p.proposals, p.minibatches)):
+        for s, (prop, mb) in enumerate(zip(p.proposals, p.minibatches, strict=True)):
             if prop["status"] == "ok" and st.pool.index_of(prop["template"]) is None:
                 ids = [st.feedback_ids[i] for i in mb]
                 items += self._items(prop["template"], ids)
@@ -358,8 +359,8 @@ class Search:
         outs = self._wave(items)
         self._charge(len(outs), charge_authors=False)
         per = _split([asdict(o) for o in outs], sizes)
-        child_outcomes: list[Optional[list[dict]]] = [None] * len(p.parents)
-        for s, o in zip(slots, per):
+        child_outcomes: list[list[dict] | None] = [None] * len(p.parents)
+        for s, o in zip(slots, per, strict=True):
             child_outcomes[s] = o
         p.child_outcomes = child_outcomes
 
@@ -400,7 +401,7 @@ class Search:
             items = [it for r in accepted for it in self._items(records[r].child_template, st.dev_ids)]
             outs = self._wave(items)
             self._charge(len(outs), p.charge)
-            for r, scores in zip(accepted, _split([o.score for o in outs], [len(st.dev_ids)] * len(accepted))):
+            for r, scores in zip(accepted, _split([o.score for o in outs], [len(st.dev_ids)] * len(accepted)), strict=True):
                 cand = st.pool.add(records[r].child_template, records[r].parent, st.iteration, scores,
                                    st.metric_calls)
                 records[r].child, records[r].dev_mean = cand.idx, cand.dev_mean

@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any
 
 from p2o.gepa.jobs import IdempotencyConflict, JobManager, JobNotFinished, JobNotFound
 from p2o.gepa.protocol import GEPAJobSpec, SpecError
@@ -45,7 +45,7 @@ class HTTPError(Exception):
         return {"error": err}
 
 
-def route(jobs: JobManager, method: str, path: str, body: Optional[bytes]) -> tuple[int, Any]:
+def route(jobs: JobManager, method: str, path: str, body: bytes | None) -> tuple[int, Any]:
     """(status, JSON payload) for one request; raises `HTTPError`."""
     parts = [p for p in path.split("?")[0].split("/") if p]
     try:
@@ -78,7 +78,7 @@ def route(jobs: JobManager, method: str, path: str, body: Optional[bytes]) -> tu
         raise HTTPError(409, str(e)) from e
 
 
-def make_handler(jobs: JobManager, token: Optional[str]) -> type:
+def make_handler(jobs: JobManager, token: str | None) -> type:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -121,10 +121,10 @@ def make_handler(jobs: JobManager, token: Optional[str]) -> type:
 
 
 class GEPAService:
-    def __init__(self, jobs: JobManager, token: Optional[str] = None, host: str = "127.0.0.1"):
+    def __init__(self, jobs: JobManager, token: str | None = None, host: str = "127.0.0.1"):
         self.jobs, self.token, self.host = jobs, token or None, host
-        self._server: Optional[ThreadingHTTPServer] = None
-        self._thread: Optional[threading.Thread] = None
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
@@ -136,12 +136,12 @@ class GEPAService:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def bind(self, port: int = 0) -> "GEPAService":
+    def bind(self, port: int = 0) -> GEPAService:
         self._server = ThreadingHTTPServer((self.host, port), make_handler(self.jobs, self.token))
         self._server.daemon_threads = True
         return self
 
-    def start(self, port: int = 0) -> "GEPAService":
+    def start(self, port: int = 0) -> GEPAService:
         """Serve from a daemon thread (port 0: a free port)."""
         self.bind(port)
         assert self._server is not None

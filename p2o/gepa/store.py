@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -30,7 +30,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def read_json(path: Path) -> Optional[Any]:
+def read_json(path: Path) -> Any | None:
     """The parsed file, or None when it does not exist."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -52,7 +52,7 @@ class JobStore:
     def job_ids(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / "status.json").is_file())
 
-    def read(self, job_id: str, name: str) -> Optional[Any]:
+    def read(self, job_id: str, name: str) -> Any | None:
         return read_json(self.dir(job_id) / f"{name}.json")
 
     def write(self, job_id: str, name: str, data: Any) -> None:

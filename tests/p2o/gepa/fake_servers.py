@@ -16,8 +16,9 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional
+from typing import Any
 
 from tests.p2o.gepa.oracle import TOPICS, scripted_reflection, solves
 
@@ -35,9 +36,9 @@ class _Server:
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         self.port = port
-        self._httpd: Optional[ThreadingHTTPServer] = None
+        self._httpd: ThreadingHTTPServer | None = None
 
-    def start(self) -> "_Server":
+    def start(self) -> _Server:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -3,9 +3,19 @@ from __future__ import annotations
 
 import pytest
 
-from p2o.gepa.reflect import (ApproxTokens, Completion, CompletionFailed, CompletionUnavailable, ReflectionExample,
-                              ReflectionRequest, Reflector, TokenizerTokens, build_meta_prompt, completion_text,
-                              parse_template)
+from p2o.gepa.reflect import (
+    ApproxTokens,
+    Completion,
+    CompletionFailed,
+    CompletionUnavailable,
+    ReflectionExample,
+    ReflectionRequest,
+    Reflector,
+    TokenizerTokens,
+    build_meta_prompt,
+    completion_text,
+    parse_template,
+)
 
 
 def example(i: int, output: str = "work... \\boxed{3}", correct=False, extracted="3") -> ReflectionExample:

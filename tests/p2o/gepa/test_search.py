@@ -1,8 +1,8 @@
 """The search loop against a scripted evaluation oracle (no HTTP): coverage, accounting, resume, pauses."""
 from __future__ import annotations
 
-import copy
 import json
+import random
 
 import pytest
 
@@ -13,8 +13,6 @@ from p2o.gepa.reflect import Completion, Reflector
 from p2o.gepa.result import build_result
 from p2o.gepa.search import Search, SearchHooks, SearchState, new_state, split_hard_set
 from tests.p2o.gepa.oracle import OracleEvaluator, make_problems, scripted_reflection, solves
-
-import random
 
 
 def reflector() -> Reflector:
@@ -73,7 +71,7 @@ def test_search_covers_dev_and_accounts_honestly():
     # the result: fronts and a K-template assignment for every hard sample
     res = build_result(state, k=6, seed=0, budget_total=cfg.budget_metric_calls, accounting=cfg.accounting)
     fronts = instance_fronts(pool.matrix())
-    assert res.fronts == {d: sorted(f) for d, f in zip(dev, fronts)}
+    assert res.fronts == {d: sorted(f) for d, f in zip(dev, fronts, strict=True)}
     assert set(res.assignment) == {p.id for p in problems}
     for pid, temps in res.assignment.items():
         assert len(temps) == 6
