@@ -1,0 +1,64 @@
+"""PolicyEvaluator over real HTTP: request extras, fractional scores, rejected vs unavailable requests."""
+from __future__ import annotations
+
+import pytest
+
+from p2o.config import RewardConfig
+from p2o.data.problem import Problem
+from p2o.gepa.evaluate import EvalItem
+from p2o.gepa.policy_evaluator import PolicyEvaluator, v1_url
+from p2o.reward import Verifier
+from tests.p2o.gepa.fake_servers import _Server, chat_response
+
+pytestmark = pytest.mark.network
+
+
+def test_scores_errors_and_extras():
+    def respond(body):
+        user = body["messages"][-1]["content"]
+        if "too long" in user:
+            return 400, {"error": {"message": "prompt exceeds max_prompt_tokens"}}
+        if "overloaded" in user:
+            return 503, {"error": {"message": "shutting down"}}
+        resp = chat_response("\\boxed{4}", body["model"], version=7)
+        resp["choices"].append({"index": 1, "finish_reason": "stop", "message": {"role": "assistant",
+                                                                                "content": "no box, 4"}})
+        return 200, resp
+
+    server = _Server(respond).start()
+    with Verifier(RewardConfig(workers=1)) as verifier:
+        ev = PolicyEvaluator(server.url, "policy", verifier, system="Be exact.", thinking="on", temperature=0.7,
+                             n=2, max_tokens=16, min_policy_version=7, concurrency=3)
+        try:
+            items = [EvalItem("Hint: add.", Problem("a", "What is 2+2?", "4")),
+                     EvalItem("", Problem("b", "too long question", "4")),
+                     EvalItem("", Problem("c", "overloaded question", "4"))]
+            ok, rejected, down = ev.evaluate(items)
+        finally:
+            ev.close()
+            server.stop()
+    assert ok.ok and ok.score == 0.5 and ok.extracted == "4" and ok.policy_version == 7  # 1 of 2 choices boxed
+    assert rejected.ok and rejected.score == 0.0 and "HTTP 400" in rejected.reason
+    assert not down.ok and "HTTP 503" in down.error
+    body = next(b for b in server.requests if "2+2" in b["messages"][-1]["content"])
+    assert body["messages"][0] == {"role": "system", "content": "Be exact."}
+    assert body["messages"][1]["content"].startswith("Hint: add.\n\nWhat is 2+2?")
+    assert body["chat_template_kwargs"] == {"enable_thinking": True} and body["min_policy_version"] == 7
+    assert body["priority"] == "evaluation" and body["n"] == 2 and body["max_tokens"] == 16
+    assert body["temperature"] == 0.7
+
+
+def test_connection_refused_is_unavailable():
+    server = _Server(lambda body: (200, {})).start()
+    url = server.url
+    server.stop()
+    with Verifier(RewardConfig(workers=1)) as verifier:
+        ev = PolicyEvaluator(url, "policy", verifier)
+        out = ev.evaluate([EvalItem("", Problem("a", "q", "1"))])
+        ev.close()
+    assert not out[0].ok and "Connection" in out[0].error
+
+
+def test_v1_url():
+    assert v1_url("http://h:1") == "http://h:1/v1"
+    assert v1_url("http://h:1/v1/") == "http://h:1/v1"
