@@ -44,6 +44,19 @@ def _load(module: str):
         raise
 
 
+def _find_command(argv: list[str]) -> Optional[str]:
+    """The subcommand in argv, skipping the value of the top-level --log-level option."""
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--log-level":
+            skip = True
+        elif not a.startswith("-"):
+            return a if a in COMMANDS else None
+    return None
+
+
 def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2o", description="P2O: joint policy and prompt optimisation for RLVR.")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)")
@@ -61,9 +74,7 @@ def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command is not None and command not in COMMANDS:
-        command = None
+    command = _find_command(argv)
     parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),

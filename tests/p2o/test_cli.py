@@ -37,3 +37,9 @@ def test_doctor_json():
     assert r.returncode == 0
     names = {c["name"]: c for c in json.loads(r.stdout)}
     assert names["torch"]["available"] and "cuda" in names
+
+
+def test_log_level_value_is_not_taken_for_the_command(capsys):
+    assert main(["--log-level", "WARNING", "data", "arithmetic", "--n", "1"]) == 0
+    assert main(["--log-level=ERROR", "data", "arithmetic", "--n", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
