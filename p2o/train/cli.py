@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "p2o.cli", "train"] + (["--config", args.config] if args.config else []) + list(args.overrides)
         log.info("launching %d processes: %s", nproc, " ".join(cmd))
-        return subprocess.call(cmd)
+        return _launch(cmd, Path(cfg.logging.run_dir))
     if "RANK" not in os.environ:  # a single process: a one-rank gloo/nccl group on a free local port
         import socket
 
@@ -54,6 +54,36 @@ def main(args: argparse.Namespace) -> int:
             port = sock.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     return run(cfg)
+
+
+def _launch(cmd: list[str], run_dir: Path) -> int:
+    """Run torchrun; forward SIGUSR1/SIGTERM to the ranks (torchrun does not forward USR1) and map a
+    checkpointed stop back to the requeue exit code (torchrun reports any non-zero rank as 1)."""
+    import signal
+
+    import psutil
+
+    from p2o.train.loop import REQUEUE_EXIT_CODE
+
+    proc = subprocess.Popen(cmd)
+
+    def forward(signum, _frame):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                child.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        code = proc.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    summary = run_dir / "summary.json"
+    if code != 0 and summary.is_file() and json.loads(summary.read_text()).get("status") == "preempted":
+        return REQUEUE_EXIT_CODE
+    return code
 
 
 def run(cfg) -> int:
