@@ -89,7 +89,7 @@ def _time_gpu(fn, rep_ms: int, leaves) -> tuple[float, float, float]:
     return med, p20, p80
 
 
-def _time_cpu(fn, leaves, reps: int = 3) -> tuple[float, float, float]:
+def _time_cpu(fn, leaves, reps: int = 2) -> tuple[float, float, float]:
     times = []
     for _ in range(reps + 1):
         _zero_grads(leaves)
@@ -169,6 +169,8 @@ def run_case(model: str, T: int, H: int, V: int, device: str, dtype: torch.dtype
                 _zero_grads(case.leaves)
                 if device == "cuda":
                     torch.cuda.empty_cache()
+            log.info("%s %s T=%d: %s ms, peak extra %s B, %s", name, mode, T, row.get("ms_median"),
+                     row.get("peak_extra_bytes", "-"), row.get("status"))
             rows.append(row)
     return rows, gemm_tflops
 
