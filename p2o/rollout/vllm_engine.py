@@ -118,9 +118,11 @@ class VLLMEngine:
         device = next(model.parameters()).device
         for bucket in bucket_stream:
             batch = [(normalize_name(n), t.to(device, non_blocking=True)) for n, t in bucket]
-            loaded = model.load_weights(weights=batch)
-            if loaded is not None:
-                cov.written.update(loaded)
+            loaded = model.load_weights(weights=batch)  # vLLM models return the names they loaded
+            if loaded is None:
+                raise RuntimeError(f"{type(model).__name__}.load_weights returned no loaded-parameter names; "
+                                   "this vLLM version is not supported (see docs/rollout.md)")
+            cov.written.update(loaded)
             cov.tensors += len(batch)
             cov.bytes += sum(tensor_bytes(t) for _, t in batch)
         if self.sleep_level == 2:
