@@ -134,3 +134,26 @@ def generate(num_problems: int, levels: list[int], level_weights: Optional[list[
         problems.append(Problem(id=f"{id_prefix}-{seed}-{i}", question=question, answer=str(value),
                                 source="arithmetic", meta={"level": level}))
     return problems
+
+
+def binary_problems(num_problems: int, seed: int = 1234, id_prefix: str = "binop") -> list[Problem]:
+    """`a op b` problems for the GRPO-vs-TRL benchmark, drawn from `random.Random(seed)`.
+
+    The exact call order per problem (so any other implementation reproduces the same list):
+        op = rng.choice("+-*")
+        a  = rng.randint(1, 10 ** rng.randint(1, 3) - 1)
+        b  = rng.randint(1, 10 ** rng.randint(1, 3) - 1)
+    The question is f"What is {a} {op} {b}?" (a plain '*'); the answer is the exact integer.
+    Ids are `{prefix}-{seed}-{i}`."""
+    if num_problems < 0:
+        raise ValueError(f"num_problems: got {num_problems}; expected >= 0")
+    rng = random.Random(seed)
+    problems = []
+    for i in range(num_problems):
+        op = rng.choice("+-*")
+        a = rng.randint(1, 10 ** rng.randint(1, 3) - 1)
+        b = rng.randint(1, 10 ** rng.randint(1, 3) - 1)
+        value = a + b if op == "+" else a - b if op == "-" else a * b
+        problems.append(Problem(id=f"{id_prefix}-{seed}-{i}", question=f"What is {a} {op} {b}?", answer=str(value),
+                                source="arithmetic", meta={"op": op}))
+    return problems

@@ -1,0 +1,376 @@
+"""`p2o bench vs-trl`: our GRPO step against TRL's `GRPOTrainer` on identical work, in one invocation, A/B
+alternated step by step.
+
+The work (both sides):
+  - SmolLM2-135M-Instruct, fp32 (`resolve_model_dir('smollm2-135m')`, the dequantised GGUF; the TRL side loads
+    the same HF directory and refuses a quantization config),
+  - `binary_problems(256, seed=1234)` (`p2o.data.arithmetic`; the exact rng call order is documented there),
+    the user message "What is {a} {op} {b}? Let's think step by step and output the final answer within
+    \\boxed{}." through the tokenizer's chat template (rendered once by `p2o.prompts`, so both sides see the same
+    tokens),
+  - 8 prompts x 4 generations = 32 completions per optimizer step, at most 64 new tokens, temperature 1.0,
+    lr 1e-6 (constant), no KL, one optimizer step per 32 completions (4 micro-batches of 8 on both sides),
+    token-mean loss over the step (TRL's `loss_type="dapo"`), clip 0.2, grad clip 1.0, AdamW(0.9, 0.999, wd 0.01),
+  - the strict \\boxed{} integer reward: our side the product's `Verifier` (reward.fallback=none), TRL's side
+    `trl_side.boxed_integer_reward` (a standard-library mirror of it; a test checks they agree).
+Step I of every side uses problems [8 I, 8 I + 8) in file order.
+
+Sides (each its own process, so that peak memory is its own): "ours (skip zero-advantage rows)",
+"ours (no skipping)" (`train.skip_zero_advantage_rows=false`) and "trl" (`trl_side.py` in its own virtual
+environment, created by this command on first use with pinned versions; TRL is never a dependency of P2O).
+All sides load first; then for each step every side runs that step while the others wait, in an order
+rotated every step (A/B alternation), so slow drifts of a shared machine fall on every side alike.
+
+Reported per side: medians over steps `--measure-from`..`--steps` (1-based) of the step wall time, generation
+time (completions only) and training time (the rest of the step: reward, log-probs, update, weight sync),
+peak RSS of the side's whole process tree (sampled every 0.2 s), and the CPU floor of the step from the
+measured GEMM rate and memory bandwidth (`p2o.experiment.cpu_limits`).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from p2o.experiment.lockstep import parse
+
+log = logging.getLogger(__name__)
+
+TRL_VERSION = "1.13.0"
+TRL_SIDE = Path(__file__).with_name("trl_side.py")
+PROMPTS_PER_STEP, GENERATIONS, MAX_NEW_TOKENS = 8, 4, 64
+SUMMARY_COLUMNS = ["side", "step_s", "generate_s", "train_s", "peak_rss_mib", "floor_s", "x_floor",
+                   "step_vs_trl", "rss_vs_trl", "reward_mean", "zero_adv_frac", "completion_tokens", "steps_measured"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="smollm2-135m", help="model.path of both sides")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per side")
+    parser.add_argument("--measure-from", type=int, default=2, help="first measured step (1-based); earlier ones warm up")
+    parser.add_argument("--num-problems", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the problem generator")
+    parser.add_argument("--sides", default="ours-skip,ours-noskip,trl",
+                        help="comma-separated subset of ours-skip, ours-noskip, trl")
+    parser.add_argument("--out", default="bench_results/vs_trl", help="output directory (CSV, logs, problems)")
+    parser.add_argument("--trl-venv", default="~/.cache/p2o/trl-venv",
+                        help="virtual environment of the TRL side (created on first use)")
+    parser.add_argument("--trl-version", default=TRL_VERSION)
+    parser.add_argument("--no-install", action="store_true", help="never create the TRL environment; fail if absent")
+    parser.add_argument("--ours-override", action="append", default=[],
+                        help="extra config override for our side (repeatable), e.g. rollout.max_batch_size=16")
+    parser.add_argument("--timeout-s", type=float, default=3600.0, help="limit for one side's load or step")
+
+
+# ---------------------------------------------------------------------------- the TRL environment
+def trl_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def ensure_trl_venv(venv: Path, version: str, install: bool = True) -> Path:
+    """The TRL side's interpreter; creates `venv` with `trl==version` plus our torch/transformers/accelerate pins."""
+    py = trl_python(venv)
+    stamp = venv / "p2o-trl-version"
+    if py.is_file() and stamp.is_file() and stamp.read_text().strip() == version:
+        return py
+    if not install:
+        raise FileNotFoundError(f"--trl-venv {venv}: no TRL {version} environment there (run without --no-install)")
+    import accelerate
+    import torch
+    import transformers
+
+    pins = [f"trl=={version}", f"torch=={torch.__version__.split('+')[0]}",
+            f"transformers=={transformers.__version__}", f"accelerate=={accelerate.__version__}", "datasets", "psutil", "requests"]
+    log.info("creating the TRL environment %s: %s", venv, " ".join(pins))
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", *pins], check=True)
+    stamp.write_text(version + "\n")
+    return py
+
+
+# ---------------------------------------------------------------------------- sides
+@dataclass
+class Side:
+    """A side process in lock step; `peak_rss` is the largest sampled RSS of its process tree, in bytes."""
+
+    name: str
+    label: str
+    cmd: list[str]
+    log_path: Path
+    proc: Optional[subprocess.Popen] = None
+    peak_rss: int = 0
+    ready: dict = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)
+
+    def start(self, env: dict) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True, env=env, bufsize=1)
+
+    def read_record(self, timeout_s: float) -> dict:
+        """The next protocol record on the side's stdout (other lines go to its log)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.time() + timeout_s
+        for line in self.proc.stdout:
+            rec = parse(line)
+            if rec is not None:
+                return rec
+            self._log.write(line)
+            if time.time() > deadline:
+                break
+        code = self.proc.poll()
+        raise RuntimeError(f"side '{self.name}' ended or stalled without a record (exit code {code}); "
+                           f"see {self.log_path}")
+
+    def send(self, command: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.send("quit")
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+class RSSSampler:
+    """Samples the RSS of each side's process tree every `interval_s` and keeps the peak on the side."""
+
+    def __init__(self, sides: list[Side], interval_s: float = 0.2):
+        self.sides, self.interval_s = sides, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            for s in self.sides:
+                if s.proc is None or s.proc.poll() is not None:
+                    continue
+                try:
+                    root = psutil.Process(s.proc.pid)
+                    rss = sum(p.memory_info().rss for p in [root] + root.children(recursive=True))
+                except psutil.Error:
+                    continue
+                s.peak_rss = max(s.peak_rss, rss)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "RSSSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def side_commands(names: list[str], problems: Path, model_dir: Path, model: str, out: Path, steps: int,
+                  trl_py: Optional[Path], ours_overrides: list[str]) -> list[Side]:
+    sides = []
+    for name in names:
+        if name in ("ours-skip", "ours-noskip"):
+            skip = "true" if name == "ours-skip" else "false"
+            cmd = [sys.executable, "-m", "p2o.experiment.ours_side", "--problems", str(problems),
+                   "--run-dir", str(out / "runs" / name), f"model.path={model}",
+                   f"train.skip_zero_advantage_rows={skip}", *ours_overrides]
+            label = "ours (skip zero-advantage rows)" if name == "ours-skip" else "ours (no skipping)"
+        elif name == "trl":
+            if trl_py is None:
+                raise ValueError("sides: 'trl' needs the TRL environment")
+            cmd = [str(trl_py), str(TRL_SIDE), "--problems", str(problems), "--model-dir", str(model_dir),
+                   "--output-dir", str(out / "runs" / "trl"), "--steps", str(steps)]
+            label = "trl GRPOTrainer"
+        else:
+            raise ValueError(f"--sides: unknown side '{name}'; expected ours-skip, ours-noskip or trl")
+        sides.append(Side(name, label, cmd, out / "logs" / f"{name}.log"))
+    return sides
+
+
+def run_lockstep(sides: list[Side], steps: int, timeout_s: float, env: dict) -> None:
+    """Start the sides one after another (each loads alone), then run the steps in rotated order."""
+    for s in sides:
+        s.start(env)
+        s.ready = s.read_record(timeout_s)
+        log.info("%s ready (%.1f s to load)", s.name, s.ready.get("load_s", 0.0))
+    for i in range(steps):
+        order = sides[i % len(sides):] + sides[:i % len(sides)]
+        for s in order:
+            s.send(f"step {i}")
+            rec = s.read_record(timeout_s)
+            rec["order"] = [x.name for x in order].index(s.name)
+            s.steps.append(rec)
+            log.info("step %d %s: %.2f s (generate %.2f s)", i + 1, s.name, rec["step_s"], rec["generate_s"])
+
+
+# ---------------------------------------------------------------------------- numbers
+def summarize(sides: list[Side], measure_from: int, limits, work_by_step: list) -> list[dict]:
+    """One summary row per side: medians over the measured steps, peak RSS, floor and ratios to TRL."""
+    from p2o.experiment.cpu_limits import step_floor_s
+
+    rows = []
+    for s in sides:
+        measured = [r for r in s.steps if r["step"] + 1 >= measure_from]
+        if not measured:
+            raise ValueError(f"--measure-from {measure_from}: no measured steps of {len(s.steps)}")
+        med = lambda key: statistics.median(r[key] for r in measured)  # noqa: E731
+        floor = statistics.median(step_floor_s(work_by_step[r["step"]](r["completion_tokens"], r["zero_adv_frac"]),
+                                               limits) for r in measured)
+        rows.append({"side": s.label, "step_s": med("step_s"), "generate_s": med("generate_s"),
+                     "train_s": statistics.median(r["step_s"] - r["generate_s"] for r in measured),
+                     "peak_rss_mib": s.peak_rss / 2**20, "floor_s": floor, "x_floor": med("step_s") / floor,
+                     "reward_mean": statistics.fmean(r["reward_mean"] for r in s.steps),
+                     "zero_adv_frac": statistics.fmean(r["zero_adv_frac"] for r in s.steps),
+                     "completion_tokens": med("completion_tokens"), "steps_measured": len(measured)})
+    trl = next((r for r in rows if r["side"].startswith("trl")), None)
+    for r in rows:
+        r["step_vs_trl"] = r["step_s"] / trl["step_s"] if trl else None
+        r["rss_vs_trl"] = r["peak_rss_mib"] / trl["peak_rss_mib"] if trl and trl["peak_rss_mib"] else None
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ["side", "step s", "gen s", "train s", "peak RSS MiB", "floor s", "x floor", "step/TRL", "RSS/TRL"]
+    keys = ["side", "step_s", "generate_s", "train_s", "peak_rss_mib", "floor_s", "x_floor", "step_vs_trl",
+            "rss_vs_trl"]
+
+    def cell(v):
+        if v is None:
+            return "-"
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    table = [head] + [[cell(r[k]) for k in keys] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in table)
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+    tmp.replace(path)
+
+
+def count_params(model_dir: Path) -> int:
+    """Parameters stored in the model directory's safetensors files (tied weights once)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                total += _numel(st.get_slice(k).get_shape())
+    return total
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def write_problems(path: Path, tokenizer, num: int, seed: int) -> list[int]:
+    """The benchmark problems as jsonl (with the rendered chat prompt); returns each prompt's token count."""
+    from p2o import prompts
+    from p2o.config import PromptConfig
+    from p2o.data.arithmetic import binary_problems
+
+    user_template = PromptConfig().user_template
+    lines, lengths = [], []
+    for p in binary_problems(num, seed=seed):
+        msgs = prompts.messages(p.question, None, user_template, "")
+        text = prompts.render(tokenizer, msgs, "off")
+        lengths.append(len(prompts.encode(tokenizer, msgs, "off")))
+        lines.append(json.dumps({"id": p.id, "question": p.question, "answer": p.answer, "prompt_text": text}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return lengths
+
+
+def main(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from p2o.experiment.cpu_limits import StepWork, measure_limits
+    from p2o.models import resolve_model_dir
+
+    names = [n.strip() for n in args.sides.split(",") if n.strip()]
+    if not 1 <= args.measure_from <= args.steps:
+        print(f"p2o bench vs-trl: --measure-from {args.measure_from} must lie in 1..--steps ({args.steps})",
+              file=sys.stderr)
+        return 2
+    if args.num_problems < args.steps * PROMPTS_PER_STEP:
+        print(f"p2o bench vs-trl: --num-problems {args.num_problems} < {args.steps} steps x {PROMPTS_PER_STEP}",
+              file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = resolve_model_dir(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    problems = out / "problems.jsonl"
+    prompt_lens = write_problems(problems, tokenizer, args.num_problems, args.seed)
+    params = count_params(model_dir)
+
+    limits = measure_limits()
+    print(f"CPU limits: fp32 GEMM {limits.gemm_flops / 1e9:.1f} GFLOP/s, memory bandwidth "
+          f"{limits.mem_bytes_per_s / 1e9:.1f} GB/s ({limits.threads} threads); model {params / 1e6:.1f} M params")
+    trl_py = ensure_trl_venv(Path(args.trl_venv).expanduser(), args.trl_version, not args.no_install) \
+        if "trl" in names else None
+
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    sides = side_commands(names, problems, model_dir, args.model, out, args.steps, trl_py, args.ours_override)
+    load = os.getloadavg()
+    try:
+        with RSSSampler(sides):
+            run_lockstep(sides, args.steps, args.timeout_s, env)
+    finally:
+        for s in sides:
+            s.stop()
+    load_after = os.getloadavg()
+
+    def work_of(step: int):
+        ptoks = sum(prompt_lens[step * PROMPTS_PER_STEP:(step + 1) * PROMPTS_PER_STEP]) * GENERATIONS
+        return lambda completion_tokens, zero_adv_frac: StepWork(params, ptoks, int(completion_tokens), MAX_NEW_TOKENS,
+                                                                 learning_frac=1.0 - float(zero_adv_frac))
+
+    rows = summarize(sides, args.measure_from, limits, [work_of(i) for i in range(args.steps)])
+    print(format_table(rows))
+    print(f"medians of steps {args.measure_from}-{args.steps}; load average before {load[0]:.1f}/{load[1]:.1f}/"
+          f"{load[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}")
+    step_rows = [{"side": s.name, **r} for s in sides for r in s.steps]
+    step_cols = ["side", "step", "order", "step_s", "generate_s", "verify_s", "old_logprob_s", "update_s",
+                 "weight_sync_s", "completion_tokens", "reward_mean", "zero_adv_frac", "skipped_rows"]
+    write_csv(out / "vs_trl_steps.csv", step_rows, step_cols)
+    meta = {"gemm_gflops": limits.gemm_flops / 1e9, "mem_gbps": limits.mem_bytes_per_s / 1e9,
+            "threads": limits.threads, "params": params, "load_before": list(load), "load_after": list(load_after),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "trl_version": args.trl_version}
+    write_csv(out / "vs_trl.csv", [{**r, **meta} for r in rows], SUMMARY_COLUMNS + list(meta))
+    print(f"CSV: {out / 'vs_trl.csv'} (summary), {out / 'vs_trl_steps.csv'} (every step)")
+    return 0
