@@ -268,6 +268,9 @@ class GEPAConfig:
     """Maximum response tokens when scoring candidates."""
     seed: int = 0
     """Search seed (splits, parent sampling, minibatches, assignment draws)."""
+    seed_templates: list[str] = field(default_factory=list)
+    """Templates that start in the pool next to the empty one (scored on dev like it); [] = the paper's
+    empty seed only."""
     service_url: str = ""
     """GEPA service base URL ('' = start a local service process)."""
     token_env: str = "P2O_GEPA_TOKEN"

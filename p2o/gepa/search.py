@@ -248,9 +248,16 @@ class Search:
 
     # -- phases
     def _evaluate_seed(self) -> None:
-        outs = self._wave(self._items("", self.state.dev_ids))
+        """The empty template and any `gepa.seed_templates`, scored on dev in one wave (iteration -1)."""
+        seeds = [""]
+        for z in self.cfg.seed_templates:
+            if z.strip() and z.strip() not in seeds:
+                seeds.append(z.strip())
+        n = len(self.state.dev_ids)
+        outs = self._wave([it for z in seeds for it in self._items(z, self.state.dev_ids)])
         self._charge(len(outs), charge_authors=False)
-        self.state.pool.add("", None, -1, [o.score for o in outs], self.state.metric_calls)
+        for k, z in enumerate(seeds):
+            self.state.pool.add(z, None, -1, [o.score for o in outs[k * n:(k + 1) * n]], self.state.metric_calls)
         self._checkpoint()
 
     def _draw_minibatch(self, rng: random.Random) -> list[int]:

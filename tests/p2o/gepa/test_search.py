@@ -170,3 +170,16 @@ def test_no_improvement_and_wall_time_stoppers():
     state = new_state(problems, cfg)
     Search(problems, cfg, OracleEvaluator(), bad, state, hooks=SearchHooks(clock=lambda: next(ticks))).run()
     assert state.stop_reason == "wall_time" and state.wall_s >= 25
+
+
+def test_seed_templates_start_in_the_pool_and_are_charged():
+    problems = make_problems(12)
+    cfg = GEPAConfig(num_parents=2, minibatch_size=2, budget_metric_calls=60, seed=1,
+                     seed_templates=["Hints: kiwi, mango", "  ", "Hints: kiwi, mango"])
+    state, ev = run_search(problems, cfg)
+    byid = {p.id: p for p in problems}
+    first = [c for c in state.pool.candidates if c.iteration == -1]
+    assert [c.template for c in first] == ["", "Hints: kiwi, mango"]  # blank and duplicate seeds dropped
+    assert ev.waves[0] == 2 * len(state.dev_ids) and state.charged == state.metric_calls
+    assert first[1].dev_scores == [1.0 if solves("Hints: kiwi, mango", byid[d].question) else 0.0
+                                   for d in state.dev_ids]
