@@ -43,8 +43,11 @@ def make_micro_batches(batch: SequenceBatch, micro_batch_size: int, device, pad_
                        seq_len: Optional[int] = None, min_micro_batches: int = 1) -> tuple[list[MicroBatch], int]:
     """Split rows into fixed-shape micro-batches (at least `min_micro_batches`, adding all-padding ones: the
     interleaved schedule needs >= pp); returns (micro_batches, S)."""
-    if len(batch) == 0:
-        raise ValueError("empty batch")
+    if len(batch) == 0:  # e.g. a data-parallel rank with no rows: all-padding micro-batches
+        none = torch.empty(0, dtype=torch.long, device=device)
+        S = seq_len or 1
+        return [MicroBatch(torch.full((micro_batch_size, S), pad_id, dtype=torch.long, device=device), [],
+                           (none, none), none, slice(0, 0)) for _ in range(min_micro_batches)], S
     lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
     for i, (p, r) in enumerate(zip(batch.prompt_ids, batch.response_ids)):
         if not p:

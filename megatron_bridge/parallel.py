@@ -73,7 +73,8 @@ def default_backend(requested: str = "auto") -> str:
 
 
 def init_parallel(parallel_cfg, seed: int = 1234, timeout_minutes: int = 30) -> ParallelLayout:
-    """Initialise torch.distributed (env:// from torchrun/spawn, if not yet done) and Megatron's model-parallel groups.
+    """Initialise torch.distributed (env:// from torchrun/spawn, if not yet done) and Megatron's model-parallel groups
+    (unless they exist already, e.g. created by the caller: then they are described, not re-created).
 
     `parallel_cfg` is a `p2o.config.ParallelConfig`; the world size must be a multiple of tp x pp (the rest is
     data parallelism). Seeds Megatron's tensor-parallel RNG tracker with `seed`.
@@ -95,13 +96,19 @@ def init_parallel(parallel_cfg, seed: int = 1234, timeout_minutes: int = 30) -> 
         raise ValueError("parallel.sequence_parallel: not supported without CUDA (the torch norm fallback "
                          "rejects it); set it to false")
     vpp = parallel_cfg.vpp
-    ps.initialize_model_parallel(
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
-        distributed_timeout_minutes=timeout_minutes,
-    )
-    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    if ps.model_parallel_is_initialized():  # created by the caller: describe it, after checking it matches
+        have = (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size())
+        if have != (tp, pp):
+            raise ValueError(f"parallel.tp x parallel.pp = {tp} x {pp}, but Megatron's groups already exist as "
+                             f"{have[0]} x {have[1]}")
+    else:
+        ps.initialize_model_parallel(
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
+            distributed_timeout_minutes=timeout_minutes,
+        )
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     layout = ParallelLayout(
         tp=tp, pp=pp, vpp=vpp, dp=ps.get_data_parallel_world_size(),

@@ -16,6 +16,8 @@ What it does:
   optimizer; every chunk is wrapped in Megatron DDP (grads reduced in fp32).
 - optimizer: Megatron's Adam(W) (`get_megatron_optimizer`), `optim.grad_clip` global-norm clipping, optionally the
   distributed optimizer (`parallel.distributed_optimizer`), linear warmup over `optim.warmup_steps` then constant LR.
+- data parallelism: every rank receives the whole batch; DP rank r takes the r-th contiguous share of the rows
+  (log-probs are all-gathered back into row order, so every rank returns the full [T]).
 - step: rows are split into micro-batches of `grpo.micro_batch_size` and run through `get_forward_backward_func`
   (no PP, 1F1B, or interleaved). The caller's loss is already globally normalised, so micro-batch losses are summed:
   the value handed to Megatron is multiplied by num_microbatches x dp_size, undoing Megatron's averaging over
@@ -119,7 +121,7 @@ class MegatronPolicy:
             v_local = weight.shape[0]
             start = self.layout.tp_rank * v_local
             keep = max(0, min(v_local, self.provider.vocab_size - start))
-            return fused_linear_logprob(hidden, weight[:keep], mb.targets, temperature=1.0,
+            return fused_linear_logprob(hidden.to(weight.dtype), weight[:keep], mb.targets, temperature=1.0,
                                         tp_group=self.layout.tp_group if self.layout.tp > 1 else None,
                                         vocab_start=start)
         return vocab_parallel_logprobs(output[rows, pos], mb.targets, self.provider.vocab_size, self.layout.tp_rank)
@@ -129,8 +131,36 @@ class MegatronPolicy:
             dist.broadcast(t, src=self.layout.pp_global_rank(self.layout.pp - 1), group=self.layout.pp_group)
         return t
 
+    def _dp_share(self, batch: SequenceBatch) -> tuple[SequenceBatch, slice]:
+        """This data-parallel rank's contiguous share of the rows, and its range in the packed token tensors."""
+        if self.layout.dp == 1:
+            return batch, slice(0, batch.num_response_tokens)
+        n, dp, r = len(batch), self.layout.dp, self.layout.dp_rank
+        start, stop = r * n // dp, (r + 1) * n // dp
+        offsets = [0]
+        for resp in batch.response_ids:
+            offsets.append(offsets[-1] + len(resp))
+        return batch.rows(list(range(start, stop))), slice(offsets[start], offsets[stop])
+
+    def _gather_dp(self, local: torch.Tensor, total: int) -> torch.Tensor:
+        """Packed [total] from every DP rank's contiguous piece (row order = DP rank order)."""
+        if self.layout.dp == 1:
+            return local
+        sizes = [torch.zeros(1, dtype=torch.long, device=self.layout.device) for _ in range(self.layout.dp)]
+        dist.all_gather(sizes, torch.tensor([local.numel()], device=self.layout.device), group=self.layout.dp_group)
+        width = max(int(s.item()) for s in sizes)
+        padded = torch.zeros(width, dtype=local.dtype, device=local.device)
+        padded[: local.numel()] = local
+        pieces = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(pieces, padded, group=self.layout.dp_group)
+        out = torch.cat([p[: int(s.item())] for p, s in zip(pieces, sizes)])
+        assert out.numel() == total
+        return out
+
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         """Packed fp32 log-probs [T] of the response tokens (no grad); identical on every rank."""
+        full_tokens = batch.num_response_tokens
+        batch, _ = self._dp_share(batch)
         mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, self.layout.device,
                                            min_micro_batches=self._min_micro_batches)
         for c in self.chunks:
@@ -141,10 +171,10 @@ class MegatronPolicy:
                                 collect_non_loss_data=True, hidden_only=self.use_kernels)
         for c in self.chunks:
             c.train()
-        total = torch.empty(batch.num_response_tokens, dtype=torch.float32, device=self.layout.device)
+        local = torch.empty(batch.num_response_tokens, dtype=torch.float32, device=self.layout.device)
         if self.layout.is_last_stage:
-            total.copy_(torch.cat(outs) if outs else total[:0])
-        return self._broadcast_from_last_stage(total).cpu()
+            local.copy_(torch.cat(outs) if outs else local[:0])
+        return self._gather_dp(self._broadcast_from_last_stage(local), full_tokens).cpu()
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: SequenceBatch, token_inputs: dict[str, torch.Tensor], loss_fn: LossFn) -> StepMetrics:
@@ -155,7 +185,8 @@ class MegatronPolicy:
                 raise ValueError(f"token_inputs['{key}'] has shape {tuple(value.shape)}; expected [{n_tokens}] "
                                  "(one entry per response token of the batch, packed in row order)")
         device = self.layout.device
-        token_inputs = {k: v.to(device) for k, v in token_inputs.items()}
+        batch, share = self._dp_share(batch)
+        token_inputs = {k: v[share].to(device) for k, v in token_inputs.items()}
         mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, device,
                                            min_micro_batches=self._min_micro_batches)
         scale = len(mbs) * self.layout.dp

@@ -46,14 +46,15 @@ def make_cfg(tp: int, pp: int, vpp: int = 1, dist_opt: bool = False, use_kernels
 
 
 def train_worker(model_dir: str, tp: int, pp: int, steps: int, out_file: str, save_dir: str = "",
-                 load_dir: str = "", resume_steps: int = 0, export: bool = False, use_kernels: bool = False) -> None:
+                 load_dir: str = "", resume_steps: int = 0, export: bool = False, use_kernels: bool = False,
+                 dist_opt: bool = False) -> None:
     """Train `steps` steps (then optionally save); optionally load another checkpoint and train `resume_steps` more."""
     import torch.distributed as dist
 
     from megatron_bridge.parallel import shutdown_parallel
     from megatron_bridge.policy import MegatronPolicy
 
-    policy = MegatronPolicy.from_config(make_cfg(tp, pp, use_kernels=use_kernels), model_dir)
+    policy = MegatronPolicy.from_config(make_cfg(tp, pp, dist_opt=dist_opt, use_kernels=use_kernels), model_dir)
     batch, inputs = synthetic_batch()
     norm = float(batch.num_response_tokens)
     res: dict = {"logprobs0": policy.logprobs(batch), "metrics": []}

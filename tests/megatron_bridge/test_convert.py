@@ -28,14 +28,14 @@ def p2o(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: one launch set even when xdist interleaves modules
 def llama_dir():
     from p2o.models import resolve_model_dir
 
     return resolve_model_dir(str(LLAMA), init_seed=3)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: one launch set even when xdist interleaves modules
 def megatron_ckpt(llama_dir, repo_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("convert") / "mcore"
     r = p2o("convert", "hf-to-megatron", "--hf", str(llama_dir), "--out", str(out), cwd=repo_root)

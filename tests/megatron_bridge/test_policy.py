@@ -4,6 +4,7 @@ One module-scoped set of launches (all in one xdist group):
   A  TP=1, PP=1: 5 steps; log-probs before/after; weights exported into a fresh transformers model
   B  TP=2:       3 steps, save
   C  PP=2:       3 steps from scratch; then load B's checkpoint (TP=2 -> PP=2 reshard) and train 2 more
+(and, in their own tests: DP=2 with the distributed optimizer, saved and reloaded; the fused-kernel hook at TP=2)
 
 Tolerances: fp32 everywhere. TP/PP change only the order of floating-point reductions; first-step values agree to
 ~1e-6 relative, and Adam (g / sqrt(v)) amplifies such differences in near-zero gradient entries over later steps,
@@ -26,14 +27,14 @@ RTOL = 1e-4
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow, pytest.mark.xdist_group("megatron_policy")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: one launch set even when xdist interleaves modules
 def model_dir():
     from p2o.models import resolve_model_dir
 
     return str(resolve_model_dir(str(CONFIG), init_seed=7))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: one launch set even when xdist interleaves modules
 def runs(model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("policy")
     out = {k: str(tmp / f"{k}.pt") for k in "ABC"}
@@ -89,3 +90,17 @@ def test_fused_kernel_hook_matches_reference_path(runs, model_dir, tmp_path):
     k = torch.load(out)
     torch.testing.assert_close(k["logprobs0"], runs["B"]["logprobs0"], rtol=0, atol=1e-5)
     torch.testing.assert_close(metrics(k["metrics"]), metrics(runs["B"]["metrics"][:2]), rtol=RTOL, atol=0)
+
+
+def test_data_parallel_distributed_optimizer_save_load(runs, model_dir, tmp_path):
+    # DP=2: each rank takes half the rows; the distributed optimizer shards Adam state. After 3 steps the
+    # checkpoint is saved and loaded back (dummy state init + Adam step restore), then 2 more steps.
+    out, ckpt = str(tmp_path / "D.pt"), str(tmp_path / "ckpt_dp2")
+    spawn(train_worker, 2, (model_dir, 1, 1, 3, out, ckpt, ckpt, 2, False, False, True))
+    d = torch.load(out)
+    a = runs["A"]
+    torch.testing.assert_close(d["logprobs0"], a["logprobs0"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(metrics(d["metrics"]), metrics(a["metrics"][:3]), rtol=RTOL, atol=0)
+    assert d["loaded_step"] == 3
+    torch.testing.assert_close(metrics(d["resume_metrics"]), metrics(a["metrics"][3:5]), rtol=RTOL, atol=0)
+    torch.testing.assert_close(d["resume_logprobs"], a["logprobs"], rtol=0, atol=1e-4)
