@@ -14,7 +14,6 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Optional
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,7 +43,7 @@ def _load(module: str):
         raise
 
 
-def _find_command(argv: list[str]) -> Optional[str]:
+def _find_command(argv: list[str]) -> str | None:
     """The subcommand in argv, skipping the value of the top-level --log-level option."""
     skip = False
     for a in argv:
@@ -57,7 +56,7 @@ def _find_command(argv: list[str]) -> Optional[str]:
     return None
 
 
-def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
+def build_parser(command: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2o", description="P2O: joint policy and prompt optimisation for RLVR.")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -72,7 +71,7 @@ def build_parser(command: Optional[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _find_command(argv)
     parser = build_parser(command)

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, OmegaConf  # noqa: F401  (MISSING re-exported for YAML users)
 from omegaconf.errors import OmegaConfBaseException
@@ -516,7 +516,7 @@ EMBEDDED_MODEL_SHAPES: dict[str, dict[str, int]] = {
 }
 
 
-def read_hf_config(path: str) -> Optional[dict]:
+def read_hf_config(path: str) -> dict | None:
     """The HF config dict of a model directory / config.json / embedded name, or None if not readable here."""
     if path in EMBEDDED_MODEL_SHAPES:
         return EMBEDDED_MODEL_SHAPES[path]
@@ -532,7 +532,7 @@ def read_hf_config(path: str) -> Optional[dict]:
 
 
 # ----------------------------------------------------------------------------- loading
-def _declared_type(key: str) -> Optional[str]:
+def _declared_type(key: str) -> str | None:
     """The annotated type of a dotted config key (e.g. 'rollout.n' -> 'int'), or None if unknown."""
     cls: Any = RunConfig
     ann = None
@@ -573,7 +573,7 @@ def _check_sections(data: Any, cls: Any, prefix: str) -> None:
             _check_sections(value, type(sub), key + ".")
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> RunConfig:
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults <- YAML file <- dotlist overrides (`a.b=c`), then validation. Raises `ConfigError`."""
     base = OmegaConf.structured(RunConfig)
     layers = []

@@ -8,7 +8,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 DEFAULT_USER_TEMPLATE = "{question} " + INSTRUCTION
@@ -19,13 +19,13 @@ def user_text(question: str, user_template: str = DEFAULT_USER_TEMPLATE) -> str:
     return user_template.replace("{question}", question)
 
 
-def insert_template(user: str, template: Optional[str]) -> str:
+def insert_template(user: str, template: str | None) -> str:
     """T(x, z) on the user text: the template, a blank line, then the original user text."""
     z = (template or "").strip()
     return f"{z}\n\n{user}" if z else user
 
 
-def messages(question: str, template: Optional[str] = None, user_template: str = DEFAULT_USER_TEMPLATE,
+def messages(question: str, template: str | None = None, user_template: str = DEFAULT_USER_TEMPLATE,
              system: str = "") -> list[dict[str, str]]:
     """Chat messages for T(x, z) (z=None or '' gives the plain prompt x)."""
     msgs = [{"role": "system", "content": system}] if system else []

@@ -12,7 +12,6 @@ Answers are computed with Python integers (exact). The same seed always gives th
 from __future__ import annotations
 
 import random
-from typing import Optional
 
 from p2o.data.problem import Problem
 
@@ -44,7 +43,7 @@ def _expression(rng: random.Random, level: int) -> tuple[str, int]:
                 ops[i] = rng.choice("+-")
             seen_mul = True
     parts = [str(nums[0])]
-    for op, n in zip(ops, nums[1:]):
+    for op, n in zip(ops, nums[1:], strict=False):
         parts += [op, str(n)]
     if level == 4:  # parenthesise a random adjacent pair
         i = rng.randrange(len(nums) - 1) * 2
@@ -113,7 +112,7 @@ def _word_problem(rng: random.Random) -> tuple[str, int]:
             f"How many {item} are left?"), c
 
 
-def generate(num_problems: int, levels: list[int], level_weights: Optional[list[float]] = None,
+def generate(num_problems: int, levels: list[int], level_weights: list[float] | None = None,
              seed: int = 1234, id_prefix: str = "arith") -> list[Problem]:
     """`num_problems` problems with levels drawn from `levels` (weighted); ids are `{prefix}-{seed}-{i}`."""
     if num_problems < 0:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from p2o.data.problem import Problem
 
@@ -80,7 +81,7 @@ def _field(record: dict, key: str) -> Any:
 
 
 def load_problems(path: str | Path, question_key: str = "question", answer_key: str = "answer",
-                  id_key: str = "", source: Optional[str] = None, max_problems: int = 0) -> list[Problem]:
+                  id_key: str = "", source: str | None = None, max_problems: int = 0) -> list[Problem]:
     """Problems from a file with the given field mapping (nested keys as 'reward_model.ground_truth')."""
     p = Path(path).expanduser()
     problems: list[Problem] = []

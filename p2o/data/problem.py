@@ -20,6 +20,6 @@ class Problem:
                 "meta": dict(self.meta)}
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "Problem":
+    def from_dict(d: dict[str, Any]) -> Problem:
         return Problem(id=str(d["id"]), question=str(d["question"]), answer=str(d["answer"]),
                        source=str(d.get("source", "")), meta=dict(d.get("meta") or {}))

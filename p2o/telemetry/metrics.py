@@ -10,8 +10,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class MetricsLogger:
     """Appends `{"kind", "step", "time", **metrics}` lines to run_dir/metrics.jsonl (flushed every record)."""
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = False, wandb: bool = False,
-                 run_name: Optional[str] = None):
+                 run_name: str | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
@@ -68,14 +69,14 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.finish()
 
-    def __enter__(self) -> "MetricsLogger":
+    def __enter__(self) -> MetricsLogger:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def read_metrics(run_dir: str | Path, kind: Optional[str] = None) -> Iterator[dict]:
+def read_metrics(run_dir: str | Path, kind: str | None = None) -> Iterator[dict]:
     """Records of a run's metrics.jsonl (optionally of one kind); a torn last line is skipped."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():

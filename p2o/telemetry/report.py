@@ -10,7 +10,6 @@ import html
 import json
 import statistics
 from pathlib import Path
-from typing import Optional
 
 import matplotlib
 
@@ -27,7 +26,7 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list, list]], xlabel: str = "step") -> Optional[str]:
+def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list, list]], xlabel: str = "step") -> str | None:
     lines = [ln for ln in lines if ln[1]]
     if not lines:
         return None
@@ -46,7 +45,7 @@ def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list, list
     return path.name
 
 
-def _time_breakdown(path: Path, steps: list[dict]) -> Optional[str]:
+def _time_breakdown(path: Path, steps: list[dict]) -> str | None:
     if not steps:
         return None
     means = {k.removeprefix("time_").removesuffix("_s"): statistics.fmean(s.get(k) or 0.0 for s in steps)
@@ -80,7 +79,7 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(run_dir: str | Path, baseline_dir: Optional[str | Path] = None) -> Path:
+def write_report(run_dir: str | Path, baseline_dir: str | Path | None = None) -> Path:
     """Write plots and report.html into run_dir; returns the report path."""
     run = Path(run_dir)
     if not (run / "metrics.jsonl").is_file():

@@ -77,7 +77,7 @@ def format_table(grpo: dict, p2o: dict, ratio: dict) -> str:
     for k in keys:
         r = ratio.get(k)
         name = k.removeprefix("time_").removesuffix("_s") + (" /step" if k in PHASES else "")
-        lines.append(f"{name:22s} {grpo.get(k, 0.0):10.3f} {p2o.get(k, 0.0):10.3f} {('%.2f' % r) if r else '-':>9s}")
+        lines.append(f"{name:22s} {grpo.get(k, 0.0):10.3f} {p2o.get(k, 0.0):10.3f} {(f'{r:.2f}') if r else '-':>9s}")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -46,10 +46,10 @@ class LoopState:
     """problem id -> K templates, from the last finished GEPA round."""
     assignment_version: int = -1
     """Policy version the assignment was computed for (-1: none)."""
-    gepa_job: Optional[dict] = None
+    gepa_job: dict | None = None
     """Pending GEPA job: {"job_id", "epoch", "policy_version", "hard_ids"}."""
     python_rng: Any = None
-    torch_rng: Optional[list[int]] = None
+    torch_rng: list[int] | None = None
 
     def capture_rng(self) -> None:
         self.python_rng = list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]
@@ -89,7 +89,7 @@ def commit(run_dir: str | Path, global_step: int, state: LoopState, keep_last: i
     return final
 
 
-def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint directory, or None."""
     root = checkpoint_root(run_dir)
     if not root.is_dir():

@@ -22,7 +22,7 @@ import logging
 import signal
 import time
 from dataclasses import asdict
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -32,7 +32,7 @@ from p2o.algo.hard_samples import HardStore, is_hard
 from p2o.data.loaders import epoch_order
 from p2o.train import checkpoint as ckpt
 from p2o.train.policy import SequenceBatch
-from p2o.train.rows import TrainRow, plan_requests, to_rows
+from p2o.train.rows import TrainRow
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Trainer:
         self.state = ckpt.LoopState()
         self.hard = HardStore()
         self.loss_fn = make_loss_fn(cfg.grpo)
-        self._signal: Optional[int] = None
+        self._signal: int | None = None
         self.problems = rt.train_problems
         self.steps_per_epoch = max(1, len(self.problems) // cfg.rollout.prompts_per_step)
         if cfg.train.steps_per_epoch:
@@ -122,7 +122,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self, problems) -> dict[str, float]:
-        cfg, rt = self.cfg, self.rt
+        _cfg, rt = self.cfg, self.rt
         step = self.state.global_step + 1
         times: dict[str, float] = {}
         self._poll_gepa(block=False)
@@ -179,12 +179,12 @@ class Trainer:
         cfg = self.cfg
         by_id = {p.id: p for p in problems}
         verdicts = self.rt.verify([(r.text, by_id[r.problem_id].answer) for r in rows])
-        for r, v in zip(rows, verdicts):
+        for r, v in zip(rows, verdicts, strict=False):
             r.reward, r.verdict_reason = (1.0 if v.correct else 0.0), v.reason
         rewards = torch.tensor([r.reward for r in rows])
         groups = torch.tensor([r.group for r in rows])
         adv = group_advantages(rewards, groups, cfg.grpo.adv_norm, cfg.grpo.adv_eps)
-        for r, a in zip(rows, adv.tolist()):
+        for r, a in zip(rows, adv.tolist(), strict=False):
             r.advantage = a
         n_hard = 0
         for g in sorted(set(groups.tolist())):
@@ -312,7 +312,7 @@ class Trainer:
         epoch_metrics.update(rt.evaluate_heldout() if rt.is_rank0 else {})
         last_epoch = st.epoch + 1 >= cfg.train.epochs  # templates found now could never be used
         if cfg.p2o.enabled and st.gepa_job is None and not last_epoch:
-            job: Optional[dict] = None
+            job: dict | None = None
             if rt.is_rank0 and len(self.hard) >= cfg.p2o.min_hard:
                 job = rt.submit_gepa(self.hard, st.epoch, st.policy_version)
             elif rt.is_rank0:

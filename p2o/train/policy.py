@@ -15,8 +15,9 @@ every micro-batch and data-parallel rank), so the backend sums micro-batch losse
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import torch
 
@@ -42,7 +43,7 @@ class SequenceBatch:
     def num_response_tokens(self) -> int:
         return sum(len(r) for r in self.response_ids)
 
-    def rows(self, idx: list[int]) -> "SequenceBatch":
+    def rows(self, idx: list[int]) -> SequenceBatch:
         return SequenceBatch([self.prompt_ids[i] for i in idx], [self.response_ids[i] for i in idx])
 
 

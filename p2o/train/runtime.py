@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,7 +46,7 @@ class Runtime:
     reflection_gateway: Any = None
     verifier: Any = None
     gepa_client: Any = None
-    gepa_process: Optional[subprocess.Popen] = None
+    gepa_process: subprocess.Popen | None = None
     metrics: Any = None
     gpu: Any = None
     _closers: list = field(default_factory=list)
@@ -135,8 +135,8 @@ class Runtime:
         gens = self.scheduler.generate(reqs, priority="evaluation")
         self.scheduler.pause()
         n = len(ids)
-        pairs = [(g.text, p.answer) for gl, p in zip(gens[:n], self.eval_problems) for g in gl]
-        pairs += [(g.text, p.answer) for gl, p in zip(gens[n:], self.eval_problems) for g in gl]
+        pairs = [(g.text, p.answer) for gl, p in zip(gens[:n], self.eval_problems, strict=False) for g in gl]
+        pairs += [(g.text, p.answer) for gl, p in zip(gens[n:], self.eval_problems, strict=False) for g in gl]
         verdicts = self.verify(pairs)
         greedy_acc = sum(v.correct for v in verdicts[:n]) / n
         avg4 = sum(v.correct for v in verdicts[n:]) / (4 * n)
@@ -172,7 +172,7 @@ class Runtime:
             r["model"] = "reflection"
         return r
 
-    def collect_gepa(self, job: dict, block: bool) -> Optional[dict]:
+    def collect_gepa(self, job: dict, block: bool) -> dict | None:
         """The finished job's outcome {"assignment", "metrics"}, or None while it runs (block=False)."""
         client = self.gepa_client
         if block:

@@ -7,15 +7,21 @@ import statistics
 import pytest
 import torch
 
-from p2o.algo.grpo import (clipped_policy_loss, group_advantages, kl_penalty, make_loss_fn, token_weights,
-                           zero_variance_groups)
+from p2o.algo.grpo import (
+    clipped_policy_loss,
+    group_advantages,
+    kl_penalty,
+    make_loss_fn,
+    token_weights,
+    zero_variance_groups,
+)
 from p2o.config import GRPOConfig
 
 
 def _ref_adv(rewards, groups, eps=1e-6):
     out = []
-    for r, g in zip(rewards, groups):
-        members = [x for x, h in zip(rewards, groups) if h == g]
+    for r, g in zip(rewards, groups, strict=False):
+        members = [x for x, h in zip(rewards, groups, strict=False) if h == g]
         if len(members) == 1:
             out.append(0.0)
             continue
@@ -61,7 +67,7 @@ def test_clipped_dual_clip_loss_matches_reference():
     lp, old = torch.randn(200, generator=g) * 0.5 - 1, torch.randn(200, generator=g) * 0.5 - 1
     adv = torch.randn(200, generator=g)
     out = clipped_policy_loss(lp, old, adv, 0.2, 0.28, 3.0).loss
-    ref = torch.tensor([_ref_token_loss(*x, 0.2, 0.28, 3.0) for x in zip(lp.tolist(), old.tolist(), adv.tolist())])
+    ref = torch.tensor([_ref_token_loss(*x, 0.2, 0.28, 3.0) for x in zip(lp.tolist(), old.tolist(), adv.tolist(), strict=False)])
     assert torch.allclose(out, ref, atol=1e-5)
     no_dual = clipped_policy_loss(lp, old, adv, 0.2, 0.28, 0.0).loss
     assert (no_dual >= out - 1e-6).all() and (no_dual > out + 1e-6).any()

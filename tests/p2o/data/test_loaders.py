@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from p2o.data import Problem, load_train_problems
 from p2o.config import load_config
+from p2o.data import Problem, load_train_problems
 from p2o.data.loaders import DataError, epoch_order, load_problems, write_jsonl
 
 

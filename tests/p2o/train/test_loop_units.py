@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch_policy import TorchPolicy  # noqa: E402  (tests/p2o/train is on sys.path)
 from transformers import AutoTokenizer
 
 from p2o import prompts
@@ -20,8 +21,6 @@ from p2o.reward import Verifier
 from p2o.train.loop import Trainer
 from p2o.train.policy import SequenceBatch
 from p2o.train.rows import TrainRow
-
-from torch_policy import TorchPolicy  # noqa: E402  (tests/p2o/train is on sys.path)
 
 PROBLEMS = [Problem("p0", "What is 2 + 2?", "4"), Problem("p1", "What is 3 + 5?", "8")]
 
@@ -53,7 +52,7 @@ def _rows(tok):
     ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     texts = ["The sum is \\boxed{4}.", "It is \\boxed{5}.", "So \\boxed{8}", "I think \\boxed{9}"]
     ctx = [(x0, xz0, "Count on your fingers."), (x0, xz0, "Count on your fingers."), (x1, x1, ""), (x1, x1, "")]
-    return [TrainRow(f"p{i // 2}", i // 2, x, g, ids(t), t, "stop", z, 0) for i, ((x, g, z), t) in enumerate(zip(ctx, texts))]
+    return [TrainRow(f"p{i // 2}", i // 2, x, g, ids(t), t, "stop", z, 0) for i, ((x, g, z), t) in enumerate(zip(ctx, texts, strict=False))]
 
 
 def _step(trainer, rows):
@@ -92,7 +91,7 @@ def test_loss_is_computed_on_x(tiny_model_dir, verifier, tok):
     assert direct.prompt_ids == batch.prompt_ids
     old = reference.logprobs(direct)
     lens = [len(r) for r in direct.response_ids]
-    adv = torch.cat([torch.full((n,), r.advantage) for n, r in zip(lens, rows)])
+    adv = torch.cat([torch.full((n,), r.advantage) for n, r in zip(lens, rows, strict=False)])
     w = token_weights(lens, "token-mean", len(rows), sum(lens), t.cfg.rollout.max_new_tokens)
     reference.train_step(direct, {"old_logprobs": old, "advantages": adv, "weights": w}, make_loss_fn(t.cfg.grpo))
     for name, g in t.rt.policy.last_grads.items():

@@ -119,7 +119,7 @@ def test_resume_after_kill_reproduces_metrics(setting, tmp_path):
     assert json.loads((killed / "summary.json").read_text())["resumed"] is True
     a, b = _steps(full), _steps(killed)
     assert [s["step"] for s in b] == [1, 2, 3, 4]
-    for sa, sb in zip(a, b):
+    for sa, sb in zip(a, b, strict=False):
         for k in COMPARED:
             if sa.get(k) is None or sb.get(k) is None:
                 assert sa.get(k) == sb.get(k), (sa["step"], k)

@@ -19,13 +19,13 @@ class TorchPolicy:
         self.calls: list[SequenceBatch] = []
 
     def _logprobs(self, batch: SequenceBatch) -> torch.Tensor:
-        seqs = [p + r for p, r in zip(batch.prompt_ids, batch.response_ids)]
+        seqs = [p + r for p, r in zip(batch.prompt_ids, batch.response_ids, strict=False)]
         width = max(len(s) for s in seqs)
         ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
         attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
         logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=attn).logits.float(), -1)
         out = []
-        for i, (p, r) in enumerate(zip(batch.prompt_ids, batch.response_ids)):
+        for i, (p, r) in enumerate(zip(batch.prompt_ids, batch.response_ids, strict=False)):
             pos = torch.arange(len(p) - 1, len(p) + len(r) - 1)
             out.append(logp[i, pos, torch.tensor(r)])
         return torch.cat(out)
