@@ -47,9 +47,9 @@ def hf_logits(model_dir: str | Path, tokens: torch.Tensor) -> torch.Tensor:
         return model(input_ids=tokens).logits.float()
 
 
-def megatron_logits_worker(jobs: list[tuple[str, torch.Tensor, int]], tp: int, pp: int, out_file: str) -> None:
-    """One rank: for each (model_dir, tokens [B, S], vpp) build + load the Megatron model, run the tokens through the
-    pipeline schedule and write the full logits [B, S, V] of every job (from one rank) to `out_file`."""
+def megatron_logits_worker(jobs: list[tuple[str, torch.Tensor, int, int, int]], out_file: str) -> None:
+    """One rank: for each (model_dir, tokens [B, S], tp, pp, vpp) build + load the Megatron model, run the tokens
+    through the pipeline schedule; rank 0 writes the full logits [B, S, V] of every job to `out_file`."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
@@ -63,7 +63,7 @@ def megatron_logits_worker(jobs: list[tuple[str, torch.Tensor, int]], tp: int, p
 
     results = []
     try:
-        for model_dir, tokens, vpp in jobs:
+        for model_dir, tokens, tp, pp, vpp in jobs:
             layout = init_parallel(ParallelConfig(tp=tp, pp=pp, vpp=vpp))
             hf = read_config(model_dir)
             bridge = bridge_for(hf)
@@ -88,41 +88,48 @@ def megatron_logits_worker(jobs: list[tuple[str, torch.Tensor, int]], tp: int, p
             results.append(torch.cat(out) if layout.is_last_stage else None)
             del chunks
             ps.destroy_model_parallel()
-        # The last pipeline stage's TP rank 0 holds the logits: hand them to rank 0 for writing.
+        # Ranks of the last pipeline stage hold each job's logits: collect them on rank 0 for writing.
         gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, results if results and results[0] is not None else None)
+        dist.all_gather_object(gathered, results)
         if dist.get_rank() == 0:
-            torch.save(next(g for g in gathered if g is not None), out_file)
+            torch.save([next(g[j] for g in gathered if g[j] is not None) for j in range(len(jobs))], out_file)
         dist.barrier()
     finally:
         shutdown_parallel()
 
 
-def check_parity(models: list[str], tp: int = 1, pp: int = 1, vpp: int | list[int] = 1, batch: int = 2,
-                 seq_len: int = 16, seed: int = 1234, cache_dir: str = "~/.cache/p2o") -> list[ParityReport]:
-    """Compare every model of `models` under one TP x PP layout, in one launch of tp*pp ranks (`vpp`: virtual
-    pipeline stages, one value for all models or one per model)."""
-    vpps = list(vpp) if isinstance(vpp, (list, tuple)) else [vpp] * len(models)
+def check_parity(models: list[str], tp: int = 1, pp: int = 1, vpp: int = 1, batch: int = 2, seq_len: int = 16,
+                 seed: int = 1234, cache_dir: str = "~/.cache/p2o") -> list[ParityReport]:
+    """Compare every model of `models` under one TP x PP (x VPP) layout, in one launch of tp*pp ranks."""
+    return check_parity_jobs([(m, tp, pp, vpp) for m in models], batch, seq_len, seed, cache_dir)
+
+
+def check_parity_jobs(jobs_in: list[tuple[str, int, int, int]], batch: int = 2, seq_len: int = 16, seed: int = 1234,
+                      cache_dir: str = "~/.cache/p2o") -> list[ParityReport]:
+    """Compare (model, tp, pp, vpp) jobs whose tp*pp are equal, all in one launch of tp*pp ranks."""
+    worlds = {tp * pp for _, tp, pp, _ in jobs_in}
+    if len(worlds) != 1:
+        raise ValueError(f"parity jobs of one launch need one world size (tp x pp), got {sorted(worlds)}")
     from megatron_bridge.hf_io import read_config
     from p2o.models import resolve_model_dir
 
     from megatron_bridge.provider import bridge_and_provider
 
     jobs, refs = [], []
-    for hf, v in zip(models, vpps):
+    for hf, tp, pp, v in jobs_in:
         model_dir = resolve_model_dir(hf, cache_dir=cache_dir, init_seed=seed)
         bridge_and_provider(model_dir)[1].check_layout(tp, pp, v)  # fail here, not in every rank
         vocab = read_config(model_dir)["vocab_size"]
         gen = torch.Generator().manual_seed(seed)
         tokens = torch.randint(0, vocab, (batch, seq_len), generator=gen)
-        jobs.append((str(model_dir), tokens, v))
+        jobs.append((str(model_dir), tokens, tp, pp, v))
         refs.append(hf_logits(model_dir, tokens))
     with tempfile.TemporaryDirectory(prefix="p2o-parity-") as tmp:
         out_file = str(Path(tmp) / "logits.pt")
-        spawn(megatron_logits_worker, tp * pp, (jobs, tp, pp, out_file))
+        spawn(megatron_logits_worker, worlds.pop(), (jobs, out_file))
         outs = torch.load(out_file)
     reports = []
-    for (model_dir, _, _), ref, got in zip(jobs, refs, outs):
+    for (model_dir, _, tp, pp, _), ref, got in zip(jobs, refs, outs):
         diff = (got - ref).abs().max().item()
         scale = ref.abs().max().item()
         reports.append(ParityReport(model_dir, tp, pp, diff, diff / max(scale, 1e-12), scale, tuple(ref.shape)))

@@ -45,15 +45,23 @@ def make_cfg(tp: int, pp: int, vpp: int = 1, dist_opt: bool = False, use_kernels
     return cfg
 
 
-def train_worker(model_dir: str, tp: int, pp: int, steps: int, out_file: str, save_dir: str = "",
-                 load_dir: str = "", resume_steps: int = 0, export: bool = False, use_kernels: bool = False,
-                 dist_opt: bool = False) -> None:
-    """Train `steps` steps (then optionally save); optionally load another checkpoint and train `resume_steps` more."""
-    import torch.distributed as dist
+def run_scenario(model_dir: str, tp: int, pp: int, steps: int, save_dir: str = "", load_dir: str = "",
+                 resume_steps: int = 0, export: bool = False, use_kernels: bool = False,
+                 dist_opt: bool = False) -> dict:
+    """Train `steps` steps (then optionally save); optionally load a checkpoint and train `resume_steps` more.
 
-    from megatron_bridge.parallel import shutdown_parallel
+    Re-creates Megatron's groups when the current ones have another TP x PP (torch.distributed stays up).
+    """
+    import gc
+
+    from megatron.core import parallel_state as ps
+
     from megatron_bridge.policy import MegatronPolicy
 
+    if ps.model_parallel_is_initialized() and (ps.get_tensor_model_parallel_world_size(),
+                                               ps.get_pipeline_model_parallel_world_size()) != (tp, pp):
+        ps.destroy_model_parallel()
+    gc.collect()
     policy = MegatronPolicy.from_config(make_cfg(tp, pp, dist_opt=dist_opt, use_kernels=use_kernels), model_dir)
     batch, inputs = synthetic_batch()
     norm = float(batch.num_response_tokens)
@@ -74,8 +82,18 @@ def train_worker(model_dir: str, tp: int, pp: int, steps: int, out_file: str, sa
         res["resume_logprobs"] = policy.logprobs(batch)
     if export:
         res["export"] = exported_logprobs(policy, model_dir, batch)
+    return res
+
+
+def scenarios_worker(model_dir: str, scenarios: dict[str, dict], out_file: str) -> None:
+    """Run named `run_scenario` keyword sets one after another in one launch; rank 0 saves {name: result}."""
+    import torch.distributed as dist
+
+    from megatron_bridge.parallel import shutdown_parallel
+
+    results = {name: run_scenario(model_dir, **kw) for name, kw in scenarios.items()}
     if dist.get_rank() == 0:
-        torch.save(res, out_file)
+        torch.save(results, out_file)
     dist.barrier()
     shutdown_parallel()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from megatron_bridge.parity import FP32_REL_TOL, check_parity
+from megatron_bridge.parity import FP32_REL_TOL, check_parity, check_parity_jobs
 
 CONFIGS = Path(__file__).parent / "configs"
 QWEN3 = str(CONFIGS / "qwen3_gqa2_hd24_tied.json")      # GQA 2, head_dim 24 != 64/4, tied, vocab 1000 (padded)
@@ -30,11 +30,13 @@ def test_parity_tp1(smollm2_dir):
     assert_all_ok(check_parity([QWEN3, LLAMA, QWEN3_MHA, LLAMA_ODD, str(smollm2_dir)], tp=1, pp=1))
 
 
-@pytest.mark.parametrize("tp, pp", [(2, 1), (1, 2)])
-def test_parity_two_ranks(tp, pp):
-    # PP=2 also runs the interleaved schedule (vpp=2) for the 4-layer model.
-    vpp = [2, 1, 1] if pp == 2 else 1
-    assert_all_ok(check_parity([QWEN3, LLAMA, QWEN3_MHA], tp=tp, pp=pp, vpp=vpp))
+def test_parity_two_ranks_tp2_then_pp2():
+    # One launch: TP=2, then PP=2 (1F1B), then the interleaved schedule (PP=2 x VPP=2) for the 4-layer model.
+    jobs = [(m, 2, 1, 1) for m in (QWEN3, LLAMA, QWEN3_MHA)] + [(m, 1, 2, 1) for m in (QWEN3, LLAMA, QWEN3_MHA)]
+    jobs.append((QWEN3, 1, 2, 2))
+    reports = check_parity_jobs(jobs)
+    assert [(r.tp, r.pp) for r in reports] == [(tp, pp) for _, tp, pp, _ in jobs]
+    assert_all_ok(reports)
 
 
 @pytest.mark.slow

@@ -1,10 +1,12 @@
-"""MegatronPolicy: log-probs vs transformers, training equivalence across TP/PP, resume with resharding, export.
+"""MegatronPolicy: log-probs vs transformers, training equivalence across TP/PP/DP, resume with resharding, export.
 
-One module-scoped set of launches (all in one xdist group):
-  A  TP=1, PP=1: 5 steps; log-probs before/after; weights exported into a fresh transformers model
-  B  TP=2:       3 steps, save
-  C  PP=2:       3 steps from scratch; then load B's checkpoint (TP=2 -> PP=2 reshard) and train 2 more
-(and, in their own tests: DP=2 with the distributed optimizer, saved and reloaded; the fused-kernel hook at TP=2)
+Two launches (process start-up dominates the cost, so one 2-rank launch runs several layouts in turn):
+  A  1 rank,  TP=1:  5 steps; log-probs before/after; weights exported into a fresh transformers model
+  2 ranks, in order:
+  B  TP=2:   3 steps, save
+  C  PP=2:   3 steps from scratch; then load B's checkpoint (TP=2 -> PP=2 reshard) and train 2 more
+  D  DP=2 with the distributed optimizer: 3 steps, save, load that checkpoint back, 2 more steps
+  K  TP=2 with `train.use_kernels` (fused log-prob kernel hook), 2 steps (when `kernels` is importable)
 
 Tolerances: fp32 everywhere. TP/PP change only the order of floating-point reductions; first-step values agree to
 ~1e-6 relative, and Adam (g / sqrt(v)) amplifies such differences in near-zero gradient entries over later steps,
@@ -19,10 +21,11 @@ import pytest
 import torch
 
 from megatron_bridge.launch import spawn
-from mb_workers import hf_logprobs, synthetic_batch, train_worker
+from mb_workers import hf_logprobs, scenarios_worker, synthetic_batch
 
 CONFIG = Path(__file__).parent / "configs" / "qwen3_gqa2_hd24_tied.json"
 RTOL = 1e-4
+HAVE_KERNELS = importlib.util.find_spec("kernels.fused_linear_logprob") is not None
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow, pytest.mark.xdist_group("megatron_policy")]
 
@@ -37,12 +40,15 @@ def model_dir():
 @pytest.fixture(scope="session")  # session: one launch set even when xdist interleaves modules
 def runs(model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("policy")
-    out = {k: str(tmp / f"{k}.pt") for k in "ABC"}
-    ckpt = str(tmp / "ckpt_tp2")
-    spawn(train_worker, 1, (model_dir, 1, 1, 5, out["A"], "", "", 0, True))
-    spawn(train_worker, 2, (model_dir, 2, 1, 3, out["B"], ckpt))
-    spawn(train_worker, 2, (model_dir, 1, 2, 3, out["C"], "", ckpt, 2))
-    return {k: torch.load(v) for k, v in out.items()}
+    ckpt_b, ckpt_d = str(tmp / "ckpt_tp2"), str(tmp / "ckpt_dp2")
+    spawn(scenarios_worker, 1, (model_dir, {"A": dict(tp=1, pp=1, steps=5, export=True)}, str(tmp / "A.pt")))
+    two = {"B": dict(tp=2, pp=1, steps=3, save_dir=ckpt_b),
+           "C": dict(tp=1, pp=2, steps=3, load_dir=ckpt_b, resume_steps=2),
+           "D": dict(tp=1, pp=1, steps=3, save_dir=ckpt_d, load_dir=ckpt_d, resume_steps=2, dist_opt=True)}
+    if HAVE_KERNELS:
+        two["K"] = dict(tp=2, pp=1, steps=2, use_kernels=True)
+    spawn(scenarios_worker, 2, (model_dir, two, str(tmp / "two.pt")))
+    return {**torch.load(tmp / "A.pt"), **torch.load(tmp / "two.pt")}
 
 
 def metrics(rows):
@@ -82,23 +88,17 @@ def test_exported_weights_reproduce_megatron(runs):
     assert (a["logprobs"] - a["logprobs0"]).abs().max() > 1e-2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kernels.fused_linear_logprob") is None,
-                    reason="kernels.fused_linear_logprob not available")
-def test_fused_kernel_hook_matches_reference_path(runs, model_dir, tmp_path):
-    out = str(tmp_path / "K.pt")
-    spawn(train_worker, 2, (model_dir, 2, 1, 2, out, "", "", 0, False, True))
-    k = torch.load(out)
+@pytest.mark.skipif(not HAVE_KERNELS, reason="kernels.fused_linear_logprob not available")
+def test_fused_kernel_hook_matches_reference_path(runs):
+    k = runs["K"]
     torch.testing.assert_close(k["logprobs0"], runs["B"]["logprobs0"], rtol=0, atol=1e-5)
     torch.testing.assert_close(metrics(k["metrics"]), metrics(runs["B"]["metrics"][:2]), rtol=RTOL, atol=0)
 
 
-def test_data_parallel_distributed_optimizer_save_load(runs, model_dir, tmp_path):
+def test_data_parallel_distributed_optimizer_save_load(runs):
     # DP=2: each rank takes half the rows; the distributed optimizer shards Adam state. After 3 steps the
     # checkpoint is saved and loaded back (dummy state init + Adam step restore), then 2 more steps.
-    out, ckpt = str(tmp_path / "D.pt"), str(tmp_path / "ckpt_dp2")
-    spawn(train_worker, 2, (model_dir, 1, 1, 3, out, ckpt, ckpt, 2, False, False, True))
-    d = torch.load(out)
-    a = runs["A"]
+    d, a = runs["D"], runs["A"]
     torch.testing.assert_close(d["logprobs0"], a["logprobs0"], rtol=0, atol=1e-5)
     torch.testing.assert_close(metrics(d["metrics"]), metrics(a["metrics"][:3]), rtol=RTOL, atol=0)
     assert d["loaded_step"] == 3
