@@ -144,7 +144,7 @@ start_munged() {
     fi
     chmod 0400 "$DIR/munge/munge.key"
     munged --force --socket="$DIR/munge/munge.socket.2" --key-file="$DIR/munge/munge.key" \
-        --pid-file="$DIR/run/munged.pid" --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munged.seed"
+        --pid-file="$DIR/run/munged.pid" --log-file="$DIR/log/munged.log" --seed-file="$DIR/munge/munged.seed" 8>&-
     wait_for 10 "munged ($DIR/log/munged.log)" test -S "$DIR/munge/munge.socket.2"
 }
 
@@ -173,6 +173,11 @@ nodes_idle() {
 
 # ---------------------------------------------------------------------------------------------- main
 mkdir -p "$DIR"/{etc,log,run,state}
+# One start/stop at a time (parallel test workers may call this together); the stop script called below
+# runs under this same lock.
+exec 8>"$DIR/lock"
+flock -w 300 8 || { say "timed out waiting for $DIR/lock"; exit 1; }
+export LOCAL_SLURM_LOCKED=1
 install_packages
 new_conf=$(write_config)
 if cluster_up && cmp -s "$new_conf" "$DIR/etc/slurm.conf"; then
@@ -191,11 +196,11 @@ rm -rf "$DIR/state/ctld" "$DIR"/state/slurmd-*
 mkdir -p "$DIR/state/ctld"
 edit_etc
 start_munged
-slurmctld -f "$SLURM_CONF" -i        # -i: ignore (absent) state files
+slurmctld -f "$SLURM_CONF" -i 8>&-   # -i: ignore (absent) state files; 8: the lock stays with us
 wait_for 20 "slurmctld ($DIR/log/slurmctld.log)" scontrol ping
 for name in $(node_names); do
     mkdir -p "$DIR/state/slurmd-$name"
-    slurmd -f "$SLURM_CONF" -N "$name"
+    slurmd -f "$SLURM_CONF" -N "$name" 8>&-
 done
 wait_for 30 "$NODES idle node(s) (see $DIR/log/slurmd-*.log)" nodes_idle
 say "up: $(sinfo -h -o '%P %a %D %T %N' | tr '\n' ' ')(state in $DIR)"

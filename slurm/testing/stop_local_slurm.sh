@@ -11,6 +11,11 @@ MARKER="# p2o-local-slurm"
 
 say() { echo "stop_local_slurm: $*" >&2; }
 
+if [[ -d $DIR && ${LOCAL_SLURM_LOCKED:-0} != 1 ]]; then   # the start script holds the lock when it calls us
+    exec 8>"$DIR/lock"
+    flock -w 300 8 || { say "timed out waiting for $DIR/lock"; exit 1; }
+fi
+
 alive() {  # PID exists and is not a zombie (daemons may be re-parented to a PID 1 that reaps late)
     local state
     state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1

@@ -7,6 +7,8 @@ install that fails. A cluster that was already up is reused and left running.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -15,7 +17,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
@@ -34,7 +35,7 @@ class LocalSlurm:
         return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout)
 
 
-def _skip_reason() -> Optional[str]:
+def _skip_reason() -> str | None:
     if sys.platform != "linux":
         return "the local Slurm cluster needs Linux"
     if os.geteuid() != 0:
@@ -46,21 +47,44 @@ def _skip_reason() -> Optional[str]:
 
 @pytest.fixture(scope="session")
 def local_slurm() -> LocalSlurm:
+    """Start (or join) the cluster. Test sessions register as users; the last one out stops the cluster,
+    unless it was already running before any test session started it."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
+    state = Path(STATE_DIR)
+    users = state / "test-users"
+    users.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, LOCAL_SLURM_DIR=STATE_DIR, LOCAL_SLURM_NODES="2")
-    started = subprocess.run(["bash", str(TESTING / "start_local_slurm.sh")], env=env, capture_output=True,
-                             text=True, timeout=300)
-    if started.returncode == 2:
-        pytest.skip(started.stderr.strip().splitlines()[-1])
-    assert started.returncode == 0, f"start_local_slurm.sh failed:\n{started.stderr}"
-    reused = "already running" in started.stderr
+    me = users / str(os.getpid())
+    with _locked(state / "test-users.lock"):
+        started = subprocess.run(["bash", str(TESTING / "start_local_slurm.sh")], env=env, capture_output=True,
+                                 text=True, timeout=300)
+        if started.returncode == 2:
+            pytest.skip(started.stderr.strip().splitlines()[-1])
+        assert started.returncode == 0, f"start_local_slurm.sh failed:\n{started.stderr}"
+        if "already running" not in started.stderr:
+            (state / "started-by-tests").touch()
+        me.touch()
     env["SLURM_CONF"] = f"{STATE_DIR}/etc/slurm.conf"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    yield LocalSlurm(Path(STATE_DIR), env)
-    if not reused:
-        subprocess.run(["bash", str(TESTING / "stop_local_slurm.sh")], env=env, capture_output=True, timeout=120)
+    yield LocalSlurm(state, env)
+    with _locked(state / "test-users.lock"):
+        me.unlink(missing_ok=True)
+        others = [p for p in users.iterdir() if p.name.isdigit() and Path(f"/proc/{p.name}").exists()]
+        if not others and (state / "started-by-tests").exists():
+            (state / "started-by-tests").unlink()
+            subprocess.run(["bash", str(TESTING / "stop_local_slurm.sh")], env=env, capture_output=True, timeout=120)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -91,6 +115,17 @@ def submit(cluster: LocalSlurm, script: str, env: dict[str, str], output: Path, 
             return Submitted(proc, m.group(1), output, t0)
     proc.wait()
     raise AssertionError("sbatch did not submit the job:\n" + "".join(lines))
+
+
+@pytest.fixture
+def submitted_jobs(local_slurm):
+    """Jobs a test submits; any still known to Slurm afterwards (a failed test) are cancelled."""
+    jobs: list[Submitted] = []
+    yield jobs
+    for job in jobs:
+        local_slurm.run("scancel", job.job_id)
+        if job.proc.poll() is None:
+            job.proc.kill()
 
 
 def wait_for_path(path: Path, timeout_s: float, job: Submitted) -> None:
