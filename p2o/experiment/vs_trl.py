@@ -207,8 +207,14 @@ def side_commands(names: list[str], problems: Path, model_dir: Path, model: str,
     return sides
 
 
-def run_lockstep(sides: list[Side], steps: int, timeout_s: float, env: dict) -> None:
-    """Start the sides one after another (each loads alone), then run the steps in rotated order."""
+STEP_COLUMNS = ["side", "step", "order", "step_s", "generate_s", "verify_s", "old_logprob_s", "update_s",
+                "weight_sync_s", "completion_tokens", "reward_mean", "zero_adv_frac", "skipped_rows", "peak_rss_mib"]
+
+
+def run_lockstep(sides: list[Side], steps: int, timeout_s: float, env: dict,
+                 steps_csv: Optional[Path] = None) -> None:
+    """Start the sides one after another (each loads alone), then run the steps in rotated order; the step
+    records so far are rewritten to `steps_csv` after every step (a long run leaves partial results)."""
     for s in sides:
         s.start(env)
         s.ready = s.read_record(timeout_s)
@@ -219,8 +225,11 @@ def run_lockstep(sides: list[Side], steps: int, timeout_s: float, env: dict) -> 
             s.send(f"step {i}")
             rec = s.read_record(timeout_s)
             rec["order"] = [x.name for x in order].index(s.name)
+            rec["peak_rss_mib"] = s.peak_rss / 2**20
             s.steps.append(rec)
             log.info("step %d %s: %.2f s (generate %.2f s)", i + 1, s.name, rec["step_s"], rec["generate_s"])
+            if steps_csv is not None:
+                write_csv(steps_csv, [{"side": x.name, **r} for x in sides for r in x.steps], STEP_COLUMNS)
 
 
 # ---------------------------------------------------------------------------- numbers
@@ -349,7 +358,7 @@ def main(args: argparse.Namespace) -> int:
     load = os.getloadavg()
     try:
         with RSSSampler(sides):
-            run_lockstep(sides, args.steps, args.timeout_s, env)
+            run_lockstep(sides, args.steps, args.timeout_s, env, out / "vs_trl_steps.csv")
     finally:
         for s in sides:
             s.stop()
@@ -364,10 +373,6 @@ def main(args: argparse.Namespace) -> int:
     print(format_table(rows))
     print(f"medians of steps {args.measure_from}-{args.steps}; load average before {load[0]:.1f}/{load[1]:.1f}/"
           f"{load[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}")
-    step_rows = [{"side": s.name, **r} for s in sides for r in s.steps]
-    step_cols = ["side", "step", "order", "step_s", "generate_s", "verify_s", "old_logprob_s", "update_s",
-                 "weight_sync_s", "completion_tokens", "reward_mean", "zero_adv_frac", "skipped_rows"]
-    write_csv(out / "vs_trl_steps.csv", step_rows, step_cols)
     meta = {"gemm_gflops": limits.gemm_flops / 1e9, "mem_gbps": limits.mem_bytes_per_s / 1e9,
             "threads": limits.threads, "params": params, "load_before": list(load), "load_after": list(load_after),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "trl_version": args.trl_version}
