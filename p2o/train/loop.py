@@ -268,8 +268,10 @@ class Trainer:
         out: dict[str, float] = {"grad_norm": 0.0, "loss": 0.0, "train_tokens": 0, "clip_frac": 0.0,
                                  "optimizer_steps": 0, "skipped_rows": 0}
         clip_sum = active_sum = 0.0
+        bar = self.rt.progress(f"step {self.state.global_step + 1} update", cfg.grpo.ppo_epochs * n_mb)
         for _ in range(cfg.grpo.ppo_epochs):
             for mb in range(n_mb):
+                bar.update(1)
                 idx = order[mb::n_mb]
                 lens = [len(rows[i].response_ids) for i in idx]
                 w = token_weights(lens, cfg.grpo.loss_agg, len(idx), sum(lens), cfg.rollout.max_new_tokens)
@@ -291,6 +293,7 @@ class Trainer:
                 out["optimizer_steps"] += 1
                 clip_sum += step.extra.get("clip_frac_sum", 0.0)
                 active_sum += step.extra.get("active_tokens", 0.0)
+        bar.close()
         out["clip_frac"] = clip_sum / active_sum if active_sum else 0.0
         return out
 

@@ -85,9 +85,22 @@ class Runtime:
         planned = plan_requests(self.cfg, self.tokenizer, problems, assignment, step)
         futures = self.scheduler.submit([p.request for p in planned], priority="training")
         self.scheduler.resume()
-        generations = [f.result() for f in futures]
+        generations = self._collect(futures, f"step {step} generate")
         self.scheduler.pause()
         return to_rows(planned, generations)
+
+    def _collect(self, futures, desc: str) -> list:
+        """Wait for generation futures with a progress bar (requests done / total, with ETA)."""
+        from concurrent.futures import wait
+
+        from p2o.telemetry.progress import progress
+
+        with progress(desc, total=len(futures), enabled=self.cfg.logging.progress, unit="req") as bar:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=1.0)
+                bar.update(len(done))
+        return [f.result() for f in futures]
 
     def save_rollouts(self, rows, step: int) -> None:
         """rollouts/step_N.jsonl: problem, template, reward, verdict, text of every rollout (rank 0)."""
@@ -131,8 +144,9 @@ class Runtime:
                                  top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.rollout.seed)
         reqs = [GenerationRequest(i, greedy, f"eval-g{j}") for j, i in enumerate(ids)]
         reqs += [GenerationRequest(i, sampled, f"eval-s{j}") for j, i in enumerate(ids)]
+        futures = self.scheduler.submit(reqs, priority="evaluation")
         self.scheduler.resume()
-        gens = self.scheduler.generate(reqs, priority="evaluation")
+        gens = self._collect(futures, "held-out eval")
         self.scheduler.pause()
         n = len(ids)
         pairs = [(g.text, p.answer) for gl, p in zip(gens[:n], self.eval_problems, strict=False) for g in gl]
@@ -176,9 +190,20 @@ class Runtime:
         """The finished job's outcome {"assignment", "metrics"}, or None while it runs (block=False)."""
         client = self.gepa_client
         if block:
+            from p2o.telemetry.progress import progress
+
             self.scheduler.resume()  # the engine serves GEPA's candidate evaluations while we wait
-            status = client.wait(job["job_id"], timeout_s=float("inf"), poll_s=self.cfg.gepa.poll_interval_s,
-                                 on_progress=lambda st: log.info("GEPA %s: %s", job["job_id"], _progress_line(st)))
+            with progress(f"GEPA {job['job_id']}", total=None, enabled=self.cfg.logging.progress,
+                          unit="call") as bar:
+                def on_progress(st: dict) -> None:
+                    bar.total = st.get("budget_total") or bar.total
+                    bar.n = st.get("budget_used") or 0
+                    bar.set_postfix_str(_progress_line(st), refresh=True)
+                    log.debug("GEPA %s: %s", job["job_id"], _progress_line(st))
+
+                status = client.wait(job["job_id"], timeout_s=float("inf"), poll_s=self.cfg.gepa.poll_interval_s,
+                                     on_progress=on_progress)
+            log.info("GEPA %s: %s", job["job_id"], _progress_line(status))
             self.scheduler.pause()
         else:
             status = client.status(job["job_id"])
@@ -212,6 +237,13 @@ class Runtime:
             truncate_metrics(self.run_dir, step)
             from p2o.telemetry.metrics import MetricsLogger
             self.metrics = MetricsLogger(self.run_dir, self.cfg.logging.tensorboard, self.cfg.logging.wandb)
+
+    def progress(self, desc: str, total: int):
+        """A progress bar for a phase, shown by rank 0 only (close it when the phase ends)."""
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, disable=not (self.is_rank0 and self.cfg.logging.progress),
+                    dynamic_ncols=True, leave=False)
 
     def gpu_metrics(self) -> dict[str, float]:
         return self.gpu.sample() if self.gpu is not None else {}

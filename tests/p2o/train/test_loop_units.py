@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch_policy import TorchPolicy  # noqa: E402  (tests/p2o/train is on sys.path)
+from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from p2o import prompts
@@ -40,6 +41,7 @@ def _trainer(tiny_model_dir, verifier, overrides=()):
     cfg = load_config(None, ["model.path=tiny-qwen3", "rollout.n=2", "rollout.prompts_per_step=2",
                              "grpo.ppo_minibatches=1", "optim.lr=1e-3", *overrides])
     rt = SimpleNamespace(train_problems=PROBLEMS, policy=TorchPolicy(tiny_model_dir), is_rank0=True,
+                         progress=lambda desc, total: tqdm(total=total, disable=True),
                          verify=verifier.score_many)
     return Trainer(cfg, rt)
 
