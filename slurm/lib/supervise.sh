@@ -103,9 +103,15 @@ stop_components() {
     done
 }
 
-last_log_line() {  # last_log_line NAME: the last non-empty line of a component's log, for the summary
-    [[ -s ${COMP_LOG[$1]:-} ]] || return 0
-    grep -v '^[[:space:]]*$' "${COMP_LOG[$1]}" | grep -v '^srun: ' | tail -n 1 | cut -c1-300
+# last_log_line NAME: the component's last error line (an exception, not the launcher's own), else its
+# last line; for the summary.
+last_log_line() {
+    local file=${COMP_LOG[$1]:-} line
+    [[ -s $file ]] || return 0
+    line=$(grep -E '^[A-Za-z_.]*(Error|Exception)\b|ERROR' "$file" |
+        grep -v -e 'ChildFailedError' -e 'SignalException' -e '^srun: ' | tail -n 1)
+    [[ -n $line ]] || line=$(grep -v -e '^[[:space:]]*$' -e '^srun: ' -e '^slurmstepd' "$file" | tail -n 1)
+    printf '%s' "${line:0:300}"
 }
 
 describe_rc() {  # describe_rc RC: "exit code 3" or "exit code 137 (SIGKILL)"

@@ -99,3 +99,19 @@ def test_srun_launch_line_one_task_per_rank():
     assert "torch.distributed.run" not in args
     assert any("RANK=$SLURM_PROCID" in a for a in args)
     assert bash("trainer_srun_cmd 1 1 h 1 x /run/pids -- train", LAUNCHER="mpirun").returncode == 1
+
+
+def test_summary_reason_quotes_the_error_not_the_launcher_footer(tmp_path):
+    log = tmp_path / "trainer.log"
+    log.write_text("INFO starting\nTraceback (most recent call last):\n  File \"x.py\", line 1\n"
+                   "megatron_bridge.hf_io.CheckpointError: step_000002/policy: does not match this model\n"
+                   "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+                   "  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html\n"
+                   "srun: error: vm-n1: task 0: Exited with exit code 1\n")
+    quiet = tmp_path / "gepa.log"
+    quiet.write_text("service on http://0.0.0.0:1234\n\nslurmstepd-n2: error: *** STEP 3.0 CANCELLED ***\n")
+    out = subprocess.run(["bash", "-c", f"source {LIB}/common.sh; source {LIB}/supervise.sh; "
+                          f"COMP_LOG[t]={log}; COMP_LOG[g]={quiet}; last_log_line t; echo; last_log_line g"],
+                         capture_output=True, text=True, timeout=30).stdout.split("\n")
+    assert out[0] == "megatron_bridge.hf_io.CheckpointError: step_000002/policy: does not match this model"
+    assert out[1] == "service on http://0.0.0.0:1234"
