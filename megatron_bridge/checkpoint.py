@@ -78,6 +78,7 @@ def save_checkpoint(path: str | os.PathLike, chunks: list, optimizer=None, extra
     _barrier()
     state: dict[str, Any] = {"model": model_sharded_state_dict(chunks), "extra": dict(extra or {})}
     if optimizer is not None:
+        materialise_adam_state(optimizer)
         state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=False,
                                                           metadata=_optimizer_metadata(optimizer))
     dist_checkpointing.save(state, str(tmp), content_metadata=_optimizer_metadata(optimizer))
@@ -115,6 +116,7 @@ def load_checkpoint(path: str | os.PathLike, chunks: list, optimizer=None) -> di
     for i, c in enumerate(chunks):
         unwrap(c).load_state_dict(loaded["model"][f"chunk{i}"], strict=True)
     if optimizer is not None:
+        _fill_step_zero(loaded["optimizer"])
         with torch.no_grad():
             optimizer.load_state_dict(loaded["optimizer"])
         restore_adam_steps(optimizer)
@@ -147,3 +149,41 @@ def restore_adam_steps(optimizer) -> None:
                 st = torch_opt.state.get(p)
                 if st and "step" in st:
                     st["step"] = torch.tensor(float(group["step"]), dtype=torch.float32)
+
+
+def materialise_adam_state(optimizer) -> None:
+    """Give every parameter without Adam state the state a fresh torch Adam creates (step 0, zero moments).
+
+    Before the first optimizer step the state is empty and the checkpoint would lack `exp_avg*`, so it could
+    not be loaded. Zeros with step 0 are exactly what torch's Adam initialises on its first step, so the run
+    continues identically. (Megatron's `_init_optimizer_states_with_dummy_values` instead takes a step with
+    zero gradients, which moves the weights under decoupled weight decay: not usable at save time.)"""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_opt = getattr(inner, "optimizer", None)
+        if torch_opt is None:
+            continue
+        for group in torch_opt.param_groups:
+            for p in group["params"]:
+                if torch_opt.state.get(p):
+                    continue
+                st = {"step": torch.tensor(0.0, dtype=torch.float32), "exp_avg": torch.zeros_like(p),
+                      "exp_avg_sq": torch.zeros_like(p)}
+                if group.get("amsgrad"):
+                    st["max_exp_avg_sq"] = torch.zeros_like(p)
+                torch_opt.state[p] = st
+
+
+def _fill_step_zero(obj: Any) -> None:
+    """Megatron saves the shared Adam step only when it is truthy (`if step:`), so a state saved before the
+    first optimizer step comes back without one; give such per-parameter states step 0 again."""
+    if isinstance(obj, dict):
+        state = obj.get("state")
+        if isinstance(state, dict) and "param_groups" in obj and "common_step" not in state:
+            for st in state.values():
+                if isinstance(st, dict) and st and "step" not in st:
+                    st["step"] = torch.tensor(0.0, dtype=torch.float32)
+        for v in obj.values():
+            _fill_step_zero(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _fill_step_zero(v)
