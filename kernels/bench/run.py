@@ -14,8 +14,9 @@ compare times. `frac_gemm` divides by the measured bf16 GEMM ceiling (`gemm` pro
 same shape). `peak_extra_bytes` is the allocator's peak during one full step minus what was allocated
 before it, and `naive_logits_bytes` = 4*T*V (the fp32 logits the fused kernels never hold).
 
-CPU mode (--cpu): small shapes, the chunked torch fallback vs materialised logits; peak extra memory is
-counted by `p2o.plan.measure.TensorMemoryTracker` (live tensor bytes, like torch.cuda.max_memory_allocated).
+CPU mode (--cpu): small shapes, the chunked torch fallback vs materialised logits, `full` mode only by default;
+times are CPU time (all threads); peak extra memory is counted by `p2o.plan.measure.TensorMemoryTracker`
+(live tensor bytes, like torch.cuda.max_memory_allocated).
 
 Every row is printed in a table and appended to --out as CSV with device name, date and git commit.
 """
@@ -90,12 +91,14 @@ def _time_gpu(fn, rep_ms: int, leaves) -> tuple[float, float, float]:
 
 
 def _time_cpu(fn, leaves, reps: int = 2) -> tuple[float, float, float]:
+    """CPU time (process_time: all threads, ms), which a shared, oversubscribed machine distorts far less than
+    wall time."""
     times = []
     for _ in range(reps + 1):
         _zero_grads(leaves)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((time.process_time() - t0) * 1e3)
     times = sorted(times[1:])  # first run is warm-up
     return statistics.median(times), times[0], times[-1]
 
