@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
 
     def reward(completions, answer, **_):
-        return [boxed_integer_reward(c, a) for c, a in zip(completions, answer)]
+        return [boxed_integer_reward(c, a) for c, a in zip(completions, answer, strict=True)]
 
     config = GRPOConfig(
         output_dir=args.output_dir, use_cpu=True, bf16=False, fp16=False, seed=args.seed, data_seed=args.seed,

@@ -40,7 +40,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from p2o.experiment.lockstep import parse
 
@@ -106,7 +105,7 @@ class Side:
     label: str
     cmd: list[str]
     log_path: Path
-    proc: Optional[subprocess.Popen] = None
+    proc: subprocess.Popen | None = None
     peak_rss: int = 0
     ready: dict = field(default_factory=dict)
     steps: list[dict] = field(default_factory=list)
@@ -176,7 +175,7 @@ class RSSSampler:
                 s.peak_rss = max(s.peak_rss, rss)
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "RSSSampler":
+    def __enter__(self) -> RSSSampler:
         self._thread.start()
         return self
 
@@ -186,7 +185,7 @@ class RSSSampler:
 
 
 def side_commands(names: list[str], problems: Path, model_dir: Path, model: str, out: Path, steps: int,
-                  trl_py: Optional[Path], ours_overrides: list[str]) -> list[Side]:
+                  trl_py: Path | None, ours_overrides: list[str]) -> list[Side]:
     sides = []
     for name in names:
         if name in ("ours-skip", "ours-noskip"):
@@ -212,7 +211,7 @@ STEP_COLUMNS = ["side", "step", "order", "step_s", "generate_s", "verify_s", "ol
 
 
 def run_lockstep(sides: list[Side], steps: int, timeout_s: float, env: dict,
-                 steps_csv: Optional[Path] = None) -> None:
+                 steps_csv: Path | None = None) -> None:
     """Start the sides one after another (each loads alone), then run the steps in rotated order; the step
     records so far are rewritten to `steps_csv` after every step (a long run leaves partial results)."""
     for s in sides:
@@ -242,7 +241,10 @@ def summarize(sides: list[Side], measure_from: int, limits, work_by_step: list) 
         measured = [r for r in s.steps if r["step"] + 1 >= measure_from]
         if not measured:
             raise ValueError(f"--measure-from {measure_from}: no measured steps of {len(s.steps)}")
-        med = lambda key: statistics.median(r[key] for r in measured)  # noqa: E731
+
+        def med(key: str, measured: list[dict] = measured) -> float:
+            return statistics.median(r[key] for r in measured)
+
         floor = statistics.median(step_floor_s(work_by_step[r["step"]](r["completion_tokens"], r["zero_adv_frac"]),
                                                limits) for r in measured)
         rows.append({"side": s.label, "step_s": med("step_s"), "generate_s": med("generate_s"),
@@ -270,7 +272,7 @@ def format_table(rows: list[dict]) -> str:
 
     table = [head] + [[cell(r[k]) for k in keys] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
                      for row in table)
 
 

@@ -44,7 +44,7 @@ def test_trl_side_reward_agrees_with_the_verifier():
              ("\\boxed{0}", "0"), ("\\boxed{007}", "7"), ("\\boxed{}", "3")]
     with Verifier(RewardConfig(fallback="none", workers=1)) as v:
         verdicts = v.score_many(cases)
-    for (text, answer), verdict in zip(cases, verdicts):
+    for (text, answer), verdict in zip(cases, verdicts, strict=True):
         assert boxed_integer_reward(text, answer) == (1.0 if verdict.correct else 0.0), (text, answer)
 
 
