@@ -113,6 +113,17 @@ def setup_gemm(c: Case) -> LossFn:
 
 
 def setup_dual(c: Case) -> LossFn:
+    """Both contexts' log-probs in one pass: the same outputs and gradients as `two-single`."""
+    from kernels import dual_context_logprob
+
+    def loss():
+        out = dual_context_logprob(c.hidden, c.hidden_xz, c.weight, c.targets, TEMPERATURE)
+        return (out.logp_x * c.d_logp).sum() + (out.logp_xz * c.d_ent).sum()
+    return loss
+
+
+def setup_dual_kl(c: Case) -> LossFn:
+    """The dual pass plus the full-vocabulary KL(p_xz || p_x) and its gradient (no single-pass equivalent)."""
     from kernels import dual_context_logprob
 
     def loss():
@@ -166,6 +177,7 @@ PROVIDERS: dict[str, tuple[str, Callable[[Case], LossFn], int]] = {
     "cce": ("logprob", setup_cce, 1),
     "gemm": ("logprob", setup_gemm, 1),
     "dual": ("dual_context", setup_dual, 2),
+    "dual-kl": ("dual_context", setup_dual_kl, 2),
     "two-single": ("dual_context", setup_two_single, 2),
     "grpo-fused": ("grpo_loss", setup_grpo_fused, 1),
     "grpo-eager": ("grpo_loss", setup_grpo_eager, 1),
