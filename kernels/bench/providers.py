@@ -132,6 +132,15 @@ def setup_dual_kl(c: Case) -> LossFn:
     return loss
 
 
+def setup_single(c: Case) -> LossFn:
+    """One context's log-probs (no entropy): the unit the dual pass is compared with (target: dual <= 1.3x)."""
+    from kernels import fused_linear_logprob
+
+    def loss():
+        return (fused_linear_logprob(c.hidden, c.weight, c.targets, TEMPERATURE) * c.d_logp).sum()
+    return loss
+
+
 def setup_two_single(c: Case) -> LossFn:
     """Baseline of the dual pass: the single-context kernel run once per context."""
     from kernels import fused_linear_logprob
@@ -176,6 +185,7 @@ PROVIDERS: dict[str, tuple[str, Callable[[Case], LossFn], int]] = {
     "liger": ("logprob", setup_liger, 1),
     "cce": ("logprob", setup_cce, 1),
     "gemm": ("logprob", setup_gemm, 1),
+    "single": ("dual_context", setup_single, 1),
     "dual": ("dual_context", setup_dual, 2),
     "dual-kl": ("dual_context", setup_dual_kl, 2),
     "two-single": ("dual_context", setup_two_single, 2),

@@ -42,11 +42,11 @@ log = logging.getLogger(__name__)
 # LM heads (H, V): Qwen3-4B and Qwen3-8B share the 151936-token vocabulary.
 MODELS: dict[str, tuple[int, int]] = {"qwen3-4b": (2560, 151936), "qwen3-8b": (4096, 151936)}
 GPU_TOKENS = (4096, 16384, 32768)
-GPU_PROVIDERS = ("gemm", "fused", "eager", "compile", "liger", "cce", "dual", "dual-kl", "two-single", "grpo-fused",
-                 "grpo-eager")
+GPU_PROVIDERS = ("gemm", "fused", "eager", "compile", "liger", "cce", "single", "dual", "dual-kl", "two-single",
+                 "grpo-fused", "grpo-eager")
 # CPU mode: (T, H, V) small enough for a laptop, large enough that logits dominate memory.
 CPU_CASES = ((512, 256, 32768), (2048, 256, 32768))
-CPU_PROVIDERS = ("fused", "eager", "dual", "dual-kl", "two-single", "grpo-fused", "grpo-eager")
+CPU_PROVIDERS = ("fused", "eager", "single", "dual", "dual-kl", "two-single", "grpo-fused", "grpo-eager")
 MODES = ("forward", "backward", "full")
 FLOP_FACTOR = {"forward": 2, "backward": 6, "full": 8}
 FIELDS = ["kernel", "provider", "mode", "model", "T", "H", "V", "dtype", "ms_median", "ms_p20", "ms_p80", "tflops",
