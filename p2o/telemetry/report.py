@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from p2o.telemetry.metrics import read_metrics  # noqa: E402
 
-TIME_KEYS = ["time_generate_s", "time_old_logprob_s", "time_update_s", "time_weight_sync_s"]
+TIME_KEYS = ["time_generate_s", "time_verify_s", "time_old_logprob_s", "time_update_s", "time_weight_sync_s"]
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -50,7 +50,7 @@ def _time_breakdown(path: Path, steps: list[dict]) -> str | None:
         return None
     means = {k.removeprefix("time_").removesuffix("_s"): statistics.fmean(s.get(k) or 0.0 for s in steps)
              for k in TIME_KEYS}
-    fig, ax = plt.subplots(figsize=(6, 2.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 2.2), dpi=110)
     left = 0.0
     for name, v in means.items():
         ax.barh([0], [v], left=left, label=f"{name} {v:.2f}s")
@@ -58,7 +58,7 @@ def _time_breakdown(path: Path, steps: list[dict]) -> str | None:
     ax.set_yticks([])
     ax.set_xlabel("mean seconds per step")
     ax.set_title("Step time breakdown")
-    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.45))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
