@@ -66,8 +66,13 @@ def _commit() -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from megatron_bridge.convert import (HF_CONFIG_SUBDIR, MODEL_SUBDIR, copy_hf_side_files, hf_to_megatron_worker,
-                                         megatron_to_hf_worker)
+    from megatron_bridge.convert import (
+        HF_CONFIG_SUBDIR,
+        MODEL_SUBDIR,
+        copy_hf_side_files,
+        hf_to_megatron_worker,
+        megatron_to_hf_worker,
+    )
     from megatron_bridge.hf_io import HFCheckpoint
     from megatron_bridge.provider import bridge_and_provider
     from p2o.models import resolve_model_dir

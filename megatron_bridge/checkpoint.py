@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,7 +55,7 @@ def _is_rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def _optimizer_metadata(optimizer) -> Optional[dict]:
+def _optimizer_metadata(optimizer) -> dict | None:
     return DIST_OPT_METADATA if _uses_distributed_optimizer(optimizer) else None
 
 
@@ -66,7 +66,7 @@ def _uses_distributed_optimizer(optimizer) -> bool:
     return any(isinstance(o, DistributedOptimizer) for o in inner)
 
 
-def save_checkpoint(path: str | os.PathLike, chunks: list, optimizer=None, extra: Optional[dict] = None) -> Path:
+def save_checkpoint(path: str | os.PathLike, chunks: list, optimizer=None, extra: dict | None = None) -> Path:
     """Collective: write model (+ optimizer) state and `extra` (small picklable values) to `path`, atomically."""
     from megatron.core import dist_checkpointing
 

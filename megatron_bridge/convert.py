@@ -17,7 +17,6 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
 
 from megatron_bridge.launch import spawn
 
@@ -90,9 +89,8 @@ def megatron_to_hf_worker(model_ckpt: str, hf_config_dir: str, out_dir: str, tp:
 def hf_to_megatron(hf: str, out: str | Path, tp: int = 1, pp: int = 1, cache_dir: str = "~/.cache/p2o",
                    seed: int = 1234) -> Path:
     """Convert an HF model (dir, config.json for a seeded random init, or an embedded name) to `<out>/`."""
-    from p2o.models import resolve_model_dir
-
     from megatron_bridge.provider import bridge_and_provider
+    from p2o.models import resolve_model_dir
 
     hf_dir = resolve_model_dir(hf, cache_dir=cache_dir, init_seed=seed)
     bridge_and_provider(hf_dir)[1].check_layout(tp, pp)
@@ -106,7 +104,7 @@ def hf_to_megatron(hf: str, out: str | Path, tp: int = 1, pp: int = 1, cache_dir
 
 
 def megatron_to_hf(megatron: str | Path, out: str | Path, tp: int = 1, pp: int = 1,
-                   shard_bytes: int = 2 * 1024**3, hf_config: Optional[str | Path] = None) -> Path:
+                   shard_bytes: int = 2 * 1024**3, hf_config: str | Path | None = None) -> Path:
     """Convert `<megatron>/` (from `hf_to_megatron`, or a policy checkpoint + `hf_config`) to an HF directory."""
     megatron = Path(megatron)
     model_ckpt = megatron / MODEL_SUBDIR if (megatron / MODEL_SUBDIR).is_dir() else megatron

@@ -21,7 +21,7 @@ layer of the last stage is not exported (HF ties `lm_head` to `embed_tokens`).
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -45,10 +45,10 @@ class WeightExport:
             raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
         self.chunks, self.bridge, self.provider, self.layout = chunks, bridge, provider, layout
         self.bucket_bytes, self.version = bucket_bytes, version
-        self._it: Optional[Iterator[WeightBucket]] = None
-        self._stage_meta: Optional[list] = None
+        self._it: Iterator[WeightBucket] | None = None
+        self._stage_meta: list | None = None
 
-    def __iter__(self) -> "WeightExport":
+    def __iter__(self) -> WeightExport:
         return self
 
     def __next__(self) -> WeightBucket:
@@ -81,7 +81,7 @@ class WeightExport:
         for entries in self._stages():
             for name, shape, dtype in entries:
                 mapping, hf_names = resolve(registry, self.provider, name)
-                for hf_name, hf_shape in zip(hf_names, expected_hf_shapes(mapping, shape, info)):
+                for hf_name, hf_shape in zip(hf_names, expected_hf_shapes(mapping, shape, info), strict=True):
                     specs.append(TensorSpec(hf_name, hf_shape, getattr(torch, dtype)))
         return specs
 
@@ -105,7 +105,7 @@ class WeightExport:
                     full = torch.empty(shape, dtype=getattr(torch, dtype), device=layout.device)
                 if layout.pp > 1:
                     dist.broadcast(full, src=layout.pp_global_rank(stage), group=layout.pp_group)
-                for hf_name, t in zip(hf_names, mapping.to_hf(full, info)):
+                for hf_name, t in zip(hf_names, mapping.to_hf(full, info), strict=True):
                     # Never hand out views of live parameters (TP=1 owners: `full` is the parameter itself).
                     shares = t.untyped_storage().data_ptr() == full.untyped_storage().data_ptr()
                     t = t.clone() if owned and layout.tp == 1 and shares else t.contiguous()

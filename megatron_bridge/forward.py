@@ -11,8 +11,8 @@ before the vocab-parallel log-softmax, so log-probs equal the HF model's.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 
@@ -40,7 +40,7 @@ class MicroBatch:
 
 
 def make_micro_batches(batch: SequenceBatch, micro_batch_size: int, device, pad_id: int = 0,
-                       seq_len: Optional[int] = None, min_micro_batches: int = 1) -> tuple[list[MicroBatch], int]:
+                       seq_len: int | None = None, min_micro_batches: int = 1) -> tuple[list[MicroBatch], int]:
     """Split rows into fixed-shape micro-batches (at least `min_micro_batches`, adding all-padding ones: the
     interleaved schedule needs >= pp); returns (micro_batches, S)."""
     if len(batch) == 0:  # e.g. a data-parallel rank with no rows: all-padding micro-batches
@@ -48,8 +48,8 @@ def make_micro_batches(batch: SequenceBatch, micro_batch_size: int, device, pad_
         S = seq_len or 1
         return [MicroBatch(torch.full((micro_batch_size, S), pad_id, dtype=torch.long, device=device), [],
                            (none, none), none, slice(0, 0)) for _ in range(min_micro_batches)], S
-    lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids)]
-    for i, (p, r) in enumerate(zip(batch.prompt_ids, batch.response_ids)):
+    lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)]
+    for i, p in enumerate(batch.prompt_ids):
         if not p:
             raise ValueError(f"row {i}: empty prompt (the first response token needs a context token)")
     S = seq_len or max(lengths)

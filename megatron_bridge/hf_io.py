@@ -17,9 +17,9 @@ import json
 import os
 import shutil
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import torch
 
@@ -190,7 +190,7 @@ class StreamingSafetensorsWriter:
         for name, tensor in items:
             self.add(name, tensor)
 
-    def close(self, extra_files: Optional[dict[str, str]] = None) -> Path:
+    def close(self, extra_files: dict[str, str] | None = None) -> Path:
         """Check every planned tensor arrived, write the index (+ extra text files), rename into place."""
         if self._fh is not None:
             self._fh.close()
@@ -200,7 +200,7 @@ class StreamingSafetensorsWriter:
         if written != planned:
             raise ValueError(f"only {written} of {planned} planned tensors were written to {self.out}")
         if len(self.shards) > 1:
-            weight_map = {spec.name: f for f, shard in zip(self.files, self.shards) for spec in shard}
+            weight_map = {spec.name: f for f, shard in zip(self.files, self.shards, strict=True) for spec in shard}
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
             (self.tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
         for fname, text in (extra_files or {}).items():

@@ -22,8 +22,8 @@ even split along `partition_dim`; `GatedMLPMapping` splits gate and up separatel
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import torch
 
@@ -52,7 +52,7 @@ class ParamMapping:
     megatron: str
     hf: tuple[str, ...]
 
-    def hf_names(self, layer: Optional[str]) -> list[str]:
+    def hf_names(self, layer: str | None) -> list[str]:
         return [h.replace("*", layer) if layer is not None else h for h in self.hf]
 
     def to_megatron(self, hf: Sequence[torch.Tensor], info: ShapeInfo) -> torch.Tensor:
@@ -178,7 +178,7 @@ class MappingRegistry:
         self._compiled = [(re.compile("^" + re.escape(m.megatron).replace(r"\*", r"(\d+)") + "$"), m)
                           for m in self.mappings]
 
-    def match(self, megatron_name: str) -> tuple[ParamMapping, Optional[str]]:
+    def match(self, megatron_name: str) -> tuple[ParamMapping, str | None]:
         """(mapping, layer index string or None); KeyError naming the parameter when nothing matches."""
         for pattern, mapping in self._compiled:
             m = pattern.match(megatron_name)

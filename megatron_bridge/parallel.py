@@ -16,7 +16,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -54,7 +54,7 @@ class ParallelLayout:
         return self.pp_rank == self.pp - 1
 
     @property
-    def vp_size(self) -> Optional[int]:
+    def vp_size(self) -> int | None:
         """Megatron's virtual pipeline size argument (None when not interleaved)."""
         return self.vpp if self.vpp > 1 else None
 

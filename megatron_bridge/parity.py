@@ -111,9 +111,8 @@ def check_parity_jobs(jobs_in: list[tuple[str, int, int, int]], batch: int = 2, 
     if len(worlds) != 1:
         raise ValueError(f"parity jobs of one launch need one world size (tp x pp), got {sorted(worlds)}")
     from megatron_bridge.hf_io import read_config
-    from p2o.models import resolve_model_dir
-
     from megatron_bridge.provider import bridge_and_provider
+    from p2o.models import resolve_model_dir
 
     jobs, refs = [], []
     for hf, tp, pp, v in jobs_in:
@@ -129,7 +128,7 @@ def check_parity_jobs(jobs_in: list[tuple[str, int, int, int]], batch: int = 2, 
         spawn(megatron_logits_worker, worlds.pop(), (jobs, out_file))
         outs = torch.load(out_file)
     reports = []
-    for (model_dir, _, tp, pp, _), ref, got in zip(jobs, refs, outs):
+    for (model_dir, _, tp, pp, _), ref, got in zip(jobs, refs, outs, strict=True):
         diff = (got - ref).abs().max().item()
         scale = ref.abs().max().item()
         reports.append(ParityReport(model_dir, tp, pp, diff, diff / max(scale, 1e-12), scale, tuple(ref.shape)))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -72,7 +71,7 @@ class MegatronPolicy:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, cfg, model_dir: str | Path, layout: Optional[ParallelLayout] = None) -> "MegatronPolicy":
+    def from_config(cls, cfg, model_dir: str | Path, layout: ParallelLayout | None = None) -> MegatronPolicy:
         """Build from a `RunConfig` and an HF model directory; creates the parallel layout unless given."""
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
@@ -153,7 +152,7 @@ class MegatronPolicy:
         padded[: local.numel()] = local
         pieces = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(pieces, padded, group=self.layout.dp_group)
-        out = torch.cat([p[: int(s.item())] for p, s in zip(pieces, sizes)])
+        out = torch.cat([p[: int(s.item())] for p, s in zip(pieces, sizes, strict=True)])
         assert out.numel() == total
         return out
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -56,7 +56,7 @@ class GPTProvider:
     rope_scaling: bool = False
     """Llama-3.x frequency scaling (Megatron's `rope_scaling`)."""
     rope_scaling_factor: float = 8.0
-    seq_len_interpolation_factor: Optional[float] = None
+    seq_len_interpolation_factor: float | None = None
     """Linear position interpolation ("linear" rope scaling in HF)."""
     share_embeddings_and_output_weights: bool = True
     make_vocab_size_divisible_by: int = 128
@@ -141,7 +141,7 @@ class GPTProvider:
             ))
         return chunks
 
-    def with_dtype(self, dtype: torch.dtype) -> "GPTProvider":
+    def with_dtype(self, dtype: torch.dtype) -> GPTProvider:
         return dataclasses.replace(self, params_dtype=dtype)
 
 

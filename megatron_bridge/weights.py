@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -74,7 +74,7 @@ def load_hf_weights(chunks: list, bridge: ModelBridge, provider: GPTProvider, ck
             mapping, hf_names = resolve(registry, provider, name)
             want = expected_hf_shapes(mapping, full_shape(param, layout.tp), info)
             tensors = []
-            for hf_name, shape in zip(hf_names, want):
+            for hf_name, shape in zip(hf_names, want, strict=True):
                 t = ckpt.get(hf_name)
                 if tuple(t.shape) != shape:
                     raise CheckpointError(f"tensor '{hf_name}' in {ckpt.dir} has shape {tuple(t.shape)}; the model "

@@ -123,7 +123,7 @@ def hf_logprobs(model, batch: SequenceBatch) -> torch.Tensor:
     out = []
     model.eval()
     with torch.no_grad():
-        for p, r in zip(batch.prompt_ids, batch.response_ids):
+        for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True):
             ids = torch.tensor([p + r])
             logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
             pos = torch.arange(len(p) - 1, len(p) + len(r) - 1)
@@ -213,3 +213,21 @@ def export_memory_worker(config_dir: str, bucket_bytes: int, out_file: str) -> N
     torch.save(dict(growth=peak[0] - baseline, model_bytes=model_bytes, largest=largest, n_tensors=n_tensors,
                     n_buckets=n_buckets, exported=exported), out_file)
     shutdown_parallel()
+
+
+def once_per_session(tmp_path_factory, worker_id: str, name: str, produce):
+    """`produce(dir)` once per test session, even when pytest-xdist workers both need it (file lock + cache).
+
+    `produce` writes into `dir` and returns a torch-saveable result; other workers wait and load it.
+    """
+    if worker_id == "master":  # not under xdist
+        return produce(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent  # this session's directory, shared by its workers
+    out_dir, result = root / name, root / f"{name}.pt"
+    with FileLock(str(root / f"{name}.lock")):
+        if not result.is_file():
+            out_dir.mkdir(exist_ok=True)
+            torch.save(produce(out_dir), result)
+    return torch.load(result)

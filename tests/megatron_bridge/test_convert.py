@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from mb_workers import bad_input_worker, export_memory_worker, once_per_session
 from safetensors.torch import save_file
 
 from megatron_bridge.hf_io import INDEX, HFCheckpoint
 from megatron_bridge.launch import spawn
-from mb_workers import bad_input_worker, export_memory_worker
 
 CONFIGS = Path(__file__).parent / "configs"
 LLAMA = CONFIGS / "llama_gqa8_hd8_untied_rope3.json"
@@ -28,19 +28,22 @@ def p2o(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="session")  # session: one launch set even when xdist interleaves modules
+@pytest.fixture(scope="session")
 def llama_dir():
     from p2o.models import resolve_model_dir
 
     return resolve_model_dir(str(LLAMA), init_seed=3)
 
 
-@pytest.fixture(scope="session")  # session: one launch set even when xdist interleaves modules
-def megatron_ckpt(llama_dir, repo_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("convert") / "mcore"
-    r = p2o("convert", "hf-to-megatron", "--hf", str(llama_dir), "--out", str(out), cwd=repo_root)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
+@pytest.fixture(scope="session")
+def megatron_ckpt(llama_dir, repo_root, tmp_path_factory, worker_id):
+    def produce(tmp):
+        out = tmp / "mcore"
+        r = p2o("convert", "hf-to-megatron", "--hf", str(llama_dir), "--out", str(out), cwd=repo_root)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return str(out)
+
+    return Path(once_per_session(tmp_path_factory, worker_id, "megatron_convert_ckpt", produce))
 
 
 def test_round_trip_is_bit_exact(llama_dir, megatron_ckpt, repo_root, tmp_path):

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megatron_bridge.mapping import (DirectMapping, GatedMLPMapping, MappingRegistry, QKVMapping, ShapeInfo,
-                                     VocabMapping)
+from megatron_bridge.mapping import DirectMapping, GatedMLPMapping, MappingRegistry, QKVMapping, ShapeInfo, VocabMapping
 from megatron_bridge.provider import UnsupportedConfigError, bridge_for
 
 LLAMA = dict(architectures=["LlamaForCausalLM"], vocab_size=1000, hidden_size=48, intermediate_size=80,
@@ -31,7 +30,7 @@ def test_qkv_interleaves_heads_per_group():
         rows += [100 + g * 4 + j for j in range(4)] + [200 + g * 4 + j for j in range(4)]
     assert fused[:, 0].tolist() == rows
     back = m.to_hf(fused, i)
-    assert all(a.equal(b) for a, b in zip(back, [q, k, v]))
+    assert all(a.equal(b) for a, b in zip(back, [q, k, v], strict=True))
 
 
 def test_qkv_tp_shard_is_whole_query_groups():
@@ -54,7 +53,7 @@ def test_gated_mlp_splits_gate_and_up_per_rank_before_concatenation():
     assert shards[0].equal(torch.cat([gate[:4], up[:4]]))   # not gate[:8] (the classic bug)
     assert shards[1].equal(torch.cat([gate[4:], up[4:]]))
     assert m.unshard(shards, True, 0).equal(full)
-    assert all(a.equal(b) for a, b in zip(m.to_hf(full, info()), [gate, up]))
+    assert all(a.equal(b) for a, b in zip(m.to_hf(full, info()), [gate, up], strict=True))
 
 
 def test_vocab_padding_round_trip():

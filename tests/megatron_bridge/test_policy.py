@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from mb_workers import hf_logprobs, once_per_session, scenarios_worker, synthetic_batch
 
 from megatron_bridge.launch import spawn
-from mb_workers import hf_logprobs, scenarios_worker, synthetic_batch
 
 CONFIG = Path(__file__).parent / "configs" / "qwen3_gqa2_hd24_tied.json"
 RTOL = 1e-4
@@ -30,25 +30,27 @@ HAVE_KERNELS = importlib.util.find_spec("kernels.fused_linear_logprob") is not N
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow, pytest.mark.xdist_group("megatron_policy")]
 
 
-@pytest.fixture(scope="session")  # session: one launch set even when xdist interleaves modules
+@pytest.fixture(scope="session")
 def model_dir():
     from p2o.models import resolve_model_dir
 
     return str(resolve_model_dir(str(CONFIG), init_seed=7))
 
 
-@pytest.fixture(scope="session")  # session: one launch set even when xdist interleaves modules
-def runs(model_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("policy")
-    ckpt_b, ckpt_d = str(tmp / "ckpt_tp2"), str(tmp / "ckpt_dp2")
-    spawn(scenarios_worker, 1, (model_dir, {"A": dict(tp=1, pp=1, steps=5, export=True)}, str(tmp / "A.pt")))
-    two = {"B": dict(tp=2, pp=1, steps=3, save_dir=ckpt_b),
-           "C": dict(tp=1, pp=2, steps=3, load_dir=ckpt_b, resume_steps=2),
-           "D": dict(tp=1, pp=1, steps=3, save_dir=ckpt_d, load_dir=ckpt_d, resume_steps=2, dist_opt=True)}
-    if HAVE_KERNELS:
-        two["K"] = dict(tp=2, pp=1, steps=2, use_kernels=True)
-    spawn(scenarios_worker, 2, (model_dir, two, str(tmp / "two.pt")))
-    return {**torch.load(tmp / "A.pt"), **torch.load(tmp / "two.pt")}
+@pytest.fixture(scope="session")
+def runs(model_dir, tmp_path_factory, worker_id):
+    def produce(tmp):
+        ckpt_b, ckpt_d = str(tmp / "ckpt_tp2"), str(tmp / "ckpt_dp2")
+        spawn(scenarios_worker, 1, (model_dir, {"A": dict(tp=1, pp=1, steps=5, export=True)}, str(tmp / "A.pt")))
+        two = {"B": dict(tp=2, pp=1, steps=3, save_dir=ckpt_b),
+               "C": dict(tp=1, pp=2, steps=3, load_dir=ckpt_b, resume_steps=2),
+               "D": dict(tp=1, pp=1, steps=3, save_dir=ckpt_d, load_dir=ckpt_d, resume_steps=2, dist_opt=True)}
+        if HAVE_KERNELS:
+            two["K"] = dict(tp=2, pp=1, steps=2, use_kernels=True)
+        spawn(scenarios_worker, 2, (model_dir, two, str(tmp / "two.pt")))
+        return {**torch.load(tmp / "A.pt"), **torch.load(tmp / "two.pt")}
+
+    return once_per_session(tmp_path_factory, worker_id, "megatron_policy_runs", produce)
 
 
 def metrics(rows):
