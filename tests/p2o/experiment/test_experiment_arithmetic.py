@@ -1,5 +1,6 @@
-"""`p2o experiment arithmetic`: two arms (GRPO K=4 and P2O Self-Ref K=4, tiny Qwen3, 2 epochs x 1 step) through
-the real command, the summary and curves, skipping a finished arm and resuming an unfinished one."""
+"""`p2o experiment arithmetic`: the P2O Self-Ref arm (tiny Qwen3, 2 epochs x 1 step, a GEPA round in between)
+through the real command, the summary and curves, skipping a finished arm and resuming an unfinished one.
+The GRPO arms differ from it only in their overrides (checked without a run)."""
 from __future__ import annotations
 
 import json
@@ -48,30 +49,42 @@ def test_bad_arms_and_changed_settings_are_refused(tmp_path):
 @pytest.mark.slow
 @pytest.mark.network
 @pytest.mark.xdist_group("experiment_arithmetic")
-def test_two_arms_skip_finished_and_resume(tmp_path, tiny_model_dir):
+def test_p2o_arm_summary_skip_and_resume(tmp_path, tiny_model_dir):
     out = tmp_path / "exp"
-    r = _run(out, "--arms", "grpo-k4,p2o-k4")
+    r = _run(out, "--arms", "p2o-k4")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    for arm in ("grpo-k4", "p2o-k4"):
-        recs = [json.loads(x) for x in (out / arm / "metrics.jsonl").read_text().splitlines()]
-        assert [x["step"] for x in recs if x["kind"] == "step"] == [1, 2]
-        epochs = [x for x in recs if x["kind"] == "epoch"]
-        assert len(epochs) == 2 and all(x["heldout_size"] == 4 for x in epochs)
-    gepa = [json.loads(x) for x in (out / "p2o-k4" / "metrics.jsonl").read_text().splitlines()
-            if json.loads(x)["kind"] == "gepa"]
+    recs = [json.loads(x) for x in (out / "p2o-k4" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in recs if x["kind"] == "step"] == [1, 2]
+    epochs = [x for x in recs if x["kind"] == "epoch"]
+    assert len(epochs) == 2 and all(x["heldout_size"] == 4 for x in epochs)
+    gepa = [x for x in recs if x["kind"] == "gepa"]
     assert len(gepa) == 1 and gepa[0]["budget_used"] > 0  # the GEPA round after epoch 1 ran through the service
     summary = (out / "summary.md").read_text()
-    assert "| GRPO (K=4) |" in summary and "| P2O Self-Ref (K=4) |" in summary
-    p2o_row = next(line for line in summary.splitlines() if line.startswith("| P2O"))
+    p2o_row = next(line for line in summary.splitlines() if line.startswith("| P2O Self-Ref (K=4) |"))
     assert f"| {gepa[0]['budget_used'] * 8} |" in p2o_row  # GEPA evaluation tokens = budget_used x eval_max_tokens
     assert (out / "curves" / "reward.png").is_file() and (out / "curves" / "heldout_greedy.png").is_file()
 
-    # A finished arm is skipped; an unfinished one resumes from its latest checkpoint instead of starting over.
+    r = _run(out, "--arms", "p2o-k4")  # finished: skipped, no training process
+    assert r.returncode == 0 and "p2o-k4: finished earlier, skipped" in r.stdout
+
+    # An unfinished arm resumes from its latest checkpoint instead of starting over.
     (out / "p2o-k4" / "summary.json").unlink()
-    r = _run(out, "--arms", "grpo-k4,p2o-k4")
+    r = _run(out, "--arms", "p2o-k4")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "grpo-k4: finished earlier, skipped" in r.stdout
     assert json.loads((out / "p2o-k4" / "summary.json").read_text())["resumed"] is True
     steps = [json.loads(x) for x in (out / "p2o-k4" / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["kind"] == "step"]
     assert [x["step"] for x in steps] == [1, 2]
+
+
+def test_arms_differ_only_in_their_overrides(tmp_path):
+    s = arithmetic.Settings(model="tiny-qwen3", overrides=["rollout.max_new_tokens=8"])
+    base = {a: arithmetic.arm_overrides(arithmetic.ARMS[a], s, tmp_path, tmp_path / "p.jsonl", tmp_path / "h.jsonl")
+            for a in arithmetic.ARMS}
+    shared = [o for o in base["grpo-k4"] if not o.startswith(("p2o.", "rollout.n=", "logging.run_dir="))]
+    for name, overrides in base.items():
+        assert [o for o in overrides if not o.startswith(("p2o.", "rollout.n=", "logging.run_dir=",
+                                                          "reflection.mode="))] == shared
+        assert overrides[-1] == f"logging.run_dir={tmp_path / name}"
+    assert "rollout.n=8" in base["grpo-k8"] and "p2o.enabled=true" in base["p2o-k4"]
+    assert "checkpoint.resume=auto" in shared and "data.eval_source=" + str(tmp_path / "h.jsonl") in shared
