@@ -66,9 +66,11 @@ def dual_partials_torch(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight:
                         chunk: int) -> tuple[SoftmaxStats, SoftmaxStats]:
     """Per-chunk stats of both contexts; the x+z stats carry E_{p_xz}[z_xz - z_x] when with_kl."""
     parts_x, parts_xz = [], []
+    T = hidden_x.shape[0]
+    both = torch.cat([hidden_x, hidden_xz])  # [2T, H]: one GEMM per chunk reads each weight chunk once
     for c0 in range(0, weight.shape[0], chunk):
-        w = weight[c0:c0 + chunk]
-        zx, zxz = logits_chunk(hidden_x, w, inv_temp), logits_chunk(hidden_xz, w, inv_temp)
+        z = logits_chunk(both, weight[c0:c0 + chunk], inv_temp)
+        zx, zxz = z[:T], z[T:]
         yc = y_local - c0
         lse_xz = torch.logsumexp(zxz, dim=1)
         parts_x.append((torch.logsumexp(zx, dim=1), _target_logit(zx, yc), zx.new_zeros(zx.shape[0], 0)))
