@@ -45,7 +45,7 @@ def dual_context_logprob(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight
         weight: [V_local, H] LM-head rows of this rank (same dtype as the hidden states).
         targets: [T] long global vocabulary ids (the response tokens).
         temperature, tp_group, vocab_start, backend, split_v, vocab_chunk: as in `fused_linear_logprob`;
-            under TP both contexts' statistics share one all-gather ([T, 6] fp32 per rank, [T, 7] with KL).
+            under TP both contexts' statistics share one all-gather ([T, 5] fp32 per rank, [T, 6] with KL).
         ratio_low, ratio_high: inclusive bounds of the context ratio mask.
         with_kl: also compute the full-vocabulary KL(p_xz || p_x) per token.
     """

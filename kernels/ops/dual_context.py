@@ -13,7 +13,7 @@ and KL [T] fp32. Gradient flows only through the x branch (x+z is the fixed teac
     dL/dz_x = g (1[v = y] - p_x) + k (p_x - p_xz),    g = dL/dlogp_x,  k = dL/dKL
 
 The backward recomputes z_x (and z_xz only when k != 0) chunk by chunk, like the single-context kernel.
-Under TP both contexts' statistics travel in the same all-gather ([T, 6] fp32 per rank, [T, 7] with KL).
+Under TP both contexts' statistics travel in the same all-gather ([T, 5] fp32 per rank, [T, 6] with KL).
 """
 from __future__ import annotations
 

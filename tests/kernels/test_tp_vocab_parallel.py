@@ -36,6 +36,7 @@ class _CollectiveCounter:
 
     def __init__(self):
         self.calls: list[str] = []
+        self.gathered_shapes: list[tuple[int, ...]] = []
         self._orig = {n: getattr(dist, n) for n in ("all_gather", "all_reduce")}
         for name, fn in self._orig.items():
             setattr(dist, name, self._wrap(name, fn))
@@ -43,6 +44,8 @@ class _CollectiveCounter:
     def _wrap(self, name, fn):
         def counted(*a, **k):
             self.calls.append(name)
+            if name == "all_gather":
+                self.gathered_shapes.append(tuple(a[1].shape))  # (output list, input tensor, ...)
             return fn(*a, **k)
         return counted
 
@@ -73,6 +76,7 @@ def _worker(rank: int, init_file: str) -> None:
         logp, ent = fused_linear_logprob(h, w, targets, temp, group, lo, True, backend=backend, split_v=256,
                                          vocab_chunk=200)
         assert counter.take() == ["all_gather"]
+        assert counter.gathered_shapes.pop() == (T, 4)  # owned flag + (lse, target, E[z])
         ((logp * d_logp).sum() + (ent * d_aux).sum()).backward()
         assert counter.take() == ["all_reduce"]
         ref_ent = -(lsm.exp() * lsm).sum(-1)
@@ -88,6 +92,7 @@ def _worker(rank: int, init_file: str) -> None:
         out = dual_context_logprob(h, hidden_xz, w, targets, temp, group, lo, with_kl=True, backend=backend,
                                    split_v=256, vocab_chunk=200)
         assert counter.take() == ["all_gather"]
+        assert counter.gathered_shapes.pop() == (T, 6)  # owned + x (lse, target) + x+z (lse, target, KL term)
         ((out.logp_x * d_logp).sum() + (out.kl * d_aux).sum()).backward()
         assert counter.take() == ["all_reduce"]
         ref_kl = (lsm_xz.exp() * (lsm_xz - lsm)).sum(-1)
