@@ -9,9 +9,11 @@ Every rank holds its part of the Megatron policy. Small Python objects move betw
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -166,7 +168,8 @@ class Runtime:
         spec = GEPAJobSpec(
             problems=[s.problem for s in samples],
             failed_responses={s.problem.id: list(s.failed_responses) for s in samples},
-            policy_version=policy_version, policy_url=self.gateway.url + "/v1", policy_model="policy",
+            policy_version=policy_version, policy_url=advertised_url(self.gateway.url) + "/v1", policy_model="policy",
+            policy_api_key_env=cfg.rollout.gateway_token_env if os.environ.get(cfg.rollout.gateway_token_env) else "",
             reflection=self._reflection_settings(), gepa=gepa, reward=asdict(cfg.reward), k=cfg.rollout.n,
             user_template=cfg.prompt.user_template, system=cfg.prompt.system, thinking=cfg.model.thinking,
             idempotency_key=f"{self.run_dir.resolve()}::epoch{epoch}",
@@ -182,8 +185,10 @@ class Runtime:
     def _reflection_settings(self) -> dict:
         r = asdict(self.cfg.reflection)
         if self.cfg.reflection.mode == "self":
-            r["base_url"] = self.reflection_gateway.url + "/v1"
+            r["base_url"] = advertised_url(self.reflection_gateway.url) + "/v1"
             r["model"] = "reflection"
+            if os.environ.get(self.cfg.rollout.gateway_token_env):
+                r["api_key_env"] = self.cfg.rollout.gateway_token_env
         return r
 
     def collect_gepa(self, job: dict, block: bool) -> dict | None:
@@ -279,6 +284,15 @@ def _start_gepa_service(run_dir: Path, token_env: str) -> tuple[subprocess.Popen
     return proc, url if url.startswith("http") else f"http://{url}"
 
 
+def advertised_url(url: str) -> str:
+    """A URL other nodes can use: a wildcard bind address (0.0.0.0, ::) is replaced by this host's name."""
+    for wildcard in ("0.0.0.0", "[::]", "::"):
+        prefix = f"http://{wildcard}:"
+        if url.startswith(prefix):
+            return f"http://{socket.gethostname()}:" + url[len(prefix):]
+    return url
+
+
 def _progress_line(status: dict) -> str:
     keys = ("state", "iteration", "budget_used", "budget_total", "pool_size", "best_dev_score")
     return " ".join(f"{k}={status.get(k)}" for k in keys if status.get(k) is not None)
@@ -314,8 +328,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
 
 def _build_rank0(rt: Runtime) -> None:
     from p2o.reward import Verifier
-    from p2o.rollout.gateway import Gateway
-    from p2o.rollout.hf_engine import HFEngine
+    from p2o.rollout.factory import build_engine, build_gateway
     from p2o.telemetry.gpu import GPUSampler
     from p2o.telemetry.metrics import MetricsLogger
 
@@ -326,15 +339,16 @@ def _build_rank0(rt: Runtime) -> None:
     rt.gpu = GPUSampler()
     rt.verifier = Verifier(cfg.reward)
     rt._closers.append(rt.verifier.close)
-    engine = HFEngine.from_pretrained(rt.model_dir, max_batch_size=cfg.rollout.max_batch_size, seed=cfg.rollout.seed)
-    rt.gateway = Gateway(engine, rt.tokenizer, model_name="policy").start()
+    engine = build_engine(cfg.rollout, cfg.model, rt.model_dir)
+    rt.gateway = build_gateway(engine, rt.tokenizer, cfg.rollout, "policy", cfg.model.thinking).start()
     rt._closers.append(rt.gateway.stop)
     rt.gateway.scheduler.pause()
     if not cfg.p2o.enabled:
         return
     if cfg.reflection.mode == "self":  # Self-Ref: the frozen initial model behind a second gateway
-        frozen = HFEngine.from_pretrained(rt.model_dir, max_batch_size=cfg.rollout.max_batch_size, seed=cfg.rollout.seed)
-        rt.reflection_gateway = Gateway(frozen, rt.tokenizer, model_name="reflection").start()
+        frozen = build_engine(cfg.rollout, cfg.model, rt.model_dir)
+        free_port = dataclasses.replace(cfg.rollout, gateway_port=0)
+        rt.reflection_gateway = build_gateway(frozen, rt.tokenizer, free_port, "reflection", cfg.model.thinking).start()
         rt._closers.append(rt.reflection_gateway.stop)
     from p2o.gepa.client import GEPAClient
 

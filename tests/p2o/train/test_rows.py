@@ -59,3 +59,14 @@ def test_rows_keep_x_for_training(tok):
 
 def test_derive_seed_stable():
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 1, 3)
+
+
+def test_advertised_url_replaces_wildcard_binds():
+    import socket
+
+    from p2o.train.runtime import advertised_url
+
+    host = socket.gethostname()
+    assert advertised_url("http://0.0.0.0:8000") == f"http://{host}:8000"
+    assert advertised_url("http://127.0.0.1:8000") == "http://127.0.0.1:8000"
+    assert advertised_url("http://node7:9") == "http://node7:9"
