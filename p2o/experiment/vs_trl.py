@@ -228,7 +228,7 @@ def run_lockstep(sides: list[Side], steps: int, timeout_s: float, env: dict,
             s.steps.append(rec)
             log.info("step %d %s: %.2f s (generate %.2f s)", i + 1, s.name, rec["step_s"], rec["generate_s"])
             if steps_csv is not None:
-                write_csv(steps_csv, [{"side": x.name, **r} for x in sides for r in x.steps], STEP_COLUMNS)
+                write_csv(steps_csv, [{**r, "side": x.name} for x in sides for r in x.steps], STEP_COLUMNS)
 
 
 # ---------------------------------------------------------------------------- numbers

@@ -128,6 +128,7 @@ def test_our_side_through_the_command(tmp_path, tiny_model_dir):
     assert "CPU limits: fp32 GEMM" in r.stdout and "ours (skip zero-advantage rows)" in r.stdout
     steps = list(csv.DictReader((out / "vs_trl_steps.csv").open()))
     assert [int(s["step"]) for s in steps] == [0, 1]
+    assert {s["side"] for s in steps} == {"ours-skip"}
     for s in steps:
         assert 0 < float(s["generate_s"]) <= float(s["step_s"])
         assert 0 < int(s["completion_tokens"]) <= 32 * 8
