@@ -7,10 +7,15 @@ from contextlib import contextmanager
 from tqdm import tqdm
 
 
+def make_bar(desc: str, total: float | None, enabled: bool = True, unit: str = "it") -> tqdm:
+    """A tqdm bar on stderr (silent when disabled); the caller closes it."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=False)
+
+
 @contextmanager
 def progress(desc: str, total: float | None, enabled: bool = True, unit: str = "it") -> Iterator[tqdm]:
-    """A tqdm bar (on stderr) that is closed on exit; `disable=True` when progress output is off."""
-    bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=False)
+    """`make_bar` as a context manager that closes the bar on exit."""
+    bar = make_bar(desc, total, enabled, unit)
     try:
         yield bar
     finally:

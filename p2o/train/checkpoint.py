@@ -52,7 +52,8 @@ class LoopState:
     torch_rng: list[int] | None = None
 
     def capture_rng(self) -> None:
-        self.python_rng = list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]
+        version, internal, gauss = random.getstate()
+        self.python_rng = list(internal), version, gauss
         self.torch_rng = torch.get_rng_state().tolist()
 
     def restore_rng(self) -> None:

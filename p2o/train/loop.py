@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -350,6 +349,3 @@ class Trainer:
         st.prev_hard = list(job["hard_ids"])
         self.rt.log_metrics({**outcome["metrics"], "epoch": job["epoch"],
                              "assigned": len(st.assignment)}, st.global_step, kind="gepa")
-
-    def state_dict(self) -> dict:
-        return asdict(self.state)

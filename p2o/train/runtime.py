@@ -245,10 +245,9 @@ class Runtime:
 
     def progress(self, desc: str, total: int):
         """A progress bar for a phase, shown by rank 0 only (close it when the phase ends)."""
-        from tqdm import tqdm
+        from p2o.telemetry.progress import make_bar
 
-        return tqdm(total=total, desc=desc, disable=not (self.is_rank0 and self.cfg.logging.progress),
-                    dynamic_ncols=True, leave=False)
+        return make_bar(desc, total, self.is_rank0 and self.cfg.logging.progress)
 
     def gpu_metrics(self) -> dict[str, float]:
         return self.gpu.sample() if self.gpu is not None else {}

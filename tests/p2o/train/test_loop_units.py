@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch_policy import TorchPolicy  # noqa: E402  (tests/p2o/train is on sys.path)
-from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from p2o import prompts
@@ -19,6 +18,7 @@ from p2o.algo.grpo import make_loss_fn, token_weights
 from p2o.config import load_config
 from p2o.data.problem import Problem
 from p2o.reward import Verifier
+from p2o.telemetry.progress import make_bar
 from p2o.train.loop import Trainer
 from p2o.train.policy import SequenceBatch
 from p2o.train.rows import TrainRow
@@ -41,7 +41,7 @@ def _trainer(tiny_model_dir, verifier, overrides=()):
     cfg = load_config(None, ["model.path=tiny-qwen3", "rollout.n=2", "rollout.prompts_per_step=2",
                              "grpo.ppo_minibatches=1", "optim.lr=1e-3", *overrides])
     rt = SimpleNamespace(train_problems=PROBLEMS, policy=TorchPolicy(tiny_model_dir), is_rank0=True,
-                         progress=lambda desc, total: tqdm(total=total, disable=True),
+                         progress=lambda desc, total: make_bar(desc, total, enabled=False),
                          verify=verifier.score_many)
     return Trainer(cfg, rt)
 
