@@ -65,12 +65,14 @@ class GRPOLossOutput:
     """[T] per-token KL estimate to the reference (detached), when kl_coef != 0."""
     logprobs: torch.Tensor | None = None
     """[T] fp32 current log-probs (detached), from the fused variant."""
+    clipped: torch.Tensor | None = None
+    """[T] bool: the token's gradient was zeroed by (dual) clipping (whatever its mask)."""
 
 
 def _output(mask: torch.Tensor, loss, weighted, clipped, kl: torch.Tensor | None, logprobs=None) -> GRPOLossOutput:
     live = mask > 0
     frac = (clipped * live).sum() / live.sum().clamp(min=1)
-    return GRPOLossOutput(loss, weighted, frac, kl, logprobs)
+    return GRPOLossOutput(loss, weighted, frac, kl, logprobs, clipped.bool())
 
 
 def grpo_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,

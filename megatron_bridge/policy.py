@@ -6,6 +6,7 @@ Construction (every rank of the job, inside torch.distributed; `init_parallel` c
     from megatron_bridge.policy import MegatronPolicy
     policy = MegatronPolicy.from_config(cfg, model_dir)        # HF dir with config.json + safetensors
     lp = policy.logprobs(batch)                                # [T] fp32, same on every rank
+    lp_x, lp_xz = policy.dual_logprobs(batch_x, batch_xz)      # same responses under two contexts
     metrics = policy.train_step(batch, token_inputs, loss_fn)  # one optimizer step
     for bucket in policy.export_weights(256 << 20): engine.load(bucket)   # collective
     policy.save(dir); policy.load(dir)                         # dist checkpoint, TP/PP may differ on load
@@ -25,9 +26,17 @@ What it does:
 - log-probs: vocab-parallel log-softmax with the padded vocabulary masked; with `train.use_kernels`, the final
   hidden states go to `kernels.fused_linear_logprob(hidden[T,H], weight[V_local,H], targets, tp_group=...,
   vocab_start=...)` instead (no [T, V] logits; padded rows are sliced off the weight).
+- kernels (`train.use_kernels`, backend `train.kernel_backend`), on the last pipeline stage, vocabulary split
+  over the TP group:
+  * loss: a `p2o.algo.grpo.GRPOLoss` is computed by `kernels.fused_linear_grpo_loss` from the hidden states (one
+    autograd node, no separate log-prob pass); any other `LossFn` gets the fused log-probs.
+  * dual context: `dual_logprobs` runs both contexts hidden-only and scores them with one
+    `kernels.dual_context_logprob` call (each LM-head tile read once for both); without kernels it is two
+    `logprobs` calls.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -41,6 +50,7 @@ from megatron_bridge.hf_io import read_config
 from megatron_bridge.parallel import ParallelLayout, init_parallel
 from megatron_bridge.provider import GPTProvider, ModelBridge, bridge_for
 from megatron_bridge.weights import load_hf_checkpoint
+from p2o.algo.grpo import GRPOLoss
 from p2o.train.policy import LossFn, SequenceBatch, StepMetrics
 
 log = logging.getLogger(__name__)
@@ -59,11 +69,12 @@ class MegatronPolicy:
     """A trainable policy on Megatron-Core; every method is collective over the job's ranks."""
 
     def __init__(self, layout: ParallelLayout, bridge: ModelBridge, provider: GPTProvider, chunks: list, optimizer,
-                 *, micro_batch_size: int, peak_lr: float, warmup_steps: int, use_kernels: bool = False):
+                 *, micro_batch_size: int, peak_lr: float, warmup_steps: int, use_kernels: bool = False,
+                 kernel_backend: str = "auto"):
         self.layout, self.bridge, self.provider = layout, bridge, provider
         self.chunks, self.optimizer = chunks, optimizer
         self.micro_batch_size, self.peak_lr, self.warmup_steps = micro_batch_size, peak_lr, warmup_steps
-        self.use_kernels = use_kernels
+        self.use_kernels, self.kernel_backend = use_kernels, kernel_backend
         self.step = 0
         """Optimizer steps taken (restored by `load`)."""
         self.version = 0
@@ -78,6 +89,9 @@ class MegatronPolicy:
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.transformer.module import Float16Module
 
+        if cfg.train.use_kernels and cfg.parallel.sequence_parallel:
+            raise ValueError("train.use_kernels: not supported with parallel.sequence_parallel=true (the kernels "
+                             "take the full sequence's hidden states); set one of them to false")
         layout = layout or init_parallel(cfg.parallel, seed=cfg.train.seed)
         hf = read_config(model_dir)
         bridge = bridge_for(hf, source=str(Path(model_dir) / "config.json"))
@@ -102,27 +116,38 @@ class MegatronPolicy:
                                   use_distributed_optimizer=use_dist_opt)
         optimizer = get_megatron_optimizer(opt_cfg, chunks)
         return cls(layout, bridge, provider, chunks, optimizer, micro_batch_size=cfg.grpo.micro_batch_size,
-                   peak_lr=o.lr, warmup_steps=o.warmup_steps, use_kernels=cfg.train.use_kernels)
+                   peak_lr=o.lr, warmup_steps=o.warmup_steps, use_kernels=cfg.train.use_kernels,
+                   kernel_backend=cfg.train.kernel_backend)
 
     @property
     def _min_micro_batches(self) -> int:
         return self.layout.pp if self.layout.vpp > 1 else 1
 
     # ------------------------------------------------------------------ log-probs
+    def _lm_head(self) -> tuple[torch.Tensor, dict]:
+        """(this rank's LM-head rows [V_kept, H] without padded-vocabulary rows, the kernels' TP keywords)."""
+        weight = unwrap(self.chunks[-1]).shared_embedding_or_output_weight()
+        v_local = weight.shape[0]
+        start = self.layout.tp_rank * v_local
+        keep = max(0, min(v_local, self.provider.vocab_size - start))
+        return weight[:keep], dict(tp_group=self.layout.tp_group if self.layout.tp > 1 else None,
+                                   vocab_start=start, backend=self.kernel_backend)
+
+    @staticmethod
+    def _response_hidden(mb: MicroBatch, output: torch.Tensor) -> torch.Tensor:
+        """[T_mb, H] final hidden states at mb's scoring positions; output: [S, B, H] (a `hidden_only` forward)."""
+        rows, pos = mb.score_index
+        return output[pos, rows]
+
     def _response_logprobs(self, mb: MicroBatch, output: torch.Tensor) -> torch.Tensor:
         """[T_mb] fp32 log-probs of mb's response tokens from the last stage's output."""
-        rows, pos = mb.score_index
         if self.use_kernels:
             from kernels import fused_linear_logprob
 
-            hidden = output[pos, rows]  # output: [S, B, H] final hidden states -> [T, H]
-            weight = unwrap(self.chunks[-1]).shared_embedding_or_output_weight()
-            v_local = weight.shape[0]
-            start = self.layout.tp_rank * v_local
-            keep = max(0, min(v_local, self.provider.vocab_size - start))
-            return fused_linear_logprob(hidden.to(weight.dtype), weight[:keep], mb.targets, temperature=1.0,
-                                        tp_group=self.layout.tp_group if self.layout.tp > 1 else None,
-                                        vocab_start=start)
+            weight, tp_kw = self._lm_head()
+            return fused_linear_logprob(self._response_hidden(mb, output).to(weight.dtype), weight, mb.targets,
+                                        temperature=1.0, **tp_kw)
+        rows, pos = mb.score_index
         return vocab_parallel_logprobs(output[rows, pos], mb.targets, self.provider.vocab_size, self.layout.tp_rank)
 
     def _broadcast_from_last_stage(self, t: torch.Tensor) -> torch.Tensor:
@@ -156,24 +181,58 @@ class MegatronPolicy:
         assert out.numel() == total
         return out
 
-    def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
-        """Packed fp32 log-probs [T] of the response tokens (no grad); identical on every rank."""
-        full_tokens = batch.num_response_tokens
-        batch, _ = self._dp_share(batch)
+    def _forward_only(self, batch: SequenceBatch, score) -> list:
+        """`score(mb, output)` of every micro-batch of `batch` in eval mode without grad (last stage; [] elsewhere)."""
         mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, self.layout.device,
                                            min_micro_batches=self._min_micro_batches)
         for c in self.chunks:
             c.eval()
-        with torch.no_grad():
-            outs = run_schedule(self.chunks, self.layout, mbs, seq_len,
-                                lambda mb, out: self._response_logprobs(mb, out).float(), forward_only=True,
-                                collect_non_loss_data=True, hidden_only=self.use_kernels)
-        for c in self.chunks:
-            c.train()
+        try:
+            with torch.no_grad():
+                return run_schedule(self.chunks, self.layout, mbs, seq_len, score, forward_only=True,
+                                    collect_non_loss_data=True, hidden_only=self.use_kernels)
+        finally:
+            for c in self.chunks:
+                c.train()
+
+    def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
+        """Packed fp32 log-probs [T] of the response tokens (no grad); identical on every rank."""
+        full_tokens = batch.num_response_tokens
+        batch, _ = self._dp_share(batch)
+        outs = self._forward_only(batch, lambda mb, out: self._response_logprobs(mb, out).float())
         local = torch.empty(batch.num_response_tokens, dtype=torch.float32, device=self.layout.device)
         if self.layout.is_last_stage:
             local.copy_(torch.cat(outs) if outs else local[:0])
         return self._gather_dp(self._broadcast_from_last_stage(local), full_tokens).cpu()
+
+    def dual_logprobs(self, batch_x: SequenceBatch, batch_xz: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed fp32 log-probs ([T], [T]) of the same responses under two contexts (no grad; every rank).
+
+        With kernels: hidden-only forwards of both contexts, then one `dual_context_logprob` call over all of
+        this rank's tokens (holds 2 x [T, H] hidden states, never [T, V] logits). Otherwise two `logprobs` calls.
+        """
+        if batch_x.response_ids != batch_xz.response_ids:
+            raise ValueError("dual_logprobs: batch_x and batch_xz must hold the same response_ids (row for row); "
+                             f"got {len(batch_x)} and {len(batch_xz)} rows with different responses")
+        if not self.use_kernels:
+            return self.logprobs(batch_x), self.logprobs(batch_xz)
+        from kernels import dual_context_logprob
+
+        full_tokens = batch_x.num_response_tokens
+        local_x, _ = self._dp_share(batch_x)
+        local_xz, _ = self._dp_share(batch_xz)
+        hidden = [self._forward_only(b, self._response_hidden) for b in (local_x, local_xz)]
+        local = torch.empty(local_x.num_response_tokens, 2, dtype=torch.float32, device=self.layout.device)
+        if self.layout.is_last_stage and local.numel():
+            weight, tp_kw = self._lm_head()
+            h_x, h_xz = (torch.cat(h).to(weight.dtype) for h in hidden)
+            targets = torch.tensor([t for r in local_x.response_ids for t in r], dtype=torch.long,
+                                   device=self.layout.device)
+            with torch.no_grad():
+                out = dual_context_logprob(h_x, h_xz, weight, targets, temperature=1.0, **tp_kw)
+            local.copy_(torch.stack([out.logp_x, out.logp_xz], dim=1))
+        pairs = self._gather_dp(self._broadcast_from_last_stage(local).flatten(), 2 * full_tokens).view(-1, 2)
+        return pairs[:, 0].cpu(), pairs[:, 1].cpu()
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: SequenceBatch, token_inputs: dict[str, torch.Tensor], loss_fn: LossFn) -> StepMetrics:
@@ -190,9 +249,14 @@ class MegatronPolicy:
                                            min_micro_batches=self._min_micro_batches)
         scale = len(mbs) * self.layout.dp
 
+        fused = self.use_kernels and isinstance(loss_fn, GRPOLoss)
+
         def loss_func(mb: MicroBatch, output: torch.Tensor):
-            lp = self._response_logprobs(mb, output)
-            loss, stats = loss_fn(lp, {k: v[mb.token_slice] for k, v in token_inputs.items()})
+            inputs = {k: v[mb.token_slice] for k, v in token_inputs.items()}
+            if fused:
+                loss, stats = self._fused_grpo_loss(mb, output, loss_fn, inputs)
+            else:
+                loss, stats = loss_fn(self._response_logprobs(mb, output), inputs)
             return loss * scale, {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}}
 
         lr = warmup_lr(self.step, self.peak_lr, self.warmup_steps)
@@ -207,6 +271,26 @@ class MegatronPolicy:
         self.step += 1
         self.version += 1
         return self._step_metrics(reports, grad_norm, lr, n_tokens)
+
+    def _fused_grpo_loss(self, mb: MicroBatch, output: torch.Tensor, loss_fn: GRPOLoss,
+                         inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """`loss_fn`'s loss and metrics for one micro-batch, by `kernels.fused_linear_grpo_loss` from hidden states.
+
+        The caller's ``weights`` already are the aggregation weights, so they go in as the kernel's mask with
+        normaliser 1 under ``token-mean``: the kernel's weight mask / 1 is then exactly w_t.
+        """
+        from kernels import GRPOLossParams, fused_linear_grpo_loss
+
+        weight, tp_kw = self._lm_head()
+        params = GRPOLossParams(**dataclasses.asdict(loss_fn), loss_agg="token-mean")
+        w = inputs["weights"]
+        out = fused_linear_grpo_loss(self._response_hidden(mb, output).to(weight.dtype), weight, mb.targets,
+                                     inputs["old_logprobs"], inputs["advantages"], w, 1.0,
+                                     ref_logprobs=inputs.get("ref_logprobs"), params=params, **tp_kw)
+        pg_loss = out.per_token_loss.sum()
+        if out.kl is not None:
+            pg_loss = pg_loss - loss_fn.kl_coef * (out.kl * w).sum()
+        return out.loss, loss_fn.report(float(pg_loss), out.clipped, out.kl, out.logprobs, inputs)
 
     def _step_metrics(self, reports: list, grad_norm, lr: float, n_tokens: int) -> StepMetrics:
         """Sum the micro-batch losses (and DP ranks), average the extras; broadcast from the last stage."""

@@ -109,25 +109,56 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     return PolicyLoss(loss, was_clipped)
 
 
-def make_loss_fn(cfg: GRPOConfig):
-    """A `p2o.train.policy.LossFn` over token inputs: old_logprobs, advantages, weights (+ ref_logprobs if kl_coef)."""
+@dataclass(frozen=True)
+class GRPOLoss:
+    """The loop's `p2o.train.policy.LossFn`: the clipped (dual-clip) surrogate plus an optional KL penalty.
 
-    def loss_fn(logprobs: torch.Tensor, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    token inputs, each [T]: ``old_logprobs``, ``advantages``, ``weights`` (the aggregation weight with the step's
+    global normaliser, the context-ratio mask and the row scale already folded in; see `token_weights`) and
+    ``ref_logprobs`` when ``kl_coef`` != 0. loss = sum_t w_t (l_t + kl_coef KL_t).
+
+    The knobs are fields so that a backend able to fuse the LM head with this loss (`megatron_bridge` with
+    ``train.use_kernels``: `kernels.fused_linear_grpo_loss` from hidden states) computes the same quantity; it
+    reports through `report`, so both paths return the same metrics.
+    """
+
+    clip_low: float
+    clip_high: float
+    dual_clip: float = 0.0
+    kl_coef: float = 0.0
+    kl_type: str = "k3"
+
+    @classmethod
+    def from_config(cls, cfg: GRPOConfig) -> GRPOLoss:
+        return cls(cfg.clip_low, cfg.clip_high, cfg.dual_clip, cfg.kl_coef, cfg.kl_type)
+
+    def __call__(self, logprobs: torch.Tensor, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         pl = clipped_policy_loss(logprobs, inputs["old_logprobs"], inputs["advantages"],
-                                 cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+                                 self.clip_low, self.clip_high, self.dual_clip)
         w = inputs["weights"]
-        loss = (pl.loss * w).sum()
-        active = w > 0
+        pg_loss = (pl.loss * w).sum()
+        loss, kl = pg_loss, None
+        if self.kl_coef:
+            kl = kl_penalty(logprobs, inputs["ref_logprobs"], self.kl_type)
+            loss = loss + self.kl_coef * (kl * w).sum()
+        return loss, self.report(float(pg_loss.detach()), pl.clipped, kl, logprobs, inputs)
+
+    def report(self, pg_loss: float, clipped: torch.Tensor, kl: torch.Tensor | None, logprobs: torch.Tensor,
+               inputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metrics of one micro-batch: pg_loss (sum_t w_t l_t without KL), clip_frac_sum, active_tokens (w > 0),
+        approx_kl_sum (sum of old - new over active tokens) and kl_sum (with a KL term); clipped [T] bool."""
+        active = inputs["weights"] > 0
         metrics = {
-            "pg_loss": float(loss.detach()),
-            "clip_frac_sum": float((pl.clipped & active).sum()),
+            "pg_loss": pg_loss,
+            "clip_frac_sum": float((clipped & active).sum()),
             "active_tokens": float(active.sum()),
             "approx_kl_sum": float(((inputs["old_logprobs"] - logprobs.detach()) * active).sum()),
         }
-        if cfg.kl_coef:
-            kl = kl_penalty(logprobs, inputs["ref_logprobs"], cfg.kl_type)
-            loss = loss + cfg.kl_coef * (kl * w).sum()
+        if kl is not None:
             metrics["kl_sum"] = float((kl.detach() * active).sum())
-        return loss, metrics
+        return metrics
 
-    return loss_fn
+
+def make_loss_fn(cfg: GRPOConfig) -> GRPOLoss:
+    """The `GRPOLoss` for ``cfg`` (a `p2o.train.policy.LossFn`)."""
+    return GRPOLoss.from_config(cfg)

@@ -12,6 +12,11 @@ The loss is supplied by the caller (`p2o.algo`), so the backend knows nothing ab
 grad), `token_inputs` the caller's per-token tensors sliced to the same micro-batch. The returned loss is
 already divided by the step's *global* normaliser (e.g. all unmasked tokens of the optimizer step, over
 every micro-batch and data-parallel rank), so the backend sums micro-batch losses and never re-normalises.
+A backend with a fused LM-head + loss kernel may compute a `p2o.algo.grpo.GRPOLoss` from hidden states
+instead of calling it (same loss, gradients and metrics: the loss object carries its knobs and `report`).
+
+P2O scores each templated row's response under two contexts, the training prompt x and the generation prompt
+x+z (`dual_logprobs`); a backend with the dual-context kernel reads the LM head once for both.
 """
 from __future__ import annotations
 
@@ -63,6 +68,12 @@ class PolicyBackend(Protocol):
 
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
         """Packed fp32 log-probs [T] of the response tokens under their contexts (no grad)."""
+        ...
+
+    def dual_logprobs(self, batch_x: SequenceBatch, batch_xz: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed fp32 log-probs ([T], [T]) of the same response tokens under the contexts of `batch_x` and
+        `batch_xz` (no grad). The two batches have equal `response_ids`, row for row (ValueError otherwise);
+        the result equals `(logprobs(batch_x), logprobs(batch_xz))`."""
         ...
 
     def train_step(self, batch: SequenceBatch, token_inputs: dict[str, torch.Tensor], loss_fn: LossFn) -> StepMetrics:

@@ -34,6 +34,9 @@ class TorchPolicy:
         with torch.no_grad():
             return self._logprobs(batch)
 
+    def dual_logprobs(self, batch_x: SequenceBatch, batch_xz: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.logprobs(batch_x), self.logprobs(batch_xz)
+
     def train_step(self, batch, token_inputs, loss_fn) -> StepMetrics:
         self.calls.append(batch)
         self.opt.zero_grad()
