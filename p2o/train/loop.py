@@ -232,14 +232,16 @@ class Trainer:
         if not live:
             return old, mask, scale
         span = lambda ids: torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in ids])  # noqa: E731
-        old[span(live)] = policy.logprobs(SequenceBatch([rows[i].train_prompt_ids for i in live],
-                                                        [rows[i].response_ids for i in live]))
+        plain = [i for i in live if not rows[i].templated]
         templ = [i for i in live if rows[i].templated]
-        if templ:
+        if plain:
+            old[span(plain)] = policy.logprobs(SequenceBatch([rows[i].train_prompt_ids for i in plain],
+                                                             [rows[i].response_ids for i in plain]))
+        if templ:  # the same responses under x and x+z: one dual-context pass
             idx = span(templ)
-            lp_xz = policy.logprobs(SequenceBatch([rows[i].gen_prompt_ids for i in templ],
-                                                  [rows[i].response_ids for i in templ]))
-            lp_x = old[idx].clone()
+            responses = [rows[i].response_ids for i in templ]
+            lp_x, lp_xz = policy.dual_logprobs(SequenceBatch([rows[i].train_prompt_ids for i in templ], responses),
+                                               SequenceBatch([rows[i].gen_prompt_ids for i in templ], responses))
             o, m = distill_old_logprobs(cfg.p2o.distill, lp_x, lp_xz, cfg.p2o.ratio_low, cfg.p2o.ratio_high)
             old[idx], mask[idx] = o, m
             metrics["mask_rate"] = float(1 - m.mean())
