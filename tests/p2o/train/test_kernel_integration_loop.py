@@ -82,6 +82,7 @@ def _trainer_step(model_dir: str, use_kernels: bool, ratio_low: float | None, ve
 
 def loop_worker(model_dir: str, out_file: str) -> None:
     from megatron_bridge.parallel import shutdown_parallel
+    from megatron_bridge.policy import MegatronPolicy
     from p2o.config import load_config
     from p2o.reward import Verifier
     from p2o.train.policy import SequenceBatch
@@ -90,8 +91,6 @@ def loop_worker(model_dir: str, out_file: str) -> None:
         probe = _trainer_step(model_dir, False, None, verifier.score_many)
         # Context log-ratios of the templated tokens under the initial weights: cut between two neighbours.
         rows = [r for r in _rows() if r.templated]
-        from megatron_bridge.policy import MegatronPolicy
-
         policy = MegatronPolicy.from_config(load_config(None, ["grpo.micro_batch_size=2"]), model_dir)
         lp_x, lp_xz = policy.dual_logprobs(SequenceBatch([r.train_prompt_ids for r in rows], [r.response_ids for r in rows]),
                                            SequenceBatch([r.gen_prompt_ids for r in rows], [r.response_ids for r in rows]))
