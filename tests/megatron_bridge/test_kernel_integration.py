@@ -1,6 +1,6 @@
 """`train.use_kernels` in MegatronPolicy: the fused GRPO loss and the dual-context pass vs the reference path.
 
-One 2-rank launch runs two layouts, TP=2 and TP=1 x DP=2, each twice (use_kernels false, then true) from the
+One 2-rank launch runs three layouts, TP=2, TP=1 x DP=2 and PP=2, each twice (use_kernels false, then true) from the
 same initial weights. Per run: `logprobs`, `dual_logprobs` (x and a longer context x+z), `logprobs` of x+z, then two
 optimizer steps with `p2o.algo.grpo.GRPOLoss`: step 1 without KL, step 2 with a k3 KL term. Old log-probs are the
 current ones shifted by up to +-1.5 nats, so ratios leave [1 - clip_low, 1 + clip_high] and some negative-advantage
@@ -25,17 +25,17 @@ from mb_workers import once_per_session, synthetic_batch
 from megatron_bridge.launch import spawn
 
 CONFIG = Path(__file__).parent / "configs" / "qwen3_gqa2_hd24_tied.json"  # vocab 1000: fast under the interpreter
-LAYOUTS = {"tp2": dict(tp=2), "tp1_dp2": dict(tp=1)}
+LAYOUTS = {"tp2": dict(tp=2, pp=1), "tp1_dp2": dict(tp=1, pp=1), "pp2": dict(tp=1, pp=2)}
 METRICS = ("pg_loss", "clip_frac_sum", "active_tokens", "approx_kl_sum")
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow, pytest.mark.xdist_group("megatron_kernel_integration")]
 
 
-def _cfg(tp: int, use_kernels: bool):
+def _cfg(tp: int, pp: int, use_kernels: bool):
     from p2o.config import RunConfig
 
     cfg = RunConfig()
-    cfg.parallel.tp = tp
+    cfg.parallel.tp, cfg.parallel.pp = tp, pp
     cfg.grpo.micro_batch_size = 2
     cfg.optim.lr, cfg.optim.eps, cfg.optim.warmup_steps, cfg.optim.grad_clip = 1e-3, 1e-3, 0, 1.0
     cfg.train.use_kernels = use_kernels
@@ -58,7 +58,7 @@ def _token_inputs(batch, lp: torch.Tensor) -> dict[str, torch.Tensor]:
             "ref_logprobs": lp - 0.3 * torch.rand(T, generator=g)}
 
 
-def _run(tp: int, use_kernels: bool, model_dir: str) -> dict:
+def _run(tp: int, pp: int, use_kernels: bool, model_dir: str) -> dict:
     import gc
 
     import torch.distributed as dist
@@ -68,10 +68,11 @@ def _run(tp: int, use_kernels: bool, model_dir: str) -> dict:
     from p2o.algo.grpo import GRPOLoss
     from p2o.train.policy import SequenceBatch
 
-    if ps.model_parallel_is_initialized() and ps.get_tensor_model_parallel_world_size() != tp:
+    if ps.model_parallel_is_initialized() and (ps.get_tensor_model_parallel_world_size(),
+                                               ps.get_pipeline_model_parallel_world_size()) != (tp, pp):
         ps.destroy_model_parallel()
     gc.collect()
-    policy = MegatronPolicy.from_config(_cfg(tp, use_kernels), model_dir)
+    policy = MegatronPolicy.from_config(_cfg(tp, pp, use_kernels), model_dir)
     calls = {"logprobs": 0, "fused_loss": 0}
     for name, attr in (("logprobs", "logprobs"), ("fused_loss", "_fused_grpo_loss")):
         def counted(*a, _f=getattr(policy, attr), _n=name, **kw):
@@ -92,7 +93,9 @@ def _run(tp: int, use_kernels: bool, model_dir: str) -> dict:
         m = policy.train_step(batch, inputs, loss_fn)
         weights = {name: t.clone() for bucket in policy.export_weights(1 << 20) for name, t in bucket}
         res["steps"].append(dict(loss=m.loss, grad_norm=m.grad_norm, extra=m.extra, weights=weights))
-    res["fused_loss_calls"] = calls["fused_loss"]
+    n = torch.tensor([calls["fused_loss"]])
+    dist.all_reduce(n)  # only last-stage ranks compute the loss
+    res["fused_loss_calls"] = int(n)
     dist.barrier()
     return res
 
@@ -102,7 +105,7 @@ def kernel_integration_worker(model_dir: str, out_file: str) -> None:
 
     from megatron_bridge.parallel import shutdown_parallel
 
-    results = {(name, k): _run(kw["tp"], k, model_dir) for name, kw in LAYOUTS.items() for k in (False, True)}
+    results = {(name, k): _run(kw["tp"], kw["pp"], k, model_dir) for name, kw in LAYOUTS.items() for k in (False, True)}
     if dist.get_rank() == 0:
         torch.save(results, out_file)
     dist.barrier()
