@@ -86,6 +86,11 @@ def _run(tp: int, pp: int, use_kernels: bool, model_dir: str) -> dict:
     calls["logprobs"] = 0
     res["dual"] = policy.dual_logprobs(batch, batch_xz)
     res["dual_logprob_calls"] = calls["logprobs"]
+    try:
+        policy.dual_logprobs(batch, SequenceBatch(batch.prompt_ids, [[*r, 1] for r in batch.response_ids]))
+        res["mismatch_error"] = "no error"
+    except ValueError as e:
+        res["mismatch_error"] = str(e)
     inputs = _token_inputs(batch, res["logprobs"])
     res["inputs"] = inputs
     res["steps"] = []
@@ -134,6 +139,8 @@ def test_dual_logprobs_equal_two_logprobs_calls(runs, layout):
         torch.testing.assert_close(lp_x, ref["logprobs"], rtol=0, atol=2e-5)
         torch.testing.assert_close(lp_xz, ref["logprobs_xz"], rtol=0, atol=2e-5)
     assert (ref["logprobs"] - ref["logprobs_xz"]).abs().max() > 1e-3  # the contexts do differ
+    for run in (ref, fused):
+        assert "must hold the same response_ids" in run["mismatch_error"]
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
