@@ -35,6 +35,8 @@ class TorchPolicy:
             return self._logprobs(batch)
 
     def dual_logprobs(self, batch_x: SequenceBatch, batch_xz: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        if batch_x.response_ids != batch_xz.response_ids:
+            raise ValueError("dual_logprobs: batch_x and batch_xz must hold the same response_ids (row for row)")
         return self.logprobs(batch_x), self.logprobs(batch_xz)
 
     def train_step(self, batch, token_inputs, loss_fn) -> StepMetrics:
