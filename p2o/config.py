@@ -69,7 +69,7 @@ class ArithmeticConfig:
     num_problems: int = 256
     """Number of synthetic problems to generate."""
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])
-    """Difficulty levels to mix (1: two small operands ... 5: multi-step word problems)."""
+    """Difficulty levels to mix (0: two one-digit operands, 1: two small operands ... 5: word problems)."""
     level_weights: list[float] = field(default_factory=list)
     """Relative frequency of each level (empty: uniform)."""
     seed: int = 1234
@@ -471,8 +471,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.parallel.vpp > 1 and cfg.parallel.pp == 1:
         raise ConfigError("parallel.vpp", cfg.parallel.vpp, "1 when parallel.pp = 1")
     levels = cfg.data.arithmetic.levels
-    if not levels or any(lv not in range(1, 6) for lv in levels):
-        raise ConfigError("data.arithmetic.levels", levels, "a non-empty list of levels in 1..5")
+    if not levels or any(lv not in range(0, 6) for lv in levels):
+        raise ConfigError("data.arithmetic.levels", levels, "a non-empty list of levels in 0..5")
     weights = cfg.data.arithmetic.level_weights
     if weights and (len(weights) != len(levels) or any(w < 0 for w in weights) or sum(weights) <= 0):
         raise ConfigError("data.arithmetic.level_weights", weights,

@@ -1,6 +1,7 @@
 """Synthetic arithmetic problems with exact gold answers: the embedded default dataset.
 
 Difficulty levels (each adds one dimension of difficulty):
+  0. two one-digit operands, + (what a 135M model can sometimes box correctly)
   1. two operands with 1-2 digits, + or -
   2. two operands with 1-3 digits, + - *
   3. three operands with 2-3 digits, + - * (standard precedence)
@@ -16,6 +17,7 @@ import random
 from p2o.data.problem import Problem
 
 _LEVELS = {
+    0: dict(operands=2, digits=(1, 1), ops="+"),
     1: dict(operands=2, digits=(1, 2), ops="+-"),
     2: dict(operands=2, digits=(1, 3), ops="+-*"),
     3: dict(operands=3, digits=(2, 3), ops="+-*"),
@@ -117,9 +119,9 @@ def generate(num_problems: int, levels: list[int], level_weights: list[float] | 
     """`num_problems` problems with levels drawn from `levels` (weighted); ids are `{prefix}-{seed}-{i}`."""
     if num_problems < 0:
         raise ValueError(f"num_problems: got {num_problems}; expected >= 0")
-    bad = [lv for lv in levels if lv not in range(1, 6)]
+    bad = [lv for lv in levels if lv not in range(0, 6)]
     if not levels or bad:
-        raise ValueError(f"levels: got {levels}; expected a non-empty list of levels in 1..5")
+        raise ValueError(f"levels: got {levels}; expected a non-empty list of levels in 0..5")
     rng = random.Random(seed)
     weights = level_weights or None
     problems = []

@@ -41,9 +41,17 @@ def _reference_value(question: str) -> int:
 
 
 def test_expression_answers_are_exact():
-    problems = arithmetic.generate(400, [1, 2, 3, 4], seed=7)
+    problems = arithmetic.generate(400, [0, 1, 2, 3, 4], seed=7)
     for p in problems:
         assert int(p.answer) == _reference_value(p.question), p
+
+
+def test_level_zero_is_one_digit_addition():
+    problems = arithmetic.generate(200, [0], seed=5)
+    for p in problems:
+        a, op, b = p.question.removeprefix("What is ").removesuffix("?").split()
+        assert op == "+" and 1 <= int(a) <= 9 and 1 <= int(b) <= 9 and int(p.answer) == int(a) + int(b)
+    assert len({p.question for p in problems}) > 40  # all 81 pairs are possible
 
 
 def test_word_problems_have_integer_non_negative_answers():
@@ -64,7 +72,7 @@ def test_level_weights_respected():
     assert 0.87 < frac < 0.93
 
 
-@pytest.mark.parametrize("levels", [[], [0], [6]])
+@pytest.mark.parametrize("levels", [[], [-1], [6]])
 def test_bad_levels(levels):
     with pytest.raises(ValueError, match="levels"):
         arithmetic.generate(3, levels)
