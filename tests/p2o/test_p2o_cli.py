@@ -43,3 +43,14 @@ def test_log_level_value_is_not_taken_for_the_command(capsys):
     assert main(["--log-level", "WARNING", "data", "arithmetic", "--n", "1"]) == 0
     assert main(["--log-level=ERROR", "data", "arithmetic", "--n", "1"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_http_client_request_lines_are_quiet_unless_debugging():
+    import logging
+
+    for level, expected in (("info", logging.WARNING), ("debug", logging.NOTSET)):
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        assert main(["--log-level", level, "data", "arithmetic", "--n", "1"]) == 0
+        assert logging.getLogger("httpx").level == expected
+        assert logging.getLogger("httpcore").level == expected
