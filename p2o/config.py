@@ -153,6 +153,9 @@ class RolloutConfig:
     """Queued requests above this are refused with 429."""
     weight_bucket_bytes: int = 256 * 1024 * 1024
     """Bucket size of the trainer -> engine weight stream."""
+    share_weights: bool = True
+    """HF engine in the trainer's process: adopt views of the policy's weights instead of holding a copy (q/k/v
+    stay copies); generation from weights changed since the last sync is refused. false: copy every sync."""
     vllm_gpu_memory_utilization: float = 0.5
     """vLLM: fraction of GPU memory for weights + KV cache."""
     vllm_sleep_level: int = 1
@@ -264,6 +267,10 @@ class GEPAConfig:
     """Candidate scoring temperature (0: greedy, as in the authors' code)."""
     eval_n: int = 1
     """Samples per (template, problem) when scoring candidates."""
+    solved_at: float = 1.0
+    """A candidate solves a dev instance (for the set cover and the assignment) when its score there, the
+    fraction of its `eval_n` samples that are correct, is >= this. 1.0: every sample correct (the paper,
+    with one greedy sample); 1/eval_n: any sample correct (pass@eval_n)."""
     eval_max_tokens: int = 64
     """Maximum response tokens when scoring candidates."""
     seed: int = 0
@@ -462,6 +469,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("p2o.tau", cfg.p2o.tau, f"at most rollout.n = {cfg.rollout.n} (tau counts correct rollouts of K)")
     if cfg.p2o.ratio_high <= cfg.p2o.ratio_low:
         raise ConfigError("p2o.ratio_high", cfg.p2o.ratio_high, f"greater than p2o.ratio_low = {cfg.p2o.ratio_low}")
+    if not 0 < cfg.gepa.solved_at <= 1:
+        raise ConfigError("gepa.solved_at", cfg.gepa.solved_at, "a fraction of correct samples in (0, 1]")
     if cfg.grpo.clip_low >= 1:
         raise ConfigError("grpo.clip_low", cfg.grpo.clip_low, "a number in [0, 1)")
     if cfg.grpo.dual_clip and cfg.grpo.dual_clip <= 1:

@@ -1,7 +1,7 @@
 """Template assignment (P2O Algorithm 2): greedy set cover of the dev set, then K templates per hard sample.
 
-1. Coverage: C(c) = dev instances candidate c solves (dev score == 1.0; with `eval_n` > 1 that means every
-   sample was correct). Greedy set cover repeatedly takes the candidate covering the most not-yet-covered
+1. Coverage: C(c) = dev instances candidate c solves: dev score >= `solved_at` (1.0 by default: every
+   sample correct; with `eval_n` samples, 1/eval_n means any sample correct). Greedy set cover repeatedly takes the candidate covering the most not-yet-covered
    instances (lowest index on ties) until nothing new is covered. The covered set may be empty: then the
    assignment is empty (no templates next epoch), never an error (the authors' code raises here).
 2. Per hard sample, K templates drawn with replacement, weight = max(mean dev score, `WEIGHT_FLOOR`):
@@ -20,9 +20,9 @@ from p2o.gepa.pool import WEIGHT_FLOOR, Pool
 SOLVED = 1.0
 
 
-def greedy_set_cover(scores: Sequence[Sequence[float]]) -> list[int]:
-    """Candidate indices in the order greedy set cover picks them (instances with score == 1.0 are covered)."""
-    covers = [{j for j, s in enumerate(row) if s >= SOLVED} for row in scores]
+def greedy_set_cover(scores: Sequence[Sequence[float]], solved_at: float = SOLVED) -> list[int]:
+    """Candidate indices in the order greedy set cover picks them (instances with score >= `solved_at` are covered)."""
+    covers = [{j for j, s in enumerate(row) if s >= solved_at} for row in scores]
     covered: set[int] = set()
     chosen: list[int] = []
     while True:
@@ -34,11 +34,12 @@ def greedy_set_cover(scores: Sequence[Sequence[float]]) -> list[int]:
         covered |= covers[best]
 
 
-def draw_weights(pool: Pool, cover: Sequence[int], dev_index: int | None) -> dict[int, float]:
+def draw_weights(pool: Pool, cover: Sequence[int], dev_index: int | None,
+                 solved_at: float = SOLVED) -> dict[int, float]:
     """Candidate -> weight for one hard sample (`dev_index` = its position in the dev split, or None)."""
     eligible = list(cover)
     if dev_index is not None:
-        solved = [c for c in cover if pool.candidates[c].dev_scores[dev_index] >= SOLVED]
+        solved = [c for c in cover if pool.candidates[c].dev_scores[dev_index] >= solved_at]
         eligible = solved or eligible
     return {c: max(pool.candidates[c].dev_mean, WEIGHT_FLOOR) for c in eligible}
 
@@ -50,7 +51,7 @@ def _draw(weights: dict[int, float], rng: random.Random) -> int:
 
 def assign_templates(pool: Pool, cover: Sequence[int], dev_ids: Sequence[str], feedback_ids: Sequence[str],
                      k: int, rng: random.Random, same_template_in_group: bool = False,
-                     leave_one_untemplated: bool = False) -> dict[str, list[str]]:
+                     leave_one_untemplated: bool = False, solved_at: float = SOLVED) -> dict[str, list[str]]:
     """problem id -> K templates (dev ids first, then feedback ids); {} when `cover` is empty."""
     if k < 1:
         raise ValueError(f"k: got {k}; expected at least 1 template per hard sample")
@@ -59,7 +60,7 @@ def assign_templates(pool: Pool, cover: Sequence[int], dev_ids: Sequence[str], f
     position = {pid: j for j, pid in enumerate(dev_ids)}
     out: dict[str, list[str]] = {}
     for pid in list(dev_ids) + list(feedback_ids):
-        weights = draw_weights(pool, cover, position.get(pid))
+        weights = draw_weights(pool, cover, position.get(pid), solved_at)
         if same_template_in_group:
             picks = [_draw(weights, rng)] * k
         else:

@@ -230,7 +230,8 @@ class JobManager:
             self._set(job_id, state="cancelled", stop_reason="cancelled", pause_reason="")
             return
         result = build_result(state, spec.k, gepa.seed, gepa.budget_metric_calls, gepa.accounting,
-                              spec.same_template_in_group, spec.leave_one_untemplated, spec.policy_version)
+                              spec.same_template_in_group, spec.leave_one_untemplated, spec.policy_version,
+                              gepa.solved_at)
         self.store.write(job_id, "result", result.to_dict())
         self._set(job_id, state="done", stop_reason=state.stop_reason, pause_reason="")
         log.info("GEPA job %s done: %s, %d iterations, pool %d, %d metric calls", job_id, state.stop_reason,

@@ -66,12 +66,12 @@ class GEPAResult:
 
 def build_result(state: SearchState, k: int, seed: int, budget_total: int, accounting: str,
                  same_template_in_group: bool = False, leave_one_untemplated: bool = False,
-                 policy_version: int = 0) -> GEPAResult:
+                 policy_version: int = 0, solved_at: float = 1.0) -> GEPAResult:
     """Set cover + assignment (drawn with `random.Random(f"assign:{seed}")`) over a finished search state."""
     pool = state.pool
-    cover = greedy_set_cover(pool.matrix())
+    cover = greedy_set_cover(pool.matrix(), solved_at)
     assignment = assign_templates(pool, cover, state.dev_ids, state.feedback_ids, k, random.Random(f"assign:{seed}"),
-                                  same_template_in_group, leave_one_untemplated)
+                                  same_template_in_group, leave_one_untemplated, solved_at)
     entries = [PoolEntry(c.idx, c.template, c.parent, c.iteration, c.dev_mean,
                          dict(zip(state.dev_ids, c.dev_scores, strict=True)), c.metric_calls_at_discovery) for c in pool.candidates]
     fronts = {pid: sorted(f) for pid, f in zip(state.dev_ids, instance_fronts(pool.matrix()), strict=True)}

@@ -26,6 +26,21 @@ def test_greedy_set_cover():
     assert greedy_set_cover([]) == []
 
 
+def test_solved_at_lowers_the_coverage_bar():
+    scores = [[0.25, 0.0, 0.0], [0.0, 0.5, 0.25], [0.0, 0.0, 0.0]]  # e.g. eval_n = 4: fractions of correct samples
+    assert greedy_set_cover(scores) == []                              # the paper's rule: every sample correct
+    assert greedy_set_cover(scores, solved_at=0.5) == [1]
+    assert greedy_set_cover(scores, solved_at=0.25) == [1, 0]          # any sample correct (pass@4)
+    pool = Pool()
+    for template, row in zip(["", "A", "B"], scores, strict=True):
+        pool.add(template, None, -1, row)
+    cover = greedy_set_cover(pool.matrix(), solved_at=0.25)
+    out = assign_templates(pool, cover, ["d0", "d1", "d2"], [], k=8, rng=random.Random(0), solved_at=0.25)
+    assert set(out["d0"]) == {""} and set(out["d1"]) == {"A"}           # only the candidates that solved it
+    assert set(out["d2"]) == {"A"}                                      # ditto; d2 is solved by A at 0.25
+    assert assign_templates(pool, greedy_set_cover(pool.matrix()), ["d0"], [], 4, random.Random(0)) == {}
+
+
 def test_assignment_follows_the_specified_distribution():
     pool = make_pool()
     cover = greedy_set_cover(pool.matrix())
