@@ -2,6 +2,8 @@
 
 Plots: training reward (P2O vs a baseline run when given), hard samples per epoch, templated-rollout success
 vs the plain prompt, mask rate / zero-advantage groups, held-out accuracy, and the step-time breakdown.
+Tables (from the saved rollouts, `logging.save_rollouts`): per epoch, the templated rollouts' success next to
+the same problems' success with the plain prompt one epoch earlier; per template, its rollouts and successes.
 Written at the end of `p2o train` and on demand by `p2o report RUN_DIR [--baseline RUN_DIR]`.
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from p2o.telemetry.metrics import read_metrics  # noqa: E402
 
@@ -36,6 +39,7 @@ def _plot(path: Path, title: str, ylabel: str, lines: list[tuple[str, list, list
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and epochs
     ax.grid(alpha=0.3)
     if len(lines) > 1 or lines[0][0]:
         ax.legend(fontsize=8)
@@ -79,6 +83,47 @@ def _table(rows: list[dict], keys: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _read_rollouts(run: Path, steps: list[dict]) -> list[dict]:
+    """Saved rollouts with their epoch (from the step records); [] when none were saved."""
+    epoch_of = {s["step"]: s.get("epoch") for s in steps}
+    rows = []
+    for f in sorted((run / "rollouts").glob("step_*.jsonl")):
+        step = int(f.stem.removeprefix("step_"))
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows.append({"step": step, "epoch": epoch_of.get(step), "problem_id": r["problem_id"],
+                             "template": r.get("template") or "", "reward": float(r.get("reward") or 0.0)})
+    return rows
+
+
+def template_tables(rollouts: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(per epoch, per template) success tables over rollouts [{epoch, problem_id, template, reward}].
+
+    Per epoch with templated rollouts: their count and success, and the success of the same problems' plain
+    (untemplated) rollouts in the previous epoch, i.e. when they were mined as hard. Per template: rollouts,
+    distinct problems and success, most used first."""
+    per_epoch = []
+    for e in sorted({r["epoch"] for r in rollouts if r["template"] and r["epoch"] is not None}):
+        templ = [r for r in rollouts if r["epoch"] == e and r["template"]]
+        pids = {r["problem_id"] for r in templ}
+        before = [r for r in rollouts if r["epoch"] == e - 1 and not r["template"] and r["problem_id"] in pids]
+        per_epoch.append({
+            "epoch": e, "problems": len(pids), "templated_rollouts": len(templ),
+            "templated_correct": int(sum(r["reward"] > 0 for r in templ)),
+            "templated_success": sum(r["reward"] > 0 for r in templ) / len(templ),
+            "plain_rollouts_prev_epoch": len(before),
+            "plain_success_prev_epoch": (sum(r["reward"] > 0 for r in before) / len(before)) if before else None})
+    per_template = []
+    for t in {r["template"] for r in rollouts if r["template"]}:
+        mine = [r for r in rollouts if r["template"] == t]
+        per_template.append({"template": t, "rollouts": len(mine), "problems": len({r["problem_id"] for r in mine}),
+                             "correct": int(sum(r["reward"] > 0 for r in mine)),
+                             "success": sum(r["reward"] > 0 for r in mine) / len(mine)})
+    per_template.sort(key=lambda r: (-r["rollouts"], r["template"]))
+    return per_epoch, per_template
+
+
 def write_report(run_dir: str | Path, baseline_dir: str | Path | None = None) -> Path:
     """Write plots and report.html into run_dir; returns the report path."""
     run = Path(run_dir)
@@ -107,6 +152,7 @@ def write_report(run_dir: str | Path, baseline_dir: str | Path | None = None) ->
     figs.append(_time_breakdown(run / "time_breakdown.png", steps))
     imgs = "".join(f'<img src="{f}" alt="{f}">' for f in figs if f)
     config = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
+    per_epoch, per_template = template_tables(_read_rollouts(run, steps))
     summary = {}
     if (run / "summary.json").is_file():
         summary = json.loads((run / "summary.json").read_text())
@@ -118,6 +164,10 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
 <h2>Plots</h2>{imgs}
 <h2>Epochs</h2>{_table(epochs, sorted({k for e in epochs for k in e if k not in ("kind", "time")}))}
 <h2>GEPA rounds</h2>{_table(gepa, sorted({k for g in gepa for k in g if k not in ("kind", "time")}))}
+<h2>Templated rollouts on hard samples</h2>
+<p>Success of the rollouts generated with templates (x+z), next to the same problems' plain-prompt rollouts
+one epoch earlier, when they were mined as hard.</p>{_table(per_epoch, list(per_epoch[0]) if per_epoch else [])}
+<h2>Templates used</h2>{_table(per_template, ["template", "rollouts", "problems", "correct", "success"])}
 <h2>Config</h2><pre>{html.escape(config)}</pre></body></html>"""
     out = run / "report.html"
     tmp = out.with_name(out.name + ".tmp")

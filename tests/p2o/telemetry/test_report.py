@@ -47,3 +47,29 @@ def test_report_on_missing_run(tmp_path, capsys):
 def test_gpu_sampler_degrades_without_nvml():
     s = GPUSampler()
     assert s.sample() == {} or all(k.startswith("gpu") for k in s.sample())
+
+
+def test_report_tables_templated_rollouts_against_the_plain_prompt_one_epoch_earlier(tmp_path):
+    with MetricsLogger(tmp_path) as m:
+        for step, epoch in ((1, 0), (2, 0), (3, 1)):
+            m.log({"epoch": epoch, "reward_mean": 0.0}, step=step)
+    rows = {  # step -> (problem, template, reward)
+        1: [("a", "", 0), ("a", "", 1), ("b", "", 0), ("b", "", 0)],
+        2: [("c", "", 1), ("c", "", 1)],
+        3: [("a", "Z1", 1), ("a", "Z2", 0), ("b", "Z1", 1), ("b", "Z1", 1), ("c", "", 0)],
+    }
+    (tmp_path / "rollouts").mkdir()
+    for step, rs in rows.items():
+        (tmp_path / "rollouts" / f"step_{step:06d}.jsonl").write_text("".join(
+            json.dumps({"problem_id": p, "template": z, "reward": float(r), "text": "..."}) + "\n" for p, z, r in rs))
+    from p2o.telemetry.report import _read_rollouts, template_tables
+
+    per_epoch, per_template = template_tables(_read_rollouts(tmp_path, list(read_metrics(tmp_path, "step"))))
+    # epoch 1: a and b templated (3 of 4 correct); their plain rollouts in epoch 0: 1 of 4 correct (c is not counted)
+    assert per_epoch == [{"epoch": 1, "problems": 2, "templated_rollouts": 4, "templated_correct": 3,
+                          "templated_success": 0.75, "plain_rollouts_prev_epoch": 4, "plain_success_prev_epoch": 0.25}]
+    assert [(t["template"], t["rollouts"], t["problems"], t["correct"]) for t in per_template] == [
+        ("Z1", 3, 2, 3), ("Z2", 1, 1, 0)]
+    assert main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert "Templates used" in page and "<td>Z1</td>" in page
