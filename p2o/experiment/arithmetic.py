@@ -66,6 +66,8 @@ class Settings:
     num_problems: int = 256
     eval_size: int = 64
     seed: int = 1234
+    levels: list[int] = field(default_factory=list)
+    """[]: `binary_problems` (a op b, the vs-TRL set); else `arithmetic.generate` with these difficulty levels."""
     epochs: int = 4
     steps_per_epoch: int = 0
     save_every_steps: int = 4
@@ -81,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-problems", type=int, default=d.num_problems, help="training problems")
     parser.add_argument("--eval-size", type=int, default=d.eval_size, help="held-out problems")
     parser.add_argument("--seed", type=int, default=d.seed, help="problem generator seed (held-out: seed + 1000003)")
+    parser.add_argument("--levels", type=lambda s: [int(x) for x in s.split(",") if x], default=d.levels,
+                        help="comma-separated difficulty levels of p2o.data.arithmetic (e.g. 0,1); "
+                             "default: binary a op b problems")
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--steps-per-epoch", type=int, default=d.steps_per_epoch,
                         help="0: every problem once per epoch (num_problems / prompts_per_step)")
@@ -93,14 +98,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------------- data
 def write_problem_files(out: Path, s: Settings) -> tuple[Path, Path]:
-    """problems.jsonl (binary_problems(num, seed)) and heldout.jsonl (seed + 1000003, training questions removed)."""
-    from p2o.data.arithmetic import binary_problems
+    """problems.jsonl and heldout.jsonl (generator seed + 1000003; training questions and repeats removed)."""
+    from p2o.data.arithmetic import binary_problems, generate
     from p2o.data.loaders import write_jsonl
 
-    train = binary_problems(s.num_problems, seed=s.seed)
+    def problems(n: int, seed: int, prefix: str):
+        if s.levels:
+            return generate(n, s.levels, seed=seed, id_prefix=prefix)
+        return binary_problems(n, seed=seed, id_prefix=prefix)
+
+    train = problems(s.num_problems, s.seed, "arith" if s.levels else "binop")
     seen = {p.question for p in train}
-    pool = binary_problems(s.eval_size * 2 + 64, seed=s.seed + 1_000_003, id_prefix="heldout")
-    heldout = [p for p in pool if p.question not in seen][: s.eval_size]
+    heldout = []
+    for p in problems(s.eval_size * 4 + 64, s.seed + 1_000_003, "heldout"):
+        if p.question not in seen and len(heldout) < s.eval_size:
+            heldout.append(p)
+            seen.add(p.question)
     if len(heldout) < s.eval_size:
         raise ValueError(f"--eval-size {s.eval_size}: only {len(heldout)} held-out problems differ from training")
     write_jsonl(out / "problems.jsonl", train)
@@ -114,7 +127,8 @@ def check_settings(out: Path, s: Settings) -> None:
     mine = asdict(s)
     if path.is_file():
         theirs = json.loads(path.read_text())
-        diff = sorted(k for k in mine if k != "arms" and theirs.get(k) != mine[k])
+        default = asdict(Settings())  # a key added after the experiment was started has its default there
+        diff = sorted(k for k in mine if k != "arms" and theirs.get(k, default[k]) != mine[k])
         if diff:
             raise ValueError(f"{path}: the experiment there has other settings ({', '.join(diff)}); "
                              f"use another --out or the same options")

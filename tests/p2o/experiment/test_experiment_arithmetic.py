@@ -88,3 +88,22 @@ def test_arms_differ_only_in_their_overrides(tmp_path):
         assert overrides[-1] == f"logging.run_dir={tmp_path / name}"
     assert "rollout.n=8" in base["grpo-k8"] and "p2o.enabled=true" in base["p2o-k4"]
     assert "checkpoint.resume=auto" in shared and "data.eval_source=" + str(tmp_path / "h.jsonl") in shared
+
+
+@pytest.mark.parametrize("levels", [[], [0, 1]])
+def test_problem_files_are_disjoint_and_follow_the_levels(tmp_path, levels):
+    from p2o.data.problem import Problem
+
+    def load(path):
+        return [Problem.from_dict(json.loads(line)) for line in path.read_text().splitlines()]
+
+    s = arithmetic.Settings(num_problems=40, eval_size=16, levels=levels)
+    train_path, heldout_path = arithmetic.write_problem_files(tmp_path, s)
+    train, heldout = load(train_path), load(heldout_path)
+    assert len(train) == 40 and len(heldout) == 16
+    held_q = [p.question for p in heldout]
+    assert len(set(held_q)) == 16 and not set(held_q) & {p.question for p in train}
+    if levels:
+        assert {p.meta["level"] for p in train} <= set(levels)
+    else:
+        assert all(p.id.startswith("binop") for p in train)
