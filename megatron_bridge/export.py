@@ -17,6 +17,15 @@ tensor, so any rank can feed an engine):
 
 Peak extra memory: one bucket plus the largest full tensor (and its TP shards while gathering). The tied output
 layer of the last stage is not exported (HF ties `lm_head` to `embed_tokens`).
+
+Views (`views=True`, for an engine in the same process that adopts the tensors instead of copying them, see
+`p2o.rollout.hf_engine`): where this rank owns the whole parameter (TP=1, its own PP stage) and the HF layout is
+a slice of the Megatron one, the yielded tensor is a view of the live parameter: the embedding (rows up to the
+real vocabulary), norms, `o_proj`, `down_proj`, and `gate_proj`/`up_proj` as the two halves of `linear_fc1`.
+q/k/v are copies (they are interleaved per query group in `linear_qkv`), as is everything gathered over TP or
+received from another stage. Views are read-only to the consumer, and they change when the optimizer steps:
+the consumer must reload (the training loop syncs after every step) before it reads them again. Without
+`views` every tensor is a fresh copy.
 """
 from __future__ import annotations
 
@@ -40,11 +49,13 @@ class WeightExport:
     """An iterator over buckets of (hf_name, full tensor); `version` tags the policy version exported."""
 
     def __init__(self, chunks: list, bridge: ModelBridge, provider: GPTProvider, layout, bucket_bytes: int,
-                 version: int = 0):
+                 version: int = 0, views: bool = False):
         if bucket_bytes <= 0:
             raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
         self.chunks, self.bridge, self.provider, self.layout = chunks, bridge, provider, layout
         self.bucket_bytes, self.version = bucket_bytes, version
+        self.views = views
+        """Yield views of live parameters where layouts allow (see the module docstring); set before iterating."""
         self._it: Iterator[WeightBucket] | None = None
         self._stage_meta: list | None = None
 
@@ -106,9 +117,10 @@ class WeightExport:
                 if layout.pp > 1:
                     dist.broadcast(full, src=layout.pp_global_rank(stage), group=layout.pp_group)
                 for hf_name, t in zip(hf_names, mapping.to_hf(full, info), strict=True):
-                    # Never hand out views of live parameters (TP=1 owners: `full` is the parameter itself).
+                    # Views of live parameters (TP=1 owners: `full` is the parameter itself) only when asked for.
                     shares = t.untyped_storage().data_ptr() == full.untyped_storage().data_ptr()
-                    t = t.clone() if owned and layout.tp == 1 and shares else t.contiguous()
+                    live = owned and layout.tp == 1 and shares
+                    t = t.clone() if live and not self.views else t.contiguous()
                     bucket.append((hf_name, t))
                     size += t.numel() * t.element_size()
                 del full

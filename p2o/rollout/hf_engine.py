@@ -18,6 +18,16 @@ Determinism:
   and the same sequence of calls.
 
 Log-probs follow the convention in `engine.py` (the sampled distribution after temperature, top-k, top-p).
+
+Shared weights (a trainer in the same process): a weight stream whose `views` attribute is true hands out
+tensors that may be views of the trainer's live parameters (`WeightExport(views=True)`). The engine then
+*adopts* each tensor (its parameter becomes that tensor, no copy; the copy it held is freed) instead of copying
+it, where shape, dtype and device match; any other tensor is copied as usual. Contract: the trainer modifies
+those tensors only between a `generate` and the next `load_weights` (the training loop pauses the scheduler
+while it trains). The engine checks it: each adopted tensor's in-place version counter is recorded at load,
+and `generate` raises `StaleWeights` if the trainer has modified one since (an optimizer step whose weights
+were not yet loaded under a new policy version), so no generation is labelled with a version it was not
+produced by. While weights are shared, `sleep`/`wake_up` only set a flag (the memory is the trainer's).
 """
 from __future__ import annotations
 
@@ -35,9 +45,22 @@ from p2o.rollout.engine import EngineAsleep, Generation, GenerationRequest, Weig
 from p2o.rollout.kv import PaddedKV, supports_refill
 from p2o.rollout.sampling import process_logits, sample
 from p2o.rollout.stopping import StopChecker, eos_token_ids
-from p2o.rollout.weights import HFWeightLoader
+from p2o.rollout.weights import HFWeightLoader, normalize_name, tensor_bytes
 
 log = logging.getLogger(__name__)
+
+
+class StaleWeights(RuntimeError):
+    """The trainer modified weights the engine shares since they were loaded (a mid-update policy)."""
+
+
+@dataclass
+class _Adopted:
+    """A stream tensor the engine's parameter `name` now is, and its in-place version counter at load."""
+
+    name: str
+    tensor: torch.Tensor
+    version: int
 
 
 @dataclass
@@ -71,6 +94,7 @@ class HFEngine:
         self._sleeping = False
         self._device = next(model.parameters()).device
         self._loader = HFWeightLoader(model)
+        self._adopted: dict[str, _Adopted] = {}
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
@@ -90,30 +114,88 @@ class HFEngine:
     def is_sleeping(self) -> bool:
         return self._sleeping
 
+    @property
+    def shared_parameters(self) -> list[str]:
+        """Names of the parameters that are adopted stream tensors (views of a trainer's weights)."""
+        return sorted(self._adopted)
+
     def sleep(self) -> None:
-        """Move the weights to host memory when on an accelerator (a flag only on CPU)."""
-        if self._device.type != "cpu":
+        """Move the weights to host memory when on an accelerator (a flag only on CPU or with shared weights)."""
+        if self._device.type != "cpu" and not self._adopted:
             self.model.to("cpu")
             torch.cuda.empty_cache()
         self._sleeping = True
 
     def wake_up(self) -> None:
-        if self._device.type != "cpu":
+        if self._device.type != "cpu" and not self._adopted:
             self.model.to(self._device)
         self._sleeping = False
 
     def load_weights(self, bucket_stream: Iterator[WeightBucket], version: int) -> None:
-        """Copy the HF-named stream into the model in place (partial updates allowed), then set the version."""
+        """Load the HF-named stream (partial updates allowed), then set the version: copied into the model in
+        place, or adopted when the stream says `views` (see the module docstring)."""
         if version < self.policy_version:
             raise ValueError(f"load_weights: version {version} is older than the loaded {self.policy_version}")
-        cov = self._loader.load(bucket_stream)
-        log.info("loaded %d tensors (%.1f MB) -> policy version %d", cov.tensors, cov.bytes / 1e6, version)
+        if getattr(bucket_stream, "views", False):
+            tensors, nbytes, adopted = self._adopt(bucket_stream)
+            log.info("loaded %d tensors (%d adopted, %.1f MB copied) -> policy version %d", tensors, adopted,
+                     nbytes / 1e6, version)
+        else:
+            cov = self._loader.load(self._unshare(bucket_stream))
+            log.info("loaded %d tensors (%.1f MB) -> policy version %d", cov.tensors, cov.bytes / 1e6, version)
         self.policy_version = version
+
+    @torch.no_grad()
+    def _adopt(self, stream: Iterator[WeightBucket]) -> tuple[int, int, int]:
+        """Make each parameter the stream's tensor where shape, dtype and device allow; else copy (a fresh
+        tensor, never into a tensor adopted earlier). Returns (tensors, bytes copied, tensors adopted)."""
+        tensors = nbytes = adopted = 0
+        for bucket in stream:
+            for raw_name, tensor in bucket:
+                name = normalize_name(raw_name)
+                target = self._loader.params.get(name)
+                if target is None:
+                    raise KeyError(f"weight stream: tensor '{raw_name}' has no parameter of that name in the engine's "
+                                   f"model ({type(self.model).__name__})")
+                if tuple(target.shape) != tuple(tensor.shape):
+                    raise ValueError(f"weight stream: tensor '{raw_name}' has shape {tuple(tensor.shape)}; the "
+                                     f"engine's parameter has {tuple(target.shape)}")
+                owner = self._loader.canonical[name]
+                if tensor.dtype == target.dtype and tensor.device == target.device:
+                    target.data = tensor.detach()
+                    self._adopted[owner] = _Adopted(owner, tensor, tensor._version)
+                    adopted += 1
+                else:
+                    target.data = tensor.to(device=target.device, dtype=target.dtype, copy=True)
+                    self._adopted.pop(owner, None)
+                    nbytes += tensor_bytes(tensor)
+                tensors += 1
+        return tensors, nbytes, adopted
+
+    def _unshare(self, stream: Iterator[WeightBucket]) -> Iterator[WeightBucket]:
+        """Give the engine private copies of adopted parameters the stream is about to write, so that copying
+        a stream into the model never writes into a trainer's weights."""
+        for bucket in stream:
+            for raw_name, _ in bucket:
+                owner = self._loader.canonical.get(normalize_name(raw_name))
+                if owner in self._adopted:
+                    param = self._loader.params[owner]
+                    param.data = param.data.clone()
+                    del self._adopted[owner]
+            yield bucket
+
+    def check_weights(self) -> None:
+        """Raise `StaleWeights` if the trainer modified an adopted tensor since it was loaded."""
+        for a in self._adopted.values():
+            if a.tensor._version != a.version:
+                raise StaleWeights(f"the trainer modified '{a.name}' after it was loaded at policy version "
+                                   f"{self.policy_version}; load the new weights (load_weights) before generating")
 
     @torch.inference_mode()
     def generate(self, requests: list[GenerationRequest]) -> list[list[Generation]]:
         if self._sleeping:
             raise EngineAsleep("HFEngine.generate called while asleep; call wake_up() first")
+        self.check_weights()
         for req in requests:
             self._check_prompt(req)
         seqs = sorted(expand(requests, self._rng), key=lambda s: len(s.prompt_ids))

@@ -122,8 +122,14 @@ class Runtime:
         return self.verifier.score_many(pairs)
 
     def sync_weights(self, version: int) -> None:
-        """Collective: every rank streams its weights; rank 0 loads them into the engine at `version`."""
+        """Collective: every rank streams its weights; rank 0 loads them into the engine at `version`.
+
+        With `rollout.share_weights` and the HF engine, the stream hands out views of the policy's parameters
+        where layouts allow and the engine adopts them instead of keeping its own copy; it refuses to generate
+        if the policy changes them before the next sync (`p2o.rollout.hf_engine`, docs/rollout.md)."""
         stream = self.policy.export_weights(self.cfg.rollout.weight_bucket_bytes)
+        if self.cfg.rollout.share_weights and self.cfg.rollout.engine == "hf" and hasattr(stream, "views"):
+            stream.views = True
         if self.is_rank0:
             self.scheduler.update_weights(stream, version)
         else:
