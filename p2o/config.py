@@ -374,6 +374,9 @@ class TrainConfig:
     skip_zero_advantage_rows: bool = True
     """Leave rows whose loss is exactly zero (advantage 0, or every token masked) out of the forward/backward
     pass when grpo.kl_coef = 0; they still count in the normaliser, so the gradient is unchanged."""
+    malloc_mmap_threshold_bytes: int = 128 * 1024
+    """glibc: allocations of at least this many bytes get their own mapping, returned to the OS when freed, so
+    RSS follows live memory across steps (p2o.train.malloc; 0: glibc's dynamic default, max 32 MiB)."""
     nproc: int = 0
     """Processes to launch (0: parallel.tp x parallel.pp; more gives data parallelism)."""
 
@@ -445,6 +448,7 @@ _MINIMUM: dict[str, tuple[float, bool]] = {
     "reflection.timeout_s": (0, False), "reflection.retries": (0, True),
     "model.make_vocab_size_divisible_by": (1, True),
     "checkpoint.save_every_steps": (0, True), "checkpoint.keep_last": (1, True),
+    "train.malloc_mmap_threshold_bytes": (0, True),
     "train.epochs": (1, True), "train.steps_per_epoch": (0, True), "train.nproc": (0, True),
 }
 
