@@ -6,6 +6,11 @@ gateway, the verifier), one `train_step` per lock-step command, plain GRPO (p2o.
 Step I trains on problems [I * prompts_per_step, (I + 1) * prompts_per_step) of the file, in file order.
 The step record carries the loop's own timings (generate, verify, old-logprob, update, weight-sync) and
 `step_s`, the wall time of the whole `train_step` call.
+
+Memory (docs/results.md section 1): the fused log-prob/loss path (`train.use_kernels=true`, the chunked torch
+fallback on CPU: no [T, V] logits), the engine adopting the policy's weights (`rollout.share_weights`, bound
+once before the first step by an initial weight sync, so the engine's own copy is never paged in) and a fixed
+glibc mmap threshold (`train.malloc_mmap_threshold_bytes`, set before anything large is allocated).
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ BENCH_OVERRIDES = [
     "rollout.temperature=1.0", "rollout.top_p=1.0", "rollout.top_k=0", "rollout.max_batch_size=32",
     "optim.lr=1e-6", "grpo.kl_coef=0.0", "grpo.ppo_minibatches=1", "grpo.ppo_epochs=1",
     "grpo.micro_batch_size=8", "data.id_key=id", "data.eval_source=''", "checkpoint.resume=none",
-    "logging.progress=false", "logging.save_rollouts=false", "train.epochs=1",
+    "logging.progress=false", "logging.save_rollouts=false", "train.epochs=1", "train.use_kernels=true",
 ]
 
 
@@ -49,15 +54,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from p2o.config import load_config
     from p2o.train.loop import Trainer
+    from p2o.train.malloc import set_mmap_threshold
     from p2o.train.runtime import build_runtime
 
     cfg = load_config(None, BENCH_OVERRIDES + [f"data.source={args.problems}", f"logging.run_dir={args.run_dir}"]
                       + list(args.overrides))
+    set_mmap_threshold(cfg.train.malloc_mmap_threshold_bytes)
     _single_rank_env()
     t0 = time.perf_counter()
     rt = build_runtime(cfg)
     try:
         trainer = Trainer(cfg, rt)
+        if cfg.rollout.share_weights:
+            rt.sync_weights(trainer.state.policy_version)  # the engine adopts the policy's weights now
         k = cfg.rollout.prompts_per_step
         emit({"event": "ready", "side": "ours", "load_s": time.perf_counter() - t0})
         for i in commands():
