@@ -3,11 +3,12 @@
 Why: with glibc's default *dynamic* mmap threshold, the first large tensor freed raises the threshold to its
 size (up to 32 MiB), so later activation tensors of a few MiB come from the heap arenas instead of fresh
 mappings. The forward/backward of a micro-batch frees them all again, but the arenas keep the pages: the
-process's RSS then grows step after step above what is live (measured on SmolLM2-135M in fp32, one
-train_step of 4 micro-batches of 8 x 121 tokens: 2.8 GiB above the live peak in step 1, 3.7 GiB in step 2;
-docs/results.md section 1). A *fixed* threshold (`mallopt(M_MMAP_THRESHOLD, n)`, which also turns the dynamic
-adjustment off) maps every allocation of `n` bytes or more on its own and unmaps it when freed, so RSS follows
-live memory; the price is a page fault per first touch of such an allocation (measured in the same place).
+process's RSS stays far above what is live (measured on the Megatron policy of SmolLM2-135M in fp32, one
+train_step of 4 micro-batches of 8 x 121 tokens: the forward/backward peak 1.9 GiB higher than with a fixed
+threshold, and 3.3 GiB more resident after the step, 5.8 vs 2.5 GiB; docs/results.md section 1). A *fixed*
+threshold (`mallopt(M_MMAP_THRESHOLD, n)`, which also turns the dynamic adjustment off) maps every
+allocation of `n` bytes or more on its own and unmaps it when freed, so RSS follows live memory; the price
+is page faults (kernel time) on the first touch of every such allocation.
 
 This is what `MALLOC_MMAP_THRESHOLD_=n` in the environment does, applied from the config instead of the
 launcher. A no-op (returns False) where the C library is not glibc.
