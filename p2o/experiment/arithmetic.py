@@ -14,7 +14,8 @@ steps and at each epoch end), so a killed experiment continues where it stopped:
 
 Token accounting (the `tokens` columns): generated tokens of the training rollouts (the loop's
 `gen_tokens`) plus, for P2O, GEPA's candidate-evaluation rollouts charged as the GEPA record's
-`budget_used` x `gepa.eval_max_tokens` (an upper bound: every evaluation is charged its full length).
+`budget_used` x `gepa.eval_n` x `gepa.eval_max_tokens` (an upper bound: every sample of every evaluation is
+charged its full length).
 Reflection calls (the frozen model writing templates) are listed apart, as `reflection calls`.
 """
 from __future__ import annotations
@@ -173,14 +174,15 @@ def load_records(run_dir: Path) -> list[dict]:
     return list(read_metrics(run_dir))
 
 
-def arm_summary(records: list[dict], eval_max_tokens: int) -> dict:
-    """The summary-table row of one arm from its metrics records."""
+def arm_summary(records: list[dict], eval_tokens_per_call: int) -> dict:
+    """The summary-table row of one arm from its metrics records; a GEPA metric call is charged
+    `eval_tokens_per_call` tokens (gepa.eval_n x gepa.eval_max_tokens)."""
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     gepa = [r for r in records if r.get("kind") == "gepa"]
     train_tokens = sum(int(r.get("gen_tokens") or 0) for r in steps)
     gepa_calls = sum(int(r.get("budget_used") or 0) for r in gepa)
-    gepa_tokens = gepa_calls * eval_max_tokens
+    gepa_tokens = gepa_calls * eval_tokens_per_call
     last = epochs[-1] if epochs else {}
     last_epoch = max((r.get("epoch", 0) for r in steps), default=0)
     last_steps = [r for r in steps if r.get("epoch", 0) == last_epoch]
@@ -232,7 +234,7 @@ def summary_markdown(rows: list[dict], s: Settings) -> str:
             f"{f' x {s.steps_per_epoch} steps' if s.steps_per_epoch else ''}, model {s.model}, base config "
             f"{s.config}{(', overrides: ' + ' '.join(s.overrides)) if s.overrides else ''}. Held-out accuracy is "
             f"measured at the end of each epoch without templates. GEPA eval tokens = budget_used x "
-            f"gepa.eval_max_tokens (an upper bound).\n")
+            f"gepa.eval_n x gepa.eval_max_tokens (an upper bound).\n")
     return "\n".join([head, sep, *body]) + "\n" + note
 
 
@@ -269,9 +271,13 @@ def plot_curves(out: Path, records_by_arm: dict[str, list[dict]]) -> list[Path]:
 def write_report(out: Path, s: Settings) -> Path:
     from p2o.config import load_config
 
-    eval_max_tokens = load_config(s.config, s.overrides).gepa.eval_max_tokens
+    def tokens_per_call(arm: str) -> int:  # from the arm's own resolved config (the base config may have changed)
+        resolved = out / arm / "config.yaml"
+        g = load_config(resolved if resolved.is_file() else s.config, [] if resolved.is_file() else s.overrides).gepa
+        return g.eval_n * g.eval_max_tokens
+
     records = {a: load_records(out / a) for a in s.arms if (out / a / "metrics.jsonl").is_file()}
-    rows = [{"arm": ARMS[a].label, **arm_summary(recs, eval_max_tokens)} for a, recs in records.items()]
+    rows = [{"arm": ARMS[a].label, **arm_summary(recs, tokens_per_call(a))} for a, recs in records.items()]
     plot_curves(out, records)
     path = out / "summary.md"
     tmp = path.with_name(path.name + ".tmp")

@@ -31,7 +31,7 @@ def test_arm_summary_counts_gepa_evaluation_tokens():
             {"kind": "step", "step": 2, "epoch": 1, "gen_tokens": 50, "reward_mean": 0.75, "zero_adv_frac": 0.0,
              "templated_success": 0.5, "mask_rate": 0.1},
             {"kind": "epoch", "step": 2, "epoch": 1, "heldout_greedy": 0.3, "heldout_avg4": 0.2, "hard_count": 1}]
-    s = arithmetic.arm_summary(recs, eval_max_tokens=48)
+    s = arithmetic.arm_summary(recs, eval_tokens_per_call=48)
     assert (s["train_tokens"], s["gepa_tokens"], s["tokens"]) == (150, 7 * 48, 150 + 7 * 48)
     assert (s["heldout_greedy_first"], s["heldout_greedy_last"], s["heldout_avg4_last"]) == (0.1, 0.3, 0.2)
     assert (s["reward_first_epoch"], s["reward_last_epoch"], s["zero_adv_frac"]) == (0.25, 0.75, 0.25)
