@@ -89,16 +89,20 @@ def _launch(cmd: list[str], run_dir: Path) -> int:
 def run(cfg) -> int:
     """Build, resume if possible, train, write the summary and the report. Returns the exit code."""
     from p2o.train.loop import REQUEUE_EXIT_CODE, Preempted, Trainer
+    from p2o.train.malloc import set_mmap_threshold
     from p2o.train.runtime import build_runtime
 
     run_dir = Path(cfg.logging.run_dir)
     t0 = time.time()
     rt = None
     try:
+        set_mmap_threshold(cfg.train.malloc_mmap_threshold_bytes)  # before the big allocations
         rt = build_runtime(cfg)
         trainer = Trainer(cfg, rt)
         trainer.install_signal_handlers()
-        resumed = trainer.resume()
+        resumed = trainer.resume()  # a resume syncs the engine to the restored weights
+        if not resumed and cfg.rollout.share_weights:
+            rt.sync_weights(trainer.state.policy_version)  # the engine adopts the policy's weights before step 1
         summary = trainer.fit()
         summary["resumed"] = resumed
         code = 0
