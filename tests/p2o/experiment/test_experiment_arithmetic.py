@@ -13,7 +13,7 @@ from p2o.experiment import arithmetic
 
 TINY = ["--model", "tiny-qwen3", "--num-problems", "16", "--eval-size", "4", "--epochs", "2", "--steps-per-epoch",
         "1", "--save-every-steps", "1", "--set", "rollout.max_new_tokens=8", "--set", "gepa.eval_max_tokens=8",
-        "--set", "gepa.budget_metric_calls=8", "--set", "reflection.max_tokens=16",
+        "--set", "gepa.budget_metric_calls=8", "--set", "gepa.eval_n=2", "--set", "reflection.max_tokens=16",
         # The random tiny model never answers right: without this no optimizer step would ever run, and a
         # checkpoint without Adam state cannot be resumed by the Megatron backend.
         "--set", "train.skip_zero_advantage_rows=false"]
@@ -61,7 +61,8 @@ def test_p2o_arm_summary_skip_and_resume(tmp_path, tiny_model_dir):
     assert len(gepa) == 1 and gepa[0]["budget_used"] > 0  # the GEPA round after epoch 1 ran through the service
     summary = (out / "summary.md").read_text()
     p2o_row = next(line for line in summary.splitlines() if line.startswith("| P2O Self-Ref (K=4) |"))
-    assert f"| {gepa[0]['budget_used'] * 8} |" in p2o_row  # GEPA evaluation tokens = budget_used x eval_max_tokens
+    # GEPA evaluation tokens = budget_used x eval_n x eval_max_tokens
+    assert f"| {gepa[0]['budget_used'] * 2 * 8} |" in p2o_row
     assert (out / "curves" / "reward.png").is_file() and (out / "curves" / "heldout_greedy.png").is_file()
 
     r = _run(out, "--arms", "p2o-k4")  # finished: skipped, no training process
