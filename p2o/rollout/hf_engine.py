@@ -152,15 +152,7 @@ class HFEngine:
         tensors = nbytes = adopted = 0
         for bucket in stream:
             for raw_name, tensor in bucket:
-                name = normalize_name(raw_name)
-                target = self._loader.params.get(name)
-                if target is None:
-                    raise KeyError(f"weight stream: tensor '{raw_name}' has no parameter of that name in the engine's "
-                                   f"model ({type(self.model).__name__})")
-                if tuple(target.shape) != tuple(tensor.shape):
-                    raise ValueError(f"weight stream: tensor '{raw_name}' has shape {tuple(tensor.shape)}; the "
-                                     f"engine's parameter has {tuple(target.shape)}")
-                owner = self._loader.canonical[name]
+                owner, target = self._loader.target(raw_name, tensor)
                 if tensor.dtype == target.dtype and tensor.device == target.device:
                     target.data = tensor.detach()
                     self._adopted[owner] = _Adopted(owner, tensor, tensor._version)

@@ -106,21 +106,27 @@ class HFWeightLoader:
         """Canonical names of the parameters a complete update must write."""
         return {n for n, _ in self.model.named_parameters()}
 
+    def target(self, raw_name: str, tensor: torch.Tensor) -> tuple[str, torch.nn.Parameter]:
+        """(canonical name, the model's parameter) for a streamed tensor; raises naming the tensor when it has no
+        parameter of that name or a different shape."""
+        name = normalize_name(raw_name)
+        target = self.params.get(name)
+        if target is None:
+            raise KeyError(f"weight stream: tensor '{raw_name}' has no parameter of that name in the engine's "
+                           f"model ({type(self.model).__name__})")
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise ValueError(f"weight stream: tensor '{raw_name}' has shape {tuple(tensor.shape)}; the "
+                             f"engine's parameter has {tuple(target.shape)}")
+        return self.canonical[name], target
+
     @torch.no_grad()
     def load(self, stream: Iterable[WeightBucket]) -> WeightCoverage:
         cov = WeightCoverage(expected=self.expected())
         for bucket in stream:
             for raw_name, tensor in bucket:
-                name = normalize_name(raw_name)
-                target = self.params.get(name)
-                if target is None:
-                    raise KeyError(f"weight stream: tensor '{raw_name}' has no parameter of that name in the engine's "
-                                   f"model ({type(self.model).__name__})")
-                if tuple(target.shape) != tuple(tensor.shape):
-                    raise ValueError(f"weight stream: tensor '{raw_name}' has shape {tuple(tensor.shape)}; the "
-                                     f"engine's parameter has {tuple(target.shape)}")
+                owner, target = self.target(raw_name, tensor)
                 target.copy_(tensor.to(device=target.device, dtype=target.dtype))
-                cov.written.add(self.canonical[name])
+                cov.written.add(owner)
                 cov.tensors += 1
                 cov.bytes += tensor_bytes(tensor)
         return cov
