@@ -101,7 +101,7 @@ def run(cfg) -> int:
         trainer = Trainer(cfg, rt)
         trainer.install_signal_handlers()
         resumed = trainer.resume()  # a resume syncs the engine to the restored weights
-        if not resumed and cfg.rollout.share_weights:
+        if not resumed and cfg.rollout.share_weights and cfg.rollout.engine == "hf":
             rt.sync_weights(trainer.state.policy_version)  # the engine adopts the policy's weights before step 1
         summary = trainer.fit()
         summary["resumed"] = resumed
