@@ -97,18 +97,21 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: 
                            normaliser: float, *, seq_ids: torch.Tensor | None = None,
                            ref_logprobs: torch.Tensor | None = None, params: GRPOLossParams | None = None,
                            temperature: float = 1.0, tp_group=None, vocab_start: int = 0, backend: str = "auto",
-                           split_v: int | None = None, vocab_chunk: int | None = None) -> GRPOLossOutput:
+                           split_v: int | None = None, vocab_chunk: int | None = None,
+                           on_policy: torch.Tensor | None = None) -> GRPOLossOutput:
     """GRPO loss straight from hidden states [T, H] and LM-head rows [V_local, H]: one autograd node.
 
     Same arguments as `grpo_token_loss` plus those of `fused_linear_logprob` (targets, temperature,
-    tp_group, vocab_start). The backward touches only tokens with a non-zero loss gradient.
+    tp_group, vocab_start). The backward touches only tokens with a non-zero loss gradient. ``on_policy``
+    (optional bool [T]) marks tokens whose old log-prob is the current one from this same pass (their
+    ``old_logprobs`` entries are ignored; ratio exactly 1): the update needs no separate old-log-prob pass.
     """
     params = params or GRPOLossParams()
     w = aggregation_weights(mask, normaliser, params.loss_agg, seq_ids)
     opts = LogprobOptions(temperature=temperature, vocab_start=vocab_start, tp_group=tp_group, backend=backend,
                           split_v=split_v, vocab_chunk=vocab_chunk)
     loss, logp, weighted, clipped, kl = FusedLinearGRPOLossFunction.apply(
-        hidden, weight, targets, old_logprobs, advantages, w, ref_logprobs, params, opts)
+        hidden, weight, targets, old_logprobs, advantages, w, ref_logprobs, params, opts, on_policy)
     return _output(mask, loss, weighted, clipped, kl if params.kl_coef != 0 else None, logp)
 
 

@@ -50,7 +50,7 @@ from megatron_bridge.hf_io import read_config
 from megatron_bridge.parallel import ParallelLayout, init_parallel
 from megatron_bridge.provider import GPTProvider, ModelBridge, bridge_for
 from megatron_bridge.weights import load_hf_checkpoint
-from p2o.algo.grpo import GRPOLoss
+from p2o.algo.grpo import GRPOLoss, old_logprobs
 from p2o.train.policy import LossFn, SequenceBatch, StepMetrics
 
 log = logging.getLogger(__name__)
@@ -286,11 +286,13 @@ class MegatronPolicy:
         w = inputs["weights"]
         out = fused_linear_grpo_loss(self._response_hidden(mb, output).to(weight.dtype), weight, mb.targets,
                                      inputs["old_logprobs"], inputs["advantages"], w, 1.0,
-                                     ref_logprobs=inputs.get("ref_logprobs"), params=params, **tp_kw)
+                                     ref_logprobs=inputs.get("ref_logprobs"), params=params,
+                                     on_policy=inputs.get("on_policy"), **tp_kw)
         pg_loss = out.per_token_loss.sum()
         if out.kl is not None:
             pg_loss = pg_loss - loss_fn.kl_coef * (out.kl * w).sum()
-        return out.loss, loss_fn.report(float(pg_loss), out.clipped, out.kl, out.logprobs, inputs)
+        return out.loss, loss_fn.report(float(pg_loss), out.clipped, out.kl, out.logprobs,
+                                        old_logprobs(out.logprobs, inputs), inputs)
 
     def _step_metrics(self, reports: list, grad_norm, lr: float, n_tokens: int) -> StepMetrics:
         """Sum the micro-batch losses (and DP ranks), average the extras; broadcast from the last stage."""

@@ -197,6 +197,11 @@ class GRPOConfig:
     """Optimizer steps per rollout batch (the paper: 2)."""
     ppo_epochs: int = 1
     """Passes over each rollout batch."""
+    skip_old_logprob_pass: bool = True
+    """When each rollout batch is exactly one optimizer step (ppo_epochs 1, ppo_minibatches 1), rows trained on the
+    prompt they were sampled from take their old log-probs from the update's own forward pass, detached (the
+    ratio is exactly 1, as on-policy), instead of a separate forward pass. Templated rows keep their pass (the
+    mask needs log-probs under x and x+z). false: always a separate pass."""
     micro_batch_size: int = 8
     """Sequences per forward/backward micro-batch."""
 

@@ -302,13 +302,17 @@ class GRPOTokenLossFunction(torch.autograd.Function):
 class FusedLinearGRPOLossFunction(torch.autograd.Function):
     """Autograd node: (hidden [T, H], weight [V_local, H]) -> (loss, logp [T], w*l [T], clipped [T], kl [T] or empty).
 
+    ``on_policy`` (optional bool [T]): tokens whose old log-prob is the current one, computed in this pass.
+
     Only the loss is differentiable; its backward is the fused log-prob backward with upstream coef * dL.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, old_logp, adv, agg_weight, ref_logp, params: GRPOLossParams,
-                opts: LogprobOptions):
+                opts: LogprobOptions, on_policy=None):
         logp, _, stats = fused_linear_logprob_forward(hidden, weight, targets, opts)
+        if on_policy is not None:  # these tokens' old log-prob is the current one (ratio exactly 1)
+            old_logp = torch.where(on_policy, logp, old_logp)
         terms = grpo_token_terms(logp, old_logp, adv, agg_weight, ref_logp, params, opts.backend)
         ctx.save_for_backward(hidden, weight, targets, stats.lse, terms.coef)
         ctx.opts = opts
@@ -321,4 +325,4 @@ class FusedLinearGRPOLossFunction(torch.autograd.Function):
         d_hidden, d_weight = fused_linear_logprob_backward(hidden, weight, targets, stats, coef * d_loss, None,
                                                            ctx.opts)
         return (d_hidden if ctx.needs_input_grad[0] else None, d_weight if ctx.needs_input_grad[1] else None,
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)

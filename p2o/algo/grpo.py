@@ -109,13 +109,23 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     return PolicyLoss(loss, was_clipped)
 
 
+def old_logprobs(logprobs: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The old log-probs [T] of the loss: ``inputs["old_logprobs"]``, except tokens flagged in the optional bool
+    ``inputs["on_policy"]``, whose old log-prob is the current one detached (no separate pass; ratio 1)."""
+    old = inputs["old_logprobs"]
+    on_policy = inputs.get("on_policy")
+    if on_policy is None:
+        return old
+    return torch.where(on_policy, logprobs.detach(), old)
+
+
 @dataclass(frozen=True)
 class GRPOLoss:
     """The loop's `p2o.train.policy.LossFn`: the clipped (dual-clip) surrogate plus an optional KL penalty.
 
     token inputs, each [T]: ``old_logprobs``, ``advantages``, ``weights`` (the aggregation weight with the step's
-    global normaliser, the context-ratio mask and the row scale already folded in; see `token_weights`) and
-    ``ref_logprobs`` when ``kl_coef`` != 0. loss = sum_t w_t (l_t + kl_coef KL_t).
+    global normaliser, the context-ratio mask and the row scale already folded in; see `token_weights`),
+    ``ref_logprobs`` when ``kl_coef`` != 0, and optionally ``on_policy`` (bool; see `old_logprobs`). loss = sum_t w_t (l_t + kl_coef KL_t).
 
     The knobs are fields so that a backend able to fuse the LM head with this loss (`megatron_bridge` with
     ``train.use_kernels``: `kernels.fused_linear_grpo_loss` from hidden states) computes the same quantity; it
@@ -133,26 +143,27 @@ class GRPOLoss:
         return cls(cfg.clip_low, cfg.clip_high, cfg.dual_clip, cfg.kl_coef, cfg.kl_type)
 
     def __call__(self, logprobs: torch.Tensor, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        pl = clipped_policy_loss(logprobs, inputs["old_logprobs"], inputs["advantages"],
-                                 self.clip_low, self.clip_high, self.dual_clip)
+        old = old_logprobs(logprobs, inputs)
+        pl = clipped_policy_loss(logprobs, old, inputs["advantages"], self.clip_low, self.clip_high, self.dual_clip)
         w = inputs["weights"]
         pg_loss = (pl.loss * w).sum()
         loss, kl = pg_loss, None
         if self.kl_coef:
             kl = kl_penalty(logprobs, inputs["ref_logprobs"], self.kl_type)
             loss = loss + self.kl_coef * (kl * w).sum()
-        return loss, self.report(float(pg_loss.detach()), pl.clipped, kl, logprobs, inputs)
+        return loss, self.report(float(pg_loss.detach()), pl.clipped, kl, logprobs, old, inputs)
 
     def report(self, pg_loss: float, clipped: torch.Tensor, kl: torch.Tensor | None, logprobs: torch.Tensor,
-               inputs: dict[str, torch.Tensor]) -> dict[str, float]:
+               old: torch.Tensor, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
         """Metrics of one micro-batch: pg_loss (sum_t w_t l_t without KL), clip_frac_sum, active_tokens (w > 0),
-        approx_kl_sum (sum of old - new over active tokens) and kl_sum (with a KL term); clipped [T] bool."""
+        approx_kl_sum (sum of old - new over active tokens) and kl_sum (with a KL term); clipped [T] bool,
+        old [T] the old log-probs the loss used (see `old_logprobs`)."""
         active = inputs["weights"] > 0
         metrics = {
             "pg_loss": pg_loss,
             "clip_frac_sum": float((clipped & active).sum()),
             "active_tokens": float(active.sum()),
-            "approx_kl_sum": float(((inputs["old_logprobs"] - logprobs.detach()) * active).sum()),
+            "approx_kl_sum": float(((old - logprobs.detach()) * active).sum()),
         }
         if kl is not None:
             metrics["kl_sum"] = float((kl.detach() * active).sum())

@@ -5,7 +5,8 @@
 Mapped: model.path -> the model; rollout.prompts_per_step, rollout.n -> prompts and K; rollout.max_new_tokens ->
 the longest response (the mean stays the planner's, capped by it); rollout.max_prompt_tokens caps the prompt;
 grpo.micro_batch_size; parallel.distributed_optimizer; train.use_kernels -> the fused log-prob kernel;
-model.dtype -> bytes per element; rollout.vllm_*; gepa.budget_metric_calls (0 when p2o.enabled is false).
+model.dtype -> bytes per element; rollout.vllm_*; gepa.budget_metric_calls (0 when p2o.enabled is false);
+grpo.skip_old_logprob_pass with one optimizer step per batch -> no separate old-log-prob pass.
 Mean lengths are not in a config: the planner's defaults (or --prompt-tokens / --response-tokens) apply.
 """
 from __future__ import annotations
@@ -27,5 +28,7 @@ def settings_from_config(cfg) -> tuple[str, dict, tuple[int, int]]:
         dtype_bytes=2 if cfg.model.dtype == "bfloat16" else 4, vllm_sleep_level=r.vllm_sleep_level,
         vllm_gpu_memory_fraction=r.vllm_gpu_memory_utilization, vllm_tp=r.vllm_tp,
         gepa_calls_per_epoch=cfg.gepa.budget_metric_calls if cfg.p2o.enabled else 0,
+        old_logprob_pass=not (cfg.grpo.skip_old_logprob_pass and cfg.grpo.ppo_epochs == 1
+                              and cfg.grpo.ppo_minibatches == 1),
     )
     return cfg.model.path, values, (cfg.parallel.tp, cfg.parallel.pp)

@@ -111,6 +111,9 @@ class RunSettings:
     """Fraction of HBM bandwidth decode achieves."""
     templated_fraction: float = 0.0
     """Fraction of rollouts generated with a GEPA template (P2O): old log-probs run on x and on x+z for them."""
+    old_logprob_pass: bool = True
+    """Untemplated rows get a separate old-log-prob forward. False: one optimizer step per batch with
+    grpo.skip_old_logprob_pass, where they take it from the update's own forward (templated rows still get both)."""
     gepa_calls_per_epoch: int = 11040
     """GEPA metric calls (one greedy rollout each) per epoch (gepa.budget_metric_calls)."""
     steps_per_epoch: int = 315

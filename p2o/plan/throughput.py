@@ -6,7 +6,8 @@
                  (or is FLOP bound, whichever is slower), plus 2 all-reduce latencies per layer when vLLM TP > 1;
                  a wave lasts as long as its longest response.
     old_logprob  forward of every training row: 2 N_active + attention FLOPs per token at `mfu`, times the
-                 pipeline bubble (1 + (PP-1)/M); templated P2O rows are scored twice (x and x+z).
+                 pipeline bubble (1 + (PP-1)/M); templated P2O rows are scored twice (x and x+z); without
+                 `old_logprob_pass` (on-policy update) only the templated rows are scored.
     update       3 x the forward (4 x with full recompute) at `mfu` and the same bubble, plus TP all-reduces,
                  PP activations and the DP gradient reduction, none overlapped (an upper bound).
     weight_sync  the bf16 weights once over NVLink (colocated) or the network (separate generation GPUs).
@@ -130,7 +131,8 @@ def step_time(shape: ModelShape, cluster: Cluster, layout: Layout, run: RunSetti
     bubble = 1.0 + (layout.pp - 1) / m
     tokens = run.sequences * run.seq_tokens
     fwd = forward_flops(shape, tokens, run.seq_tokens)
-    old = fwd * (1.0 + run.templated_fraction) / flops_per_s * bubble
+    passes = (1.0 + run.templated_fraction) if run.old_logprob_pass else 2.0 * run.templated_fraction
+    old = fwd * passes / flops_per_s * bubble
     update = fwd * (4.0 if run.recompute else 3.0) / flops_per_s * bubble + sum(comm_times(shape, cluster, layout,
                                                                                             run).values())
     weight_bytes = shape.num_params * 2.0

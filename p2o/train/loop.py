@@ -136,11 +136,11 @@ class Trainer:
         rt.save_rollouts(rows, step)
 
         t = time.time()
-        old_lp, mask, weights_scale = self._old_logprobs(rows, metrics)
+        old_lp, on_policy, mask, weights_scale = self._old_logprobs(rows, metrics)
         times["time_old_logprob_s"] = time.time() - t
 
         t = time.time()
-        update = self._update(rows, old_lp, mask, weights_scale)
+        update = self._update(rows, old_lp, on_policy, mask, weights_scale)
         times["time_update_s"] = time.time() - t
 
         t = time.time()
@@ -212,16 +212,20 @@ class Trainer:
             "truncated_frac": sum(r.finish_reason == "length" for r in rows) / len(rows),
         }
 
-    def _old_logprobs(self, rows: list[TrainRow], metrics: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Packed old log-probs on x, the token mask and per-row weight scale (0 drops a row from the loss).
+    def _old_logprobs(self, rows: list[TrainRow],
+                      metrics: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Packed old log-probs on x, the on-policy flags (bool; see `p2o.algo.grpo.old_logprobs`), the token
+        mask and per-row weight scale (0 drops a row from the loss).
 
         Only rows that can carry a gradient are scored (see `_row_can_learn`); the others keep zeros,
-        which the update never reads."""
+        which the update never reads. Untemplated rows are flagged on-policy instead of scored when
+        `grpo.skip_old_logprob_pass` applies (`_update_is_on_policy`)."""
         cfg, policy = self.cfg, self.rt.policy
         offsets = [0]
         for r in rows:
             offsets.append(offsets[-1] + len(r.response_ids))
         old = torch.zeros(offsets[-1])
+        on_policy = torch.zeros(offsets[-1], dtype=torch.bool)
         mask = torch.ones(offsets[-1])
         scale = torch.ones(len(rows))
         if cfg.p2o.drop_failed_template_rollouts:
@@ -230,11 +234,13 @@ class Trainer:
                     scale[i] = 0.0
         live = [i for i, r in enumerate(rows) if self._row_can_learn(r, float(scale[i]))]
         if not live:
-            return old, mask, scale
+            return old, on_policy, mask, scale
         span = lambda ids: torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in ids])  # noqa: E731
         plain = [i for i in live if not rows[i].templated]
         templ = [i for i in live if rows[i].templated]
-        if plain:
+        if plain and self._update_is_on_policy():
+            on_policy[span(plain)] = True
+        elif plain:
             old[span(plain)] = policy.logprobs(SequenceBatch([rows[i].train_prompt_ids for i in plain],
                                                              [rows[i].response_ids for i in plain]))
         if templ:  # the same responses under x and x+z: one dual-context pass
@@ -246,7 +252,13 @@ class Trainer:
             old[idx], mask[idx] = o, m
             metrics["mask_rate"] = float(1 - m.mean())
             metrics["context_log_ratio_mean"] = float((lp_x - lp_xz).mean())
-        return old, mask, scale
+        return old, on_policy, mask, scale
+
+    def _update_is_on_policy(self) -> bool:
+        """True when the update is one optimizer step on weights that sampled the rollouts, and the config lets
+        untemplated rows take their old log-probs from it (`grpo.skip_old_logprob_pass`)."""
+        g = self.cfg.grpo
+        return g.skip_old_logprob_pass and g.ppo_epochs == 1 and g.ppo_minibatches == 1
 
     def _row_can_learn(self, row: TrainRow, scale: float) -> bool:
         """False when the row's loss is exactly zero whatever the policy: no KL term and a zero advantage
@@ -256,7 +268,7 @@ class Trainer:
             return True
         return row.advantage != 0 and scale > 0
 
-    def _update(self, rows: list[TrainRow], old_lp: torch.Tensor, mask: torch.Tensor,
+    def _update(self, rows: list[TrainRow], old_lp: torch.Tensor, on_policy: torch.Tensor, mask: torch.Tensor,
                 scale: torch.Tensor) -> dict[str, float]:
         """PPO minibatches over the step's rows; each minibatch is one optimizer step with a global normaliser."""
         cfg, policy = self.cfg, self.rt.policy
@@ -279,6 +291,8 @@ class Trainer:
                 tok = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in idx])
                 w = w * mask[tok] * torch.repeat_interleave(scale[idx], torch.tensor(lens))
                 inputs = {"old_logprobs": old_lp[tok], "advantages": adv_tok[tok], "weights": w}
+                if on_policy[tok].any():
+                    inputs["on_policy"] = on_policy[tok]
                 keep = self._rows_with_gradient(rows, idx, inputs, lens)
                 out["skipped_rows"] += len(idx) - len(keep)
                 if not keep:

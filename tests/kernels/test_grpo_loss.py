@@ -220,3 +220,35 @@ def test_fused_forward_without_grad():
     with torch.no_grad():
         out = fused_linear_grpo_loss(hidden, weight, targets, torch.zeros(T) - 3, torch.ones(T), torch.ones(T), 5.0)
     assert out.loss.requires_grad is False and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_on_policy_tokens_use_the_current_logprob(backend):
+    """Tokens flagged on_policy ignore their old_logprobs entry (poisoned with NaN here) and use the log-prob of
+    the same pass: ratio 1, so their loss is -A w and the gradient is the plain policy gradient."""
+    T, H, V = 23, 40, 300
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(T, H, generator=g)
+    weight = torch.randn(V, H, generator=g) * H ** -0.5 * 3
+    targets = torch.randint(0, V, (T,), generator=g)
+    adv = torch.randn(T, generator=g)
+    on_policy = torch.arange(T) % 3 != 0
+    with torch.no_grad():
+        cur = torch.log_softmax(hidden.double() @ weight.double().T, -1).gather(1, targets[:, None])[:, 0]
+    old = torch.where(on_policy, torch.full((T,), float("nan")), cur.float() + 0.4 * torch.randn(T, generator=g))
+    params = LOSS_CASES[0]
+
+    h_, w_ = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    out = fused_linear_grpo_loss(h_, w_, targets, old, adv, torch.ones(T), float(T), params=params, backend=backend,
+                                 on_policy=on_policy)
+    out.loss.backward()
+
+    h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+    logp64 = torch.log_softmax(h64 @ w64.T, -1).gather(1, targets[:, None])[:, 0]
+    old64 = torch.where(on_policy, logp64.detach(), old.double())
+    want = ref_token_loss(logp64, old64, adv.double(), torch.ones(T, dtype=torch.float64), float(T), None, None, params)
+    want.backward()
+    torch.testing.assert_close(out.loss.double(), want.detach(), **HEAD_TOL)
+    torch.testing.assert_close(h_.grad.double(), h64.grad, **HEAD_TOL)
+    torch.testing.assert_close(w_.grad.double(), w64.grad, **HEAD_TOL)
+    assert not out.clipped[on_policy].any()

@@ -42,6 +42,9 @@ def test_plan_from_a_run_config(repo_root, capsys):
     assert (values["prompts_per_step"], values["k"], values["max_response_tokens"], values["micro_batch"]) == (
         128, 6, 12288, 1)
     assert values["fused_logprob"] is True and values["dtype_bytes"] == 2 and values["vllm_gpu_memory_fraction"] == 0.7
+    assert values["old_logprob_pass"] is True  # the paper's 2 minibatches per batch: the second one is off-policy
+    demo = settings_from_config(load_config(str(repo_root / "configs" / "demo_cpu.yaml")))[1]
+    assert demo["old_logprob_pass"] is False
     # options given on the command line win over the config
     assert main(["plan", "--config", str(path), "--nodes", "1", "--k", "4", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)

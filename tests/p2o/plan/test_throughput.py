@@ -52,6 +52,11 @@ def test_gepa_and_templates_cost_time():
     assert none.gepa_s == 0
     templ = step_time(SHAPE, H100, Layout(1, 1, 8), RunSettings(vllm_tp=1, templated_fraction=0.5))
     assert templ.old_logprob_s == pytest.approx(1.5 * st.old_logprob_s)
+    # On-policy update: untemplated rows take old log-probs from the update; templated rows are scored twice.
+    on_policy = step_time(SHAPE, H100, Layout(1, 1, 8), RunSettings(vllm_tp=1, templated_fraction=0.25,
+                                                                    old_logprob_pass=False))
+    assert on_policy.old_logprob_s == pytest.approx(0.5 * st.old_logprob_s)
+    assert step_time(SHAPE, H100, Layout(1, 1, 8), RunSettings(vllm_tp=1, old_logprob_pass=False)).old_logprob_s == 0
 
 
 def test_auto_vllm_tp_fits_the_model():

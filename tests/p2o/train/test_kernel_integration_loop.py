@@ -75,8 +75,8 @@ def _trainer_step(model_dir: str, use_kernels: bool, ratio_low: float | None, ve
     t = Trainer(cfg, rt)
     rows = _rows()
     metrics = t._score_and_mine(rows, _problems())
-    old, mask, scale = t._old_logprobs(rows, metrics)
-    metrics.update(t._update(rows, old, mask, scale))
+    old, on_policy, mask, scale = t._old_logprobs(rows, metrics)
+    metrics.update(t._update(rows, old, on_policy, mask, scale))
     return dict(metrics=metrics, old=old, mask=mask, calls=calls)
 
 

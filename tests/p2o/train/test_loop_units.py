@@ -59,8 +59,8 @@ def _rows(tok):
 
 def _step(trainer, rows):
     metrics = trainer._score_and_mine(rows, PROBLEMS)
-    old, mask, scale = trainer._old_logprobs(rows, metrics)
-    trainer._update(rows, old, mask, scale)
+    old, on_policy, mask, scale = trainer._old_logprobs(rows, metrics)
+    trainer._update(rows, old, on_policy, mask, scale)
     return metrics, old, mask, scale
 
 
@@ -111,8 +111,8 @@ def test_distill_switch_changes_only_templated_rows(tiny_model_dir, verifier, to
     t.cfg.p2o.ratio_low = float(torch.exp((lp_x - lp_xz).median()))
     base._score_and_mine(rows_a, PROBLEMS)
     t._score_and_mine(rows_b, PROBLEMS)
-    old_a, mask_a, _ = base._old_logprobs(rows_a, {})
-    old_b, mask_b, _ = t._old_logprobs(rows_b, {})
+    old_a, _, mask_a, _ = base._old_logprobs(rows_a, {})
+    old_b, _, mask_b, _ = t._old_logprobs(rows_b, {})
     n_templ = sum(len(r.response_ids) for r in rows_a[:2])
     assert torch.equal(old_a[n_templ:], old_b[n_templ:]) and torch.equal(mask_a[n_templ:], mask_b[n_templ:])
     if mode == "replace_prompts":
@@ -129,7 +129,7 @@ def test_drop_failed_template_rollouts(tiny_model_dir, verifier, tok):
     t = _trainer(tiny_model_dir, verifier, ["p2o.drop_failed_template_rollouts=true"])
     rows = _rows(tok)
     t._score_and_mine(rows, PROBLEMS)
-    _, _, scale = t._old_logprobs(rows, {})
+    _, _, _, scale = t._old_logprobs(rows, {})
     assert scale.tolist() == [1.0, 0.0, 1.0, 1.0]  # only the failed templated rollout is dropped
 
 
@@ -156,3 +156,42 @@ def test_stale_async_assignment_is_not_used(tiny_model_dir, verifier):
     off = _trainer(tiny_model_dir, verifier, ["p2o.enabled=false"])
     off.state.assignment, off.state.prev_hard = {"p0": ["a", "b"]}, ["p0"]
     assert off._active_assignment() == {}
+
+
+def test_on_policy_update_skips_the_old_logprob_pass(tiny_model_dir, verifier, tok):
+    """One optimizer step per batch: untemplated rows take their old log-probs from the update's forward
+    (flagged, never scored beforehand); the gradient equals the one with a separate pass. Templated rows are
+    still scored (their mask needs x and x+z)."""
+    runs = {}
+    for skip in (True, False):
+        t = _trainer(tiny_model_dir, verifier, ["p2o.distill=replace_prompts",
+                                                f"grpo.skip_old_logprob_pass={str(skip).lower()}"])
+        scored = []
+        plain_pass = t.rt.policy.logprobs
+        t.rt.policy.logprobs = lambda batch, f=plain_pass: scored.append(batch) or f(batch)
+        rows = _rows(tok)
+        metrics = t._score_and_mine(rows, PROBLEMS)
+        old, on_policy, mask, scale = t._old_logprobs(rows, metrics)
+        update = t._update(rows, old, on_policy, mask, scale)
+        n_templ = sum(len(r.response_ids) for r in rows[:2])
+        runs[skip] = (t.rt.policy.last_grads, on_policy, scored, update)
+    grads_skip, on_policy, scored, update = runs[True]
+    assert not on_policy[:n_templ].any() and on_policy[n_templ:].all()
+    assert [len(b) for b in scored] == [2, 2]  # the dual pass's two halves on the templated rows only
+    assert [len(b) for b in runs[False][2]] == [2, 2, 2]  # plus the plain rows' own pass
+    assert not runs[False][1].any()
+    assert update["clip_frac"] == runs[False][3]["clip_frac"] == 0.0
+    for name, g in grads_skip.items():
+        assert torch.allclose(g, runs[False][0][name], atol=1e-6, rtol=1e-5), name
+
+
+def test_several_optimizer_steps_keep_the_old_logprob_pass(tiny_model_dir, verifier, tok):
+    """With two minibatches the second one's weights have moved: old log-probs must come from a separate pass."""
+    t = _trainer(tiny_model_dir, verifier, ["grpo.ppo_minibatches=2"])
+    rows = _rows(tok)
+    metrics = t._score_and_mine(rows, PROBLEMS)
+    old, on_policy, _, _ = t._old_logprobs(rows, metrics)
+    n_templ = sum(len(r.response_ids) for r in rows[:2])
+    assert not on_policy.any()
+    plain = SequenceBatch([r.train_prompt_ids for r in rows[2:]], [r.response_ids for r in rows[2:]])
+    assert torch.allclose(old[n_templ:], t.rt.policy.logprobs(plain))
