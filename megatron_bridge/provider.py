@@ -36,6 +36,10 @@ class UnsupportedConfigError(ValueError):
         super().__init__(f"{source}: unsupported {field}={value!r}; expected {expected}")
 
 
+CORE_ATTENTION = ("sdpa", "megatron")
+"""`GPTProvider.core_attention` choices."""
+
+
 @dataclass
 class GPTProvider:
     """Everything needed to build the Megatron-Core GPTModel of one HF checkpoint."""
@@ -62,6 +66,14 @@ class GPTProvider:
     make_vocab_size_divisible_by: int = 128
     params_dtype: torch.dtype = torch.float32
     architecture: str = ""
+    core_attention: str = "sdpa"
+    """Core attention of the local (non-Transformer-Engine) spec: "sdpa" (`SDPAttention`, torch's fused
+    scaled_dot_product_attention: no [b, heads, s, s] tensors kept for backward) or "megatron" (Megatron's
+    `DotProductAttention`). The Transformer Engine spec ignores it."""
+
+    def __post_init__(self) -> None:
+        if self.core_attention not in CORE_ATTENTION:
+            raise ValueError(f"core_attention={self.core_attention!r}; expected one of {', '.join(CORE_ATTENTION)}")
 
     def padded_vocab_size(self, tp: int) -> int:
         multiple = math.lcm(self.make_vocab_size_divisible_by, tp)
@@ -112,12 +124,18 @@ class GPTProvider:
         return TransformerConfig(**kwargs)
 
     def layer_spec(self):
-        """TE spec when Transformer Engine is importable and CUDA present, else the local spec."""
+        """TE spec when Transformer Engine is importable and CUDA present, else the local spec (its core attention
+        per `core_attention`)."""
         from megatron.core.models.gpt import gpt_layer_specs as specs
 
         if torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None and specs.HAVE_TE:
             return specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=self.qk_layernorm)
-        return specs.get_gpt_layer_local_spec(qk_layernorm=self.qk_layernorm, normalization="RMSNorm")
+        spec = specs.get_gpt_layer_local_spec(qk_layernorm=self.qk_layernorm, normalization="RMSNorm")
+        if self.core_attention == "sdpa":
+            from megatron_bridge.sdpa_attention import SDPAttention
+
+            spec.submodules.self_attention.submodules.core_attention = SDPAttention
+        return spec
 
     def provide(self, layout, config=None) -> list:
         """This rank's GPTModel chunk(s) (one per virtual pipeline stage), fp32/bf16 per `params_dtype`."""
