@@ -65,6 +65,17 @@ def warmup_lr(step: int, peak_lr: float, warmup_steps: int) -> float:
     return peak_lr * (step + 1) / warmup_steps
 
 
+def recompute_settings(mode: str) -> dict:
+    """`TransformerConfig` fields for `train.recompute` (none | selective | full)."""
+    if mode == "none":
+        return {}
+    if mode == "selective":
+        return dict(recompute_granularity="selective", recompute_modules=["core_attn"])
+    if mode == "full":
+        return dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    raise ValueError(f"train.recompute: got {mode!r}; expected none, selective or full")
+
+
 class MegatronPolicy:
     """A trainable policy on Megatron-Core; every method is collective over the job's ranks."""
 
@@ -98,7 +109,7 @@ class MegatronPolicy:
         dtype = _DTYPES[cfg.model.dtype]
         provider = bridge.provider(hf).with_dtype(dtype)
         provider.make_vocab_size_divisible_by = cfg.model.make_vocab_size_divisible_by
-        config = provider.transformer_config(layout)
+        config = provider.transformer_config(layout, **recompute_settings(cfg.train.recompute))
         chunks = provider.provide(layout, config)
         load_hf_checkpoint(chunks, bridge, provider, model_dir, layout)
         if dtype == torch.bfloat16:

@@ -376,6 +376,10 @@ class TrainConfig:
     """Use the fused Triton log-prob/loss kernels (torch reference path when off)."""
     kernel_backend: str = "auto"
     """With use_kernels: auto (Triton on CUDA, chunked torch on CPU) | triton | torch."""
+    recompute: str = "none"
+    """Activation recomputation in the Megatron backend: none | selective (core attention) | full (each layer
+    keeps only its input and redoes its forward in the backward: about one more forward per update, activation
+    memory down to one layer's)."""
     skip_zero_advantage_rows: bool = True
     """Leave rows whose loss is exactly zero (advantage 0, or every token masked) out of the forward/backward
     pass when grpo.kl_coef = 0; they still count in the normaliser, so the gradient is unchanged."""
@@ -417,6 +421,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "grpo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "grpo.kl_type": ("k1", "k3"),
     "train.kernel_backend": ("auto", "triton", "torch"),
+    "train.recompute": ("none", "selective", "full"),
     "p2o.hard_on": ("untemplated", "all"),
     "p2o.distill": ("ratio_mask", "replace_prompts", "fix_importance_ratio"),
     "p2o.gepa_mode": ("sync", "async"),

@@ -256,20 +256,31 @@ class HFEngine:
         return _Row(seq, checker, gen)
 
     def _prefill(self, seqs: list[Sequence]) -> tuple[PaddedKV, torch.Tensor]:
+        """KV cache and last-position logits [len(seqs), V] for `seqs`. Each distinct prompt is run once and its
+        cache rows copied to the sequences that share it (a GRPO group's n samples share one prompt)."""
         from transformers import DynamicCache
 
-        width = max(len(s.prompt_ids) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids, dtype=torch.long)
-            mask[i, width - len(s.prompt_ids):] = 1
+        first: dict[tuple[int, ...], int] = {}
+        for s in seqs:
+            first.setdefault(tuple(s.prompt_ids), len(first))
+        prompts = list(first)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
         ids, mask = ids.to(self._device), mask.to(self._device)
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                          use_cache=True, logits_to_keep=1)
-        return PaddedKV(cache, mask), out.logits[:, -1, :].float()
+        kv, logits = PaddedKV(cache, mask), out.logits[:, -1, :].float()
+        if len(prompts) < len(seqs):
+            rows = torch.tensor([first[tuple(s.prompt_ids)] for s in seqs], dtype=torch.long)
+            kv.select(rows)
+            logits = logits[rows.to(logits.device)]
+        return kv, logits
 
     def _step(self, kv: PaddedKV, tokens: torch.Tensor) -> torch.Tensor:
         mask, positions = kv.step_inputs()

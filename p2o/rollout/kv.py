@@ -52,7 +52,8 @@ class PaddedKV:
         return mask, self.lengths[:, None].clone()
 
     def select(self, keep: torch.Tensor) -> None:
-        """Keep rows `keep` (int64 indices, ascending) and trim all-padding leading columns."""
+        """Keep rows `keep` (int64 indices, in the new row order; a repeated index copies that row) and trim
+        all-padding leading columns."""
         self.cache.batch_select_indices(keep.to(self.mask.device))
         self.mask = self.mask[keep]
         self.lengths = self.lengths[keep]

@@ -123,3 +123,28 @@ def test_sleep_refuses_generation_and_prompt_checks(tiny_model_dir, tiny_tokeniz
         engine.generate([GenerationRequest([10 ** 6])])
     with pytest.raises(ValueError, match="SamplingParams.top_p"):
         SamplingParams(top_p=0.0)
+
+
+def test_shared_prompts_are_prefilled_once(tiny_model_dir, tiny_tokenizer):
+    """A prompt shared by several sequences (a group's n samples, or two requests with the same prompt) is run
+    through the model once; the copied cache rows give the same tokens as generating each request alone."""
+    engine = make_engine(tiny_model_dir, tiny_tokenizer, max_batch_size=8)
+    a, b = prompt_ids(tiny_tokenizer, PROMPTS[:2])
+    reqs = [GenerationRequest(a, SamplingParams(n=3, temperature=1.0, max_new_tokens=7, seed=1)),
+            GenerationRequest(b, SamplingParams(n=2, temperature=1.0, max_new_tokens=5, seed=2)),
+            GenerationRequest(a, SamplingParams(n=2, temperature=0.8, max_new_tokens=6, seed=3))]
+    prefill_rows = []
+    forward = engine.model.forward
+
+    def spy(*args, **kwargs):
+        ids = kwargs["input_ids"]
+        if ids.shape[1] > 1:
+            prefill_rows.append(ids.shape[0])
+        return forward(*args, **kwargs)
+    engine.model.forward = spy
+    together = engine.generate(reqs)
+    engine.model.forward = forward
+    assert prefill_rows == [2]  # 7 sequences, 2 distinct prompts
+    alone = [engine.generate([r])[0] for r in reqs]
+    assert [[g.response_ids for g in per] for per in together] == [[g.response_ids for g in per] for per in alone]
+    assert [[len(g.response_ids) for g in per] for per in together] == [[7] * 3, [5] * 2, [6] * 2]
