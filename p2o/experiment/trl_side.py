@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gradient-checkpointing", choices=("true", "false"), default="true",
+                        help="GRPOConfig.gradient_checkpointing (TRL's default: true)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
 
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999,
         adam_epsilon=1e-8, max_grad_norm=1.0, beta=0.0, epsilon=0.2, loss_type="dapo", scale_rewards="group",
         num_iterations=1, max_steps=args.steps, shuffle_dataset=False, disable_dropout=True,
+        gradient_checkpointing=args.gradient_checkpointing == "true",
         logging_steps=1, report_to=[], save_strategy="no", dataloader_num_workers=0, log_completions=False,
     )
 

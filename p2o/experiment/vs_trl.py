@@ -15,6 +15,10 @@ The work (both sides):
     `trl_side.boxed_integer_reward` (a standard-library mirror of it; a test checks they agree).
 Step I of every side uses problems [8 I, 8 I + 8) in file order.
 
+Activation recomputation is part of the work: TRL's `GRPOConfig` turns gradient checkpointing on by default,
+so by default (`--recompute full`) our sides run `train.recompute=full` (each layer's forward redone in the
+backward); `--recompute none` turns it off on every side.
+
 Sides (each its own process, so that peak memory is its own): "ours (skip zero-advantage rows)",
 "ours (no skipping)" (`train.skip_zero_advantage_rows=false`) and "trl" (`trl_side.py` in its own virtual
 environment, created by this command on first use with pinned versions; TRL is never a dependency of P2O).
@@ -67,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-install", action="store_true", help="never create the TRL environment; fail if absent")
     parser.add_argument("--ours-override", action="append", default=[],
                         help="extra config override for our side (repeatable), e.g. rollout.max_batch_size=16")
+    parser.add_argument("--recompute", choices=("full", "none"), default="full",
+                        help="activation recomputation on both sides: full (TRL's default gradient checkpointing; "
+                             "ours train.recompute=full) or none")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="limit for one side's load or step")
 
 
@@ -185,20 +192,24 @@ class RSSSampler:
 
 
 def side_commands(names: list[str], problems: Path, model_dir: Path, model: str, out: Path, steps: int,
-                  trl_py: Path | None, ours_overrides: list[str]) -> list[Side]:
+                  trl_py: Path | None, ours_overrides: list[str], recompute: bool = True) -> list[Side]:
+    """One `Side` per name; `recompute`: activation recomputation on every side (TRL's gradient checkpointing,
+    our `train.recompute=full`), else on none."""
     sides = []
     for name in names:
         if name in ("ours-skip", "ours-noskip"):
             skip = "true" if name == "ours-skip" else "false"
             cmd = [sys.executable, "-m", "p2o.experiment.ours_side", "--problems", str(problems),
                    "--run-dir", str(out / "runs" / name), f"model.path={model}",
-                   f"train.skip_zero_advantage_rows={skip}", *ours_overrides]
+                   f"train.skip_zero_advantage_rows={skip}", f"train.recompute={'full' if recompute else 'none'}",
+                   *ours_overrides]
             label = "ours (skip zero-advantage rows)" if name == "ours-skip" else "ours (no skipping)"
         elif name == "trl":
             if trl_py is None:
                 raise ValueError("sides: 'trl' needs the TRL environment")
             cmd = [str(trl_py), str(TRL_SIDE), "--problems", str(problems), "--model-dir", str(model_dir),
-                   "--output-dir", str(out / "runs" / "trl"), "--steps", str(steps)]
+                   "--output-dir", str(out / "runs" / "trl"), "--steps", str(steps),
+                   "--gradient-checkpointing", "true" if recompute else "false"]
             label = "trl GRPOTrainer"
         else:
             raise ValueError(f"--sides: unknown side '{name}'; expected ours-skip, ours-noskip or trl")
@@ -356,7 +367,8 @@ def main(args: argparse.Namespace) -> int:
         if "trl" in names else None
 
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    sides = side_commands(names, problems, model_dir, args.model, out, args.steps, trl_py, args.ours_override)
+    sides = side_commands(names, problems, model_dir, args.model, out, args.steps, trl_py, args.ours_override,
+                          recompute=args.recompute == "full")
     load = os.getloadavg()
     try:
         with RSSSampler(sides):
@@ -377,7 +389,8 @@ def main(args: argparse.Namespace) -> int:
           f"{load[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}")
     meta = {"gemm_gflops": limits.gemm_flops / 1e9, "mem_gbps": limits.mem_bytes_per_s / 1e9,
             "threads": limits.threads, "params": params, "load_before": list(load), "load_after": list(load_after),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "trl_version": args.trl_version}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "trl_version": args.trl_version,
+            "recompute": args.recompute}
     write_csv(out / "vs_trl.csv", [{**r, **meta} for r in rows], SUMMARY_COLUMNS + list(meta))
     print(f"CSV: {out / 'vs_trl.csv'} (summary), {out / 'vs_trl_steps.csv'} (every step)")
     return 0

@@ -116,6 +116,17 @@ def test_bad_options_are_refused(tmp_path):
         vs_trl.ensure_trl_venv(tmp_path / "venv", "9.9.9", install=False)
 
 
+def test_recompute_is_set_on_every_side(tmp_path):
+    """Activation recomputation is part of the work: TRL's gradient checkpointing and ours go on and off together."""
+    for recompute, ours, trl in ((True, "train.recompute=full", "true"), (False, "train.recompute=none", "false")):
+        sides = vs_trl.side_commands(["ours-skip", "ours-noskip", "trl"], tmp_path, tmp_path, "m", tmp_path, 2,
+                                     tmp_path / "python", ["train.recompute=selective"], recompute=recompute)
+        for side in sides[:2]:
+            assert ours in side.cmd and side.cmd[-1] == "train.recompute=selective"  # --ours-override still wins
+        cmd = sides[2].cmd
+        assert cmd[cmd.index("--gradient-checkpointing") + 1] == trl
+
+
 @pytest.mark.slow
 @pytest.mark.xdist_group("experiment_vs_trl")
 def test_our_side_through_the_command(tmp_path, tiny_model_dir):
