@@ -9,8 +9,9 @@ The step record carries the loop's own timings (generate, verify, old-logprob, u
 
 Memory (docs/results.md section 1): the fused log-prob/loss path (`train.use_kernels=true`, the chunked torch
 fallback on CPU: no [T, V] logits), the engine adopting the policy's weights (`rollout.share_weights`, bound
-once before the first step by an initial weight sync, so the engine's own copy is never paged in) and a fixed
-glibc mmap threshold (`train.malloc_mmap_threshold_bytes`, set before anything large is allocated).
+once before the first step by an initial weight sync, so the engine's own copy is never paged in) and
+activation recomputation (`train.recompute`, set by `p2o bench vs-trl` on every side). The glibc malloc mode
+(`train.malloc`, the same on every side) is applied before anything large is allocated.
 """
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ BENCH_OVERRIDES = [
     "optim.lr=1e-6", "grpo.kl_coef=0.0", "grpo.ppo_minibatches=1", "grpo.ppo_epochs=1",
     "grpo.micro_batch_size=8", "data.id_key=id", "data.eval_source=''", "checkpoint.resume=none",
     "logging.progress=false", "logging.save_rollouts=false", "train.epochs=1", "train.use_kernels=true",
-    "train.malloc_mmap_threshold_bytes=131072",  # peak RSS is one of the bench's targets (docs/results.md)
 ]
 
 
@@ -55,12 +55,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from p2o.config import load_config
     from p2o.train.loop import Trainer
-    from p2o.train.malloc import set_mmap_threshold
+    from p2o.train.malloc import apply_malloc_mode
     from p2o.train.runtime import build_runtime
 
     cfg = load_config(None, BENCH_OVERRIDES + [f"data.source={args.problems}", f"logging.run_dir={args.run_dir}"]
                       + list(args.overrides))
-    set_mmap_threshold(cfg.train.malloc_mmap_threshold_bytes)
+    apply_malloc_mode(cfg.train.malloc)
     _single_rank_env()
     t0 = time.perf_counter()
     rt = build_runtime(cfg)

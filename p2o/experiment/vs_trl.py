@@ -17,7 +17,9 @@ Step I of every side uses problems [8 I, 8 I + 8) in file order.
 
 Activation recomputation is part of the work: TRL's `GRPOConfig` turns gradient checkpointing on by default,
 so by default (`--recompute full`) our sides run `train.recompute=full` (each layer's forward redone in the
-backward); `--recompute none` turns it off on every side.
+backward); `--recompute none` turns it off on every side. The glibc malloc mode (`--malloc`, default keep:
+freed memory stays in the process; see `p2o.train.malloc`) is also the same on every side: ours applies it with
+mallopt, TRL's process gets the equivalent `MALLOC_*_` environment variables.
 
 Sides (each its own process, so that peak memory is its own): "ours (skip zero-advantage rows)",
 "ours (no skipping)" (`train.skip_zero_advantage_rows=false`) and "trl" (`trl_side.py` in its own virtual
@@ -74,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recompute", choices=("full", "none"), default="full",
                         help="activation recomputation on both sides: full (TRL's default gradient checkpointing; "
                              "ours train.recompute=full) or none")
+    parser.add_argument("--malloc", choices=("keep", "release", "glibc"), default="keep",
+                        help="glibc malloc mode of every side (p2o.train.malloc; TRL's side gets the same settings "
+                             "as environment variables)")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="limit for one side's load or step")
 
 
@@ -112,6 +117,8 @@ class Side:
     label: str
     cmd: list[str]
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables of this side on top of the command's environment."""
     proc: subprocess.Popen | None = None
     peak_rss: int = 0
     ready: dict = field(default_factory=dict)
@@ -121,7 +128,7 @@ class Side:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True, env=env, bufsize=1)
+                                     text=True, env={**env, **self.env}, bufsize=1)
 
     def read_record(self, timeout_s: float) -> dict:
         """The next protocol record on the side's stdout (other lines go to its log)."""
@@ -192,17 +199,23 @@ class RSSSampler:
 
 
 def side_commands(names: list[str], problems: Path, model_dir: Path, model: str, out: Path, steps: int,
-                  trl_py: Path | None, ours_overrides: list[str], recompute: bool = True) -> list[Side]:
+                  trl_py: Path | None, ours_overrides: list[str], recompute: bool = True,
+                  malloc: str = "keep") -> list[Side]:
     """One `Side` per name; `recompute`: activation recomputation on every side (TRL's gradient checkpointing,
-    our `train.recompute=full`), else on none."""
+    our `train.recompute=full`), else on none; `malloc`: the glibc malloc mode of every side (`p2o.train.malloc`:
+    ours through `train.malloc`, TRL's through the equivalent environment variables)."""
+    from p2o.train.malloc import malloc_env
+
     sides = []
+    env: dict[str, str] = {}
     for name in names:
         if name in ("ours-skip", "ours-noskip"):
             skip = "true" if name == "ours-skip" else "false"
             cmd = [sys.executable, "-m", "p2o.experiment.ours_side", "--problems", str(problems),
                    "--run-dir", str(out / "runs" / name), f"model.path={model}",
                    f"train.skip_zero_advantage_rows={skip}", f"train.recompute={'full' if recompute else 'none'}",
-                   *ours_overrides]
+                   f"train.malloc={malloc}", *ours_overrides]
+            env = {}
             label = "ours (skip zero-advantage rows)" if name == "ours-skip" else "ours (no skipping)"
         elif name == "trl":
             if trl_py is None:
@@ -210,10 +223,11 @@ def side_commands(names: list[str], problems: Path, model_dir: Path, model: str,
             cmd = [str(trl_py), str(TRL_SIDE), "--problems", str(problems), "--model-dir", str(model_dir),
                    "--output-dir", str(out / "runs" / "trl"), "--steps", str(steps),
                    "--gradient-checkpointing", "true" if recompute else "false"]
+            env = malloc_env(malloc)
             label = "trl GRPOTrainer"
         else:
             raise ValueError(f"--sides: unknown side '{name}'; expected ours-skip, ours-noskip or trl")
-        sides.append(Side(name, label, cmd, out / "logs" / f"{name}.log"))
+        sides.append(Side(name, label, cmd, out / "logs" / f"{name}.log", env))
     return sides
 
 
@@ -368,7 +382,7 @@ def main(args: argparse.Namespace) -> int:
 
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     sides = side_commands(names, problems, model_dir, args.model, out, args.steps, trl_py, args.ours_override,
-                          recompute=args.recompute == "full")
+                          recompute=args.recompute == "full", malloc=args.malloc)
     load = os.getloadavg()
     try:
         with RSSSampler(sides):
@@ -390,7 +404,7 @@ def main(args: argparse.Namespace) -> int:
     meta = {"gemm_gflops": limits.gemm_flops / 1e9, "mem_gbps": limits.mem_bytes_per_s / 1e9,
             "threads": limits.threads, "params": params, "load_before": list(load), "load_after": list(load_after),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "trl_version": args.trl_version,
-            "recompute": args.recompute}
+            "recompute": args.recompute, "malloc": args.malloc}
     write_csv(out / "vs_trl.csv", [{**r, **meta} for r in rows], SUMMARY_COLUMNS + list(meta))
     print(f"CSV: {out / 'vs_trl.csv'} (summary), {out / 'vs_trl_steps.csv'} (every step)")
     return 0

@@ -89,14 +89,14 @@ def _launch(cmd: list[str], run_dir: Path) -> int:
 def run(cfg) -> int:
     """Build, resume if possible, train, write the summary and the report. Returns the exit code."""
     from p2o.train.loop import REQUEUE_EXIT_CODE, Preempted, Trainer
-    from p2o.train.malloc import set_mmap_threshold
+    from p2o.train.malloc import apply_malloc_mode
     from p2o.train.runtime import build_runtime
 
     run_dir = Path(cfg.logging.run_dir)
     t0 = time.time()
     rt = None
     try:
-        set_mmap_threshold(cfg.train.malloc_mmap_threshold_bytes)  # before the big allocations
+        apply_malloc_mode(cfg.train.malloc)  # before the big allocations
         rt = build_runtime(cfg)
         trainer = Trainer(cfg, rt)
         trainer.install_signal_handlers()

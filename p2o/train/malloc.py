@@ -1,19 +1,21 @@
-"""glibc malloc settings for the CPU training process (process-wide; call once, before the model is built).
+"""glibc malloc settings for a CPU training process (process-wide; applied once, before the model is built).
 
-Why: with glibc's default *dynamic* mmap threshold, the first large tensor freed raises the threshold to its
-size (up to 32 MiB), so later activation tensors of a few MiB come from the heap arenas instead of fresh
-mappings. The forward/backward of a micro-batch frees them all again, but the arenas keep the pages: the
-process's RSS stays far above what is live (measured on the Megatron policy of SmolLM2-135M in fp32, one
-train_step of 4 micro-batches of 8 x 121 tokens: the forward/backward peak 1.9 GiB higher than with a fixed
-threshold, and 3.3 GiB more resident after the step, 5.8 vs 2.5 GiB; docs/results.md section 1). A *fixed*
-threshold (`mallopt(M_MMAP_THRESHOLD, n)`, which also turns the dynamic adjustment off) maps every
-allocation of `n` bytes or more on its own and unmaps it when freed, so RSS follows live memory; the price
-is page faults (kernel time) on the first touch of every such allocation: on SmolLM2-135M with 2 threads,
-about +20% sampling and +27% forward/backward time. Hence off by default (`train.malloc_mmap_threshold_bytes=0`);
-set it where host memory is the constraint.
+`train.malloc` picks one of three modes:
 
-This is what `MALLOC_MMAP_THRESHOLD_=n` in the environment does, applied from the config instead of the
-launcher. A no-op (returns False) where the C library is not glibc.
+- ``keep`` (default): freed memory stays in the process for reuse: the heap top is never trimmed
+  (`M_TRIM_THRESHOLD` 2 GiB - 1) and blocks up to 32 MiB come from the heap (`M_MMAP_THRESHOLD`, glibc's
+  maximum). Why: every tensor a step allocates in memory the process gave back costs page faults on first
+  touch, and on virtual machines a fault can cost far more than the arithmetic on the page. Measured on the
+  Megatron policy of SmolLM2-135M in fp32, 2 threads, one optimizer step of 8 x 125 tokens: 5.4 s with ``keep``
+  against 37 s with glibc's defaults (docs/results.md section 1). RSS stays at its high-water mark.
+- ``release``: blocks of 128 KiB or more get their own mapping, unmapped when freed (`M_MMAP_THRESHOLD`
+  128 KiB, which also turns glibc's dynamic thresholds off), so RSS follows live memory: the lowest peak
+  RSS where freed activations would otherwise stay resident in the arenas, at the cost of those page faults.
+- ``glibc``: leave glibc's dynamic defaults alone.
+
+`malloc_env(mode)` gives the same settings as environment variables (`MALLOC_TRIM_THRESHOLD_`,
+`MALLOC_MMAP_THRESHOLD_`) for a process that is not P2O's, e.g. the TRL side of `p2o bench vs-trl`.
+Where the C library is not glibc, `apply_malloc_mode` is a no-op that returns False.
 """
 from __future__ import annotations
 
@@ -23,8 +25,20 @@ import logging
 
 log = logging.getLogger(__name__)
 
-M_MMAP_THRESHOLD = -3  # <malloc.h>
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
 MAX_MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's HEAP_MAX_SIZE / 2 on 64-bit; mallopt refuses larger values
+MODES: dict[str, dict[int, int]] = {
+    "keep": {M_TRIM_THRESHOLD: 2**31 - 1, M_MMAP_THRESHOLD: MAX_MMAP_THRESHOLD_BYTES},
+    "release": {M_MMAP_THRESHOLD: 128 << 10},
+    "glibc": {},
+}
+_ENV_NAMES = {M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_", M_MMAP_THRESHOLD: "MALLOC_MMAP_THRESHOLD_"}
+
+
+def _settings(mode: str) -> dict[int, int]:
+    if mode not in MODES:
+        raise ValueError(f"train.malloc: got {mode!r}; expected one of {', '.join(MODES)}")
+    return MODES[mode]
 
 
 def _glibc():
@@ -36,24 +50,24 @@ def _glibc():
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
-def set_mmap_threshold(nbytes: int) -> bool:
-    """Fix glibc's mmap threshold at `nbytes` (0: leave the dynamic default). True if applied.
-
-    Raises ValueError naming `train.malloc_mmap_threshold_bytes` outside [0, 32 MiB].
-    """
-    if not 0 <= nbytes <= MAX_MMAP_THRESHOLD_BYTES:
-        raise ValueError(f"train.malloc_mmap_threshold_bytes: got {nbytes}; expected 0 (glibc's dynamic default) "
-                         f"or 1..{MAX_MMAP_THRESHOLD_BYTES}")
-    if nbytes == 0:
+def apply_malloc_mode(mode: str) -> bool:
+    """Apply `train.malloc` = ``mode`` to this process with mallopt; True if settings were applied."""
+    settings = _settings(mode)
+    if not settings:
         return False
     libc = _glibc()
     if libc is None:
-        log.info("malloc: not glibc; train.malloc_mmap_threshold_bytes=%d has no effect", nbytes)
+        log.info("malloc: not glibc; train.malloc=%s has no effect", mode)
         return False
-    ok = libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(nbytes)) == 1
+    ok = all(libc.mallopt(param, ctypes.c_int(value)) == 1 for param, value in settings.items())
     if not ok:
-        log.warning("malloc: mallopt(M_MMAP_THRESHOLD, %d) failed", nbytes)
+        log.warning("malloc: mallopt refused a setting of train.malloc=%s", mode)
     return ok
+
+
+def malloc_env(mode: str) -> dict[str, str]:
+    """The environment variables that give a new process the settings of ``mode``."""
+    return {_ENV_NAMES[param]: str(value) for param, value in _settings(mode).items()}
 
 
 def trim() -> bool:

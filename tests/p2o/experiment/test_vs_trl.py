@@ -116,7 +116,7 @@ def test_bad_options_are_refused(tmp_path):
         vs_trl.ensure_trl_venv(tmp_path / "venv", "9.9.9", install=False)
 
 
-def test_recompute_is_set_on_every_side(tmp_path):
+def test_recompute_and_malloc_are_set_on_every_side(tmp_path):
     """Activation recomputation is part of the work: TRL's gradient checkpointing and ours go on and off together."""
     for recompute, ours, trl in ((True, "train.recompute=full", "true"), (False, "train.recompute=none", "false")):
         sides = vs_trl.side_commands(["ours-skip", "ours-noskip", "trl"], tmp_path, tmp_path, "m", tmp_path, 2,
@@ -125,6 +125,11 @@ def test_recompute_is_set_on_every_side(tmp_path):
             assert ours in side.cmd and side.cmd[-1] == "train.recompute=selective"  # --ours-override still wins
         cmd = sides[2].cmd
         assert cmd[cmd.index("--gradient-checkpointing") + 1] == trl
+    # The malloc mode too: ours through the config, TRL's through the environment.
+    ours, trl = vs_trl.side_commands(["ours-noskip", "trl"], tmp_path, tmp_path, "m", tmp_path, 2,
+                                     tmp_path / "python", [], malloc="release")
+    assert "train.malloc=release" in ours.cmd and ours.env == {}
+    assert trl.env == {"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}
 
 
 @pytest.mark.slow
