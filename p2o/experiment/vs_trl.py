@@ -207,15 +207,14 @@ def side_commands(names: list[str], problems: Path, model_dir: Path, model: str,
     from p2o.train.malloc import malloc_env
 
     sides = []
-    env: dict[str, str] = {}
     for name in names:
+        env: dict[str, str] = {}
         if name in ("ours-skip", "ours-noskip"):
             skip = "true" if name == "ours-skip" else "false"
             cmd = [sys.executable, "-m", "p2o.experiment.ours_side", "--problems", str(problems),
                    "--run-dir", str(out / "runs" / name), f"model.path={model}",
                    f"train.skip_zero_advantage_rows={skip}", f"train.recompute={'full' if recompute else 'none'}",
                    f"train.malloc={malloc}", *ours_overrides]
-            env = {}
             label = "ours (skip zero-advantage rows)" if name == "ours-skip" else "ours (no skipping)"
         elif name == "trl":
             if trl_py is None:
