@@ -109,6 +109,12 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     return PolicyLoss(loss, was_clipped)
 
 
+def update_is_on_policy(cfg: GRPOConfig) -> bool:
+    """True when each rollout batch is exactly one optimizer step (so every micro-batch of the update runs on the
+    weights that sampled it) and `grpo.skip_old_logprob_pass` lets untemplated rows use the update's log-probs."""
+    return cfg.skip_old_logprob_pass and cfg.ppo_epochs == 1 and cfg.ppo_minibatches == 1
+
+
 def old_logprobs(logprobs: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The old log-probs [T] of the loss: ``inputs["old_logprobs"]``, except tokens flagged in the optional bool
     ``inputs["on_policy"]``, whose old log-prob is the current one detached (no separate pass; ratio 1)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from p2o.algo.grpo import update_is_on_policy
 from p2o.plan.layouts import RunSettings
 
 
@@ -28,7 +29,6 @@ def settings_from_config(cfg) -> tuple[str, dict, tuple[int, int]]:
         dtype_bytes=2 if cfg.model.dtype == "bfloat16" else 4, vllm_sleep_level=r.vllm_sleep_level,
         vllm_gpu_memory_fraction=r.vllm_gpu_memory_utilization, vllm_tp=r.vllm_tp,
         gepa_calls_per_epoch=cfg.gepa.budget_metric_calls if cfg.p2o.enabled else 0,
-        old_logprob_pass=not (cfg.grpo.skip_old_logprob_pass and cfg.grpo.ppo_epochs == 1
-                              and cfg.grpo.ppo_minibatches == 1),
+        old_logprob_pass=not update_is_on_policy(cfg.grpo),
     )
     return cfg.model.path, values, (cfg.parallel.tp, cfg.parallel.pp)

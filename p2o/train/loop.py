@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from p2o.algo.distill import distill_old_logprobs
-from p2o.algo.grpo import group_advantages, make_loss_fn, token_weights, zero_variance_groups
+from p2o.algo.grpo import group_advantages, make_loss_fn, token_weights, update_is_on_policy, zero_variance_groups
 from p2o.algo.hard_samples import HardStore, is_hard
 from p2o.data.loaders import epoch_order
 from p2o.train import checkpoint as ckpt
@@ -219,7 +219,7 @@ class Trainer:
 
         Only rows that can carry a gradient are scored (see `_row_can_learn`); the others keep zeros,
         which the update never reads. Untemplated rows are flagged on-policy instead of scored when
-        `grpo.skip_old_logprob_pass` applies (`_update_is_on_policy`)."""
+        `grpo.skip_old_logprob_pass` applies (`p2o.algo.grpo.update_is_on_policy`)."""
         cfg, policy = self.cfg, self.rt.policy
         offsets = [0]
         for r in rows:
@@ -238,7 +238,7 @@ class Trainer:
         span = lambda ids: torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in ids])  # noqa: E731
         plain = [i for i in live if not rows[i].templated]
         templ = [i for i in live if rows[i].templated]
-        if plain and self._update_is_on_policy():
+        if plain and update_is_on_policy(cfg.grpo):
             on_policy[span(plain)] = True
         elif plain:
             old[span(plain)] = policy.logprobs(SequenceBatch([rows[i].train_prompt_ids for i in plain],
@@ -253,12 +253,6 @@ class Trainer:
             metrics["mask_rate"] = float(1 - m.mean())
             metrics["context_log_ratio_mean"] = float((lp_x - lp_xz).mean())
         return old, on_policy, mask, scale
-
-    def _update_is_on_policy(self) -> bool:
-        """True when the update is one optimizer step on weights that sampled the rollouts, and the config lets
-        untemplated rows take their old log-probs from it (`grpo.skip_old_logprob_pass`)."""
-        g = self.cfg.grpo
-        return g.skip_old_logprob_pass and g.ppo_epochs == 1 and g.ppo_minibatches == 1
 
     def _row_can_learn(self, row: TrainRow, scale: float) -> bool:
         """False when the row's loss is exactly zero whatever the policy: no KL term and a zero advantage
