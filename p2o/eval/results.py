@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from p2o.eval.harness import BenchmarkResult, ProblemResult
+from p2o.jsonl import iter_jsonl, read_jsonl
 
 RUN_FILE = "run.json"
 PROBLEMS_DIR = "problems"
@@ -127,8 +128,7 @@ def load_finished(out_dir: str | Path, info: dict[str, Any]) -> dict[str, Benchm
         return {}
     done = {}
     for b in run.get("benchmarks", []):
-        lines = (run_file.parent / b["file"]).read_text(encoding="utf-8").splitlines()
-        problems = [ProblemResult.from_dict(json.loads(line)) for line in lines if line.strip()]
+        problems = [ProblemResult.from_dict(r) for r in read_jsonl(run_file.parent / b["file"])]
         done[b["name"]] = BenchmarkResult(name=b["name"], title=b["title"], protocol=b["protocol"],
                                           samples=b["samples"], temperature=b["temperature"], problems=problems,
                                           scores=b["scores"], seconds=b["seconds"],
@@ -164,16 +164,12 @@ def read_run(path: str | Path) -> RunRecord:
     for b in benches:
         f = root / b["file"]
         per: dict[str, float] = {}
-        try:
-            lines = f.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{f}: per-problem results listed in {run_file} are missing") from None
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: per-problem results listed in {run_file} are missing")
+        for lineno, record in iter_jsonl(f):
             try:
-                p = ProblemResult.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError) as e:
+                p = ProblemResult.from_dict(record)
+            except TypeError as e:
                 raise ValueError(f"{f}: line {lineno} is not a valid problem result ({e})") from e
             per[p.id] = p.score
         scores[b["name"]] = per

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2o.jsonl import read_jsonl
+
 DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "tests" / "data" / "verifier_pairs.jsonl"
 
 
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import logging
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    rows = [json.loads(line) for line in Path(args.jsonl).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(args.jsonl)
     rep = compute(rows)
     print(f"pairs {rep.n}  agreement with math-verify {rep.agreement:.4f}  "
           f"ours vs labels {rep.ours_vs_label}  math-verify vs labels {rep.math_verify_vs_label}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import random
@@ -29,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from p2o.config import RewardConfig
+from p2o.jsonl import read_jsonl
 
 DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "tests" / "data" / "verifier_pairs.jsonl"
 _WRAPPERS = ["{r}", "{r}\n", "  {r}  ", "Let me reconsider.\n{r}", "{r}\n\nI hope this helps!"]
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_pairs(source: Path, n: int, seed: int) -> list[tuple[str, str]]:
     """n perturbed (response, gold) pairs drawn from a labelled pair file."""
-    rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(source)
     if not rows:
         raise ValueError(f"{source}: no pairs")
     rng = random.Random(seed)

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from p2o.jsonl import read_jsonl
 from p2o.telemetry.metrics import read_metrics  # noqa: E402
 
 TIME_KEYS = ["time_generate_s", "time_verify_s", "time_old_logprob_s", "time_update_s", "time_weight_sync_s"]
@@ -89,11 +90,9 @@ def _read_rollouts(run: Path, steps: list[dict]) -> list[dict]:
     rows = []
     for f in sorted((run / "rollouts").glob("step_*.jsonl")):
         step = int(f.stem.removeprefix("step_"))
-        for line in f.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                r = json.loads(line)
-                rows.append({"step": step, "epoch": epoch_of.get(step), "problem_id": r["problem_id"],
-                             "template": r.get("template") or "", "reward": float(r.get("reward") or 0.0)})
+        for r in read_jsonl(f):
+            rows.append({"step": step, "epoch": epoch_of.get(step), "problem_id": r["problem_id"],
+                         "template": r.get("template") or "", "reward": float(r.get("reward") or 0.0)})
     return rows
 
 

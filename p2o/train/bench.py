@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from p2o.telemetry.metrics import read_metrics
 
 PHASES = ["time_generate_s", "time_verify_s", "time_old_logprob_s", "time_update_s", "time_weight_sync_s",
           "time_step_s"]
@@ -54,7 +55,7 @@ def run_arm(name: str, config: str, overrides: list[str], out: Path, timeout_s: 
 
 def breakdown(run_dir: Path, warmup_steps: int) -> dict[str, float]:
     """Mean seconds per step of each phase (steps after the warm-up) and the GEPA wall time of the run."""
-    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    recs = list(read_metrics(run_dir))
     steps = [r for r in recs if r.get("kind") == "step"]
     kept = steps[warmup_steps:] or steps
     if not kept:

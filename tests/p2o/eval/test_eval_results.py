@@ -79,7 +79,7 @@ def test_read_errors(tmp_path):
         read_run(tmp_path)
     out = write_run(tmp_path / "r", _results([[True] * 4], [True]), "r", {})
     (out / "problems" / "math500.jsonl").write_text("{not json\n")
-    with pytest.raises(ValueError, match=r"math500\.jsonl: line 1 is not a valid problem result"):
+    with pytest.raises(ValueError, match=r"math500\.jsonl: line 1 is not valid JSON"):
         read_run(out)
     (out / "problems" / "math500.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="are missing"):
