@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from p2o.data.problem import Problem
+from p2o.jsonl import iter_jsonl
 
 
 class DataError(ValueError):
@@ -19,14 +20,10 @@ class DataError(ValueError):
 
 
 def _rows_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from e
+    try:
+        yield from iter_jsonl(path)
+    except ValueError as e:
+        raise DataError(str(e)) from e
 
 
 def _rows_json(path: Path) -> Iterable[tuple[int, Any]]:
