@@ -231,3 +231,27 @@ def once_per_session(tmp_path_factory, worker_id: str, name: str, produce):
             out_dir.mkdir(exist_ok=True)
             torch.save(produce(out_dir), result)
     return torch.load(result)
+
+
+def save_on_rank0(results, out_file: str) -> None:
+    """End of a spawned worker: rank 0 saves `results`, every rank waits, then the parallel state is torn down."""
+    import torch.distributed as dist
+
+    from megatron_bridge.parallel import shutdown_parallel
+
+    if dist.get_rank() == 0:
+        torch.save(results, out_file)
+    dist.barrier()
+    shutdown_parallel()
+
+
+def spawned_results(tmp_path_factory, worker_id: str, name: str, worker, nprocs: int, args: tuple):
+    """Run `worker(*args, out_file)` on `nprocs` ranks once per test session and return what it saved
+    (with `save_on_rank0`)."""
+    from megatron_bridge.launch import spawn
+
+    def produce(tmp):
+        spawn(worker, nprocs, (*args, str(tmp / "results.pt")))
+        return torch.load(tmp / "results.pt")
+
+    return once_per_session(tmp_path_factory, worker_id, name, produce)

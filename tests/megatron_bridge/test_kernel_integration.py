@@ -20,9 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mb_workers import once_per_session, synthetic_batch
-
-from megatron_bridge.launch import spawn
+from mb_workers import save_on_rank0, spawned_results, synthetic_batch
 
 CONFIG = Path(__file__).parent / "configs" / "qwen3_gqa2_hd24_tied.json"  # vocab 1000: fast under the interpreter
 LAYOUTS = {"tp2": dict(tp=2, pp=1), "tp1_dp2": dict(tp=1, pp=1), "pp2": dict(tp=1, pp=2)}
@@ -106,15 +104,8 @@ def _run(tp: int, pp: int, use_kernels: bool, model_dir: str) -> dict:
 
 
 def kernel_integration_worker(model_dir: str, out_file: str) -> None:
-    import torch.distributed as dist
-
-    from megatron_bridge.parallel import shutdown_parallel
-
-    results = {(name, k): _run(kw["tp"], kw["pp"], k, model_dir) for name, kw in LAYOUTS.items() for k in (False, True)}
-    if dist.get_rank() == 0:
-        torch.save(results, out_file)
-    dist.barrier()
-    shutdown_parallel()
+    save_on_rank0({(name, k): _run(kw["tp"], kw["pp"], k, model_dir) for name, kw in LAYOUTS.items()
+                   for k in (False, True)}, out_file)
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +113,8 @@ def runs(tmp_path_factory, worker_id):
     from p2o.models import resolve_model_dir
 
     model_dir = str(resolve_model_dir(str(CONFIG), init_seed=5))
-
-    def produce(tmp):
-        spawn(kernel_integration_worker, 2, (model_dir, str(tmp / "runs.pt")))
-        return torch.load(tmp / "runs.pt")
-
-    return once_per_session(tmp_path_factory, worker_id, "megatron_kernel_integration", produce)
+    return spawned_results(tmp_path_factory, worker_id, "megatron_kernel_integration", kernel_integration_worker, 2,
+                           (model_dir,))
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mb_workers import once_per_session, synthetic_batch
-
-from megatron_bridge.launch import spawn
+from mb_workers import save_on_rank0, spawned_results, synthetic_batch
 
 CONFIG = Path(__file__).parent / "configs" / "qwen3_gqa2_hd24_tied.json"
 RUNS = [("none", False), ("selective", False), ("full", False), ("full", True)]
@@ -60,15 +58,7 @@ def _run(mode: str, use_kernels: bool, model_dir: str) -> dict:
 
 
 def recompute_worker(model_dir: str, out_file: str) -> None:
-    import torch.distributed as dist
-
-    from megatron_bridge.parallel import shutdown_parallel
-
-    results = {run: _run(*run, model_dir) for run in RUNS}
-    if dist.get_rank() == 0:
-        torch.save(results, out_file)
-    dist.barrier()
-    shutdown_parallel()
+    save_on_rank0({run: _run(*run, model_dir) for run in RUNS}, out_file)
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +66,7 @@ def runs(tmp_path_factory, worker_id):
     from p2o.models import resolve_model_dir
 
     model_dir = str(resolve_model_dir(str(CONFIG), init_seed=6))
-
-    def produce(tmp):
-        spawn(recompute_worker, 2, (model_dir, str(tmp / "runs.pt")))
-        return torch.load(tmp / "runs.pt")
-
-    return once_per_session(tmp_path_factory, worker_id, "megatron_recompute", produce)
+    return spawned_results(tmp_path_factory, worker_id, "megatron_recompute", recompute_worker, 2, (model_dir,))
 
 
 def test_recompute_settings_reach_megatron(runs):
