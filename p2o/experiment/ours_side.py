@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 import time
+from contextlib import nullcontext
 
+from megatron_bridge.launch import single_rank_world
 from p2o.experiment.lockstep import commands, emit
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,6 @@ BENCH_OVERRIDES = [
 ]
 
 
-def _single_rank_env() -> None:
-    if "RANK" in os.environ:
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m p2o.experiment.ours_side")
     parser.add_argument("--problems", required=True, help="jsonl of the benchmark problems (fields id/question/answer)")
@@ -54,14 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
     from p2o.config import load_config
-    from p2o.train.loop import Trainer
     from p2o.train.malloc import apply_malloc_mode
-    from p2o.train.runtime import build_runtime
 
     cfg = load_config(None, BENCH_OVERRIDES + [f"data.source={args.problems}", f"logging.run_dir={args.run_dir}"]
                       + list(args.overrides))
     apply_malloc_mode(cfg.train.malloc)
-    _single_rank_env()
+    with nullcontext() if "RANK" in os.environ else single_rank_world():
+        return _serve(cfg)
+
+
+def _serve(cfg) -> int:
+    """Build the trainer and run one step per lockstep command until the driver closes stdin."""
+    from p2o.train.loop import Trainer
+    from p2o.train.runtime import build_runtime
+
     t0 = time.perf_counter()
     rt = build_runtime(cfg)
     try:

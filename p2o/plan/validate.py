@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -93,14 +92,10 @@ def predict_comm_bytes(shape: ModelShape, spec: StepSpec, pp_rank: int, vocab_mu
     return {"comm_tp": tp, "comm_pp": pp, "comm_dp": dp}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, world: int, port: int, shape: ModelShape, spec: StepSpec, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    from megatron_bridge.launch import rank_env
+
+    os.environ.update(rank_env(rank, world, port))
     import torch
     import torch.distributed as dist
 
@@ -145,8 +140,11 @@ def run_step(shape: ModelShape, spec: StepSpec) -> list[dict]:
     """Measurements of every rank of one spawned TP x PP x DP job (rank order; gloo on CPU, NCCL on GPUs)."""
     import torch.multiprocessing as mp
 
+    from megatron_bridge.launch import host_store
+
+    store = host_store(spec.world)  # the ranks join it as clients; alive until they have exited
     with tempfile.TemporaryDirectory(prefix="p2o-plan-") as out:
-        mp.start_processes(_rank_main, args=(spec.world, _free_port(), shape, spec, out), nprocs=spec.world,
+        mp.start_processes(_rank_main, args=(spec.world, store.port, shape, spec, out), nprocs=spec.world,
                            start_method=_start_method(), join=True)
         return [json.loads((Path(out) / f"rank{r}.json").read_text()) for r in range(spec.world)]
 

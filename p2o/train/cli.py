@@ -46,13 +46,11 @@ def main(args: argparse.Namespace) -> int:
                "-m", "p2o.cli", "train"] + (["--config", args.config] if args.config else []) + list(args.overrides)
         log.info("launching %d processes: %s", nproc, " ".join(cmd))
         return _launch(cmd, Path(cfg.logging.run_dir))
-    if "RANK" not in os.environ:  # a single process: a one-rank gloo/nccl group on a free local port
-        import socket
+    if "RANK" not in os.environ:  # a single process: a one-rank gloo/nccl group on a local store
+        from megatron_bridge.launch import single_rank_world
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        with single_rank_world():
+            return run(cfg)
     return run(cfg)
 
 

@@ -1,11 +1,9 @@
 """The instruments on their own: tensor-memory tracking and collective byte counting (single-rank gloo)."""
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 
+from megatron_bridge.launch import single_rank_world
 from p2o.plan.measure import CommCounter, TensorMemoryTracker, storage_bytes
 
 
@@ -38,13 +36,10 @@ def test_tracker_sees_autograd_saved_tensors():
 
 @pytest.fixture
 def single_rank_group():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    yield dist.new_group([0])
-    dist.destroy_process_group()
+    with single_rank_world():
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        yield dist.new_group([0])
+        dist.destroy_process_group()
 
 
 def test_comm_counter_by_group_positional_and_keyword(single_rank_group):
