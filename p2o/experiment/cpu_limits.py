@@ -6,6 +6,10 @@ FLOPs at the GEMM rate and its weight reads at the memory bandwidth (every decod
 once); training can go no faster than 6 x params x tokens at the GEMM rate (forward 2, backward 4), counting
 only the rows with a non-zero advantage (the others cannot change the weights when there is no KL term).
 Attention FLOPs are left out (they are < 2% at these lengths), so the floor is a little low.
+
+Two floors per step: the *required* work (learning rows only, no recomputation: what any implementation must
+do) and the *work done* by a side (the rows it trained, 8 x params x tokens when every layer's forward is
+recomputed in the backward). The second says how close a side runs to the CPU on what it actually computed.
 """
 from __future__ import annotations
 
@@ -56,8 +60,15 @@ class StepWork:
     completion_tokens: int
     decode_steps: int
     learning_frac: float = 1.0
-    """Share of the rows whose advantage is non-zero: only they need a forward and backward pass (no KL)."""
+    """Share of the rows trained: for the required work, those with a non-zero advantage (no KL term)."""
     bytes_per_param: int = 4
+    train_flops_per_param_token: float = 6.0
+    """2 forward + 4 backward; 8 with full activation recomputation (`training_flops_per_param_token`)."""
+
+
+def training_flops_per_param_token(recompute: str) -> float:
+    """FLOPs per parameter and token of one update pass: 6, or 8 when `recompute` is "full" (forward redone)."""
+    return 8.0 if recompute == "full" else 6.0
 
 
 def generation_floor_s(w: StepWork, lim: CPULimits) -> float:
@@ -67,9 +78,10 @@ def generation_floor_s(w: StepWork, lim: CPULimits) -> float:
 
 
 def training_floor_s(w: StepWork, lim: CPULimits) -> float:
-    """Forward + backward over the rows that carry a gradient (`learning_frac` of the prompt + completion tokens;
-    rows with a zero advantage need no pass when there is no KL term); old log-probs are not required work."""
-    return 6.0 * w.params * w.learning_frac * (w.prompt_tokens + w.completion_tokens) / lim.gemm_flops
+    """Forward + backward over `learning_frac` of the prompt + completion tokens at `train_flops_per_param_token`;
+    old log-probs are not counted (not required work)."""
+    return (w.train_flops_per_param_token * w.params * w.learning_frac * (w.prompt_tokens + w.completion_tokens)
+            / lim.gemm_flops)
 
 
 def step_floor_s(w: StepWork, lim: CPULimits) -> float:

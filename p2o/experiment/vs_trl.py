@@ -29,8 +29,10 @@ rotated every step (A/B alternation), so slow drifts of a shared machine fall on
 
 Reported per side: medians over steps `--measure-from`..`--steps` (1-based) of the step wall time, generation
 time (completions only) and training time (the rest of the step: reward, log-probs, update, weight sync),
-peak RSS of the side's whole process tree (sampled every 0.2 s), and the CPU floor of the step from the
-measured GEMM rate and memory bandwidth (`p2o.experiment.cpu_limits`).
+peak RSS of the side's whole process tree (sampled every 0.2 s), and two CPU floors of the step from the
+measured GEMM rate and memory bandwidth (`p2o.experiment.cpu_limits`): the floor of the required work (the
+learning rows, no recomputation) and the floor of the work the side did (the rows it trained, recomputation
+included), each with the side's distance to it ("x floor", "x work floor").
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,7 +58,7 @@ TRL_VERSION = "1.13.0"
 TRL_SIDE = Path(__file__).with_name("trl_side.py")
 PROMPTS_PER_STEP, GENERATIONS, MAX_NEW_TOKENS = 8, 4, 64
 SUMMARY_COLUMNS = ["side", "step_s", "generate_s", "train_s", "peak_rss_mib", "floor_s", "x_floor",
-                   "step_vs_trl", "rss_vs_trl", "reward_mean", "zero_adv_frac", "completion_tokens", "steps_measured"]
+                   "work_floor_s", "x_work_floor", "step_vs_trl", "rss_vs_trl", "reward_mean", "zero_adv_frac", "completion_tokens", "steps_measured"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="glibc malloc mode of every side (p2o.train.malloc; TRL's side gets the same settings "
                              "as environment variables)")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="limit for one side's load or step")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: summarise the finished run in --out again from its CSVs (e.g. with "
+                             "another --measure-from); the measured limits, RSS and settings are the run's own")
 
 
 # ---------------------------------------------------------------------------- the TRL environment
@@ -109,6 +115,10 @@ def ensure_trl_venv(venv: Path, version: str, install: bool = True) -> Path:
 
 
 # ---------------------------------------------------------------------------- sides
+SIDE_LABELS = {"ours-skip": "ours (skip zero-advantage rows)", "ours-noskip": "ours (no skipping)",
+               "trl": "trl GRPOTrainer"}
+
+
 @dataclass
 class Side:
     """A side process in lock step; `peak_rss` is the largest sampled RSS of its process tree, in bytes."""
@@ -215,7 +225,6 @@ def side_commands(names: list[str], problems: Path, model_dir: Path, model: str,
                    "--run-dir", str(out / "runs" / name), f"model.path={model}",
                    f"train.skip_zero_advantage_rows={skip}", f"train.recompute={'full' if recompute else 'none'}",
                    f"train.malloc={malloc}", *ours_overrides]
-            label = "ours (skip zero-advantage rows)" if name == "ours-skip" else "ours (no skipping)"
         elif name == "trl":
             if trl_py is None:
                 raise ValueError("sides: 'trl' needs the TRL environment")
@@ -223,10 +232,9 @@ def side_commands(names: list[str], problems: Path, model_dir: Path, model: str,
                    "--output-dir", str(out / "runs" / "trl"), "--steps", str(steps),
                    "--gradient-checkpointing", "true" if recompute else "false"]
             env = malloc_env(malloc)
-            label = "trl GRPOTrainer"
         else:
             raise ValueError(f"--sides: unknown side '{name}'; expected ours-skip, ours-noskip or trl")
-        sides.append(Side(name, label, cmd, out / "logs" / f"{name}.log", env))
+        sides.append(Side(name, SIDE_LABELS[name], cmd, out / "logs" / f"{name}.log", env))
     return sides
 
 
@@ -256,9 +264,16 @@ def run_lockstep(sides: list[Side], steps: int, timeout_s: float, env: dict,
 
 
 # ---------------------------------------------------------------------------- numbers
-def summarize(sides: list[Side], measure_from: int, limits, work_by_step: list) -> list[dict]:
-    """One summary row per side: medians over the measured steps, peak RSS, floor and ratios to TRL."""
-    from p2o.experiment.cpu_limits import step_floor_s
+def summarize(sides: list[Side], measure_from: int, limits, work_by_step: list, recompute: str = "none") -> list[dict]:
+    """One summary row per side: medians over the measured steps, peak RSS, the two floors and ratios to TRL.
+
+    `work_by_step[i](completion_tokens, trained_frac, flops_per_param_token)` is step i's `StepWork`. The floor of
+    the required work trains the learning rows at 6 FLOPs per parameter and token; the floor of the work done
+    trains the rows the side trained (all but its `skipped_rows`) with `recompute`'s FLOPs."""
+    from p2o.experiment.cpu_limits import step_floor_s, training_flops_per_param_token
+
+    rows_per_step = PROMPTS_PER_STEP * GENERATIONS
+    done_flops = training_flops_per_param_token(recompute)
 
     rows = []
     for s in sides:
@@ -269,11 +284,16 @@ def summarize(sides: list[Side], measure_from: int, limits, work_by_step: list) 
         def med(key: str, measured: list[dict] = measured) -> float:
             return statistics.median(r[key] for r in measured)
 
-        floor = statistics.median(step_floor_s(work_by_step[r["step"]](r["completion_tokens"], r["zero_adv_frac"]),
-                                               limits) for r in measured)
+        def floor_of(trained_frac, flops: float, measured: list[dict] = measured) -> float:
+            return statistics.median(step_floor_s(work_by_step[r["step"]](r["completion_tokens"], trained_frac(r),
+                                                                          flops), limits) for r in measured)
+
+        floor = floor_of(lambda r: 1.0 - r["zero_adv_frac"], 6.0)
+        work_floor = floor_of(lambda r: 1.0 - (r.get("skipped_rows") or 0) / rows_per_step, done_flops)
         rows.append({"side": s.label, "step_s": med("step_s"), "generate_s": med("generate_s"),
                      "train_s": statistics.median(r["step_s"] - r["generate_s"] for r in measured),
                      "peak_rss_mib": s.peak_rss / 2**20, "floor_s": floor, "x_floor": med("step_s") / floor,
+                     "work_floor_s": work_floor, "x_work_floor": med("step_s") / work_floor,
                      "reward_mean": statistics.fmean(r["reward_mean"] for r in s.steps),
                      "zero_adv_frac": statistics.fmean(r["zero_adv_frac"] for r in s.steps),
                      "completion_tokens": med("completion_tokens"), "steps_measured": len(measured)})
@@ -285,9 +305,10 @@ def summarize(sides: list[Side], measure_from: int, limits, work_by_step: list) 
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ["side", "step s", "gen s", "train s", "peak RSS MiB", "floor s", "x floor", "step/TRL", "RSS/TRL"]
-    keys = ["side", "step_s", "generate_s", "train_s", "peak_rss_mib", "floor_s", "x_floor", "step_vs_trl",
-            "rss_vs_trl"]
+    head = ["side", "step s", "gen s", "train s", "peak RSS MiB", "floor s", "x floor", "work floor s",
+            "x work floor", "step/TRL", "RSS/TRL"]
+    keys = ["side", "step_s", "generate_s", "train_s", "peak_rss_mib", "floor_s", "x_floor", "work_floor_s",
+            "x_work_floor", "step_vs_trl", "rss_vs_trl"]
 
     def cell(v):
         if v is None:
@@ -309,6 +330,36 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         for r in rows:
             w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
     tmp.replace(path)
+
+
+def load_run(out: Path) -> tuple[list[Side], dict]:
+    """The sides of a finished run in `out` (step records from vs_trl_steps.csv, peak RSS from vs_trl.csv) and
+    its metadata (the summary's columns after SUMMARY_COLUMNS: limits, params, load, date, settings)."""
+    steps_csv, summary_csv = out / "vs_trl_steps.csv", out / "vs_trl.csv"
+    for f in (steps_csv, summary_csv):
+        if not f.is_file():
+            raise FileNotFoundError(f"--report-only: {f} not found (run the benchmark with --out {out} first)")
+    summary = list(csv.DictReader(summary_csv.open()))
+    if not summary:
+        raise ValueError(f"{summary_csv}: no rows")
+    meta = {k: v for k, v in summary[0].items() if k not in SUMMARY_COLUMNS}
+    for k in ("gemm_gflops", "mem_gbps"):
+        meta[k] = float(meta[k])
+    meta["threads"], meta["params"] = int(meta["threads"]), int(meta["params"])
+    rss = {r["side"]: float(r["peak_rss_mib"]) for r in summary}
+    ints = {"step", "order", "completion_tokens", "skipped_rows"}
+    sides: dict[str, Side] = {}
+    for line, r in enumerate(csv.DictReader(steps_csv.open()), start=2):
+        name = r.pop("side")
+        if name not in SIDE_LABELS:
+            raise ValueError(f"{steps_csv}:{line}: unknown side '{name}'")
+        rec = {k: (int(v) if k in ints else float(v)) for k, v in r.items() if v != ""}
+        side = sides.setdefault(name, Side(name, SIDE_LABELS[name], [], out / "logs" / f"{name}.log"))
+        side.steps.append(rec)
+    for side in sides.values():
+        side.steps.sort(key=lambda rec: rec["step"])
+        side.peak_rss = int(rss.get(side.label, 0.0) * 2**20)
+    return list(sides.values()), meta
 
 
 def count_params(model_dir: Path) -> int:
@@ -350,11 +401,51 @@ def write_problems(path: Path, tokenizer, num: int, seed: int) -> list[int]:
     return lengths
 
 
+def work_by_step(prompt_lens: list[int], params: int, steps: int) -> list:
+    """Step i's work as `summarize` wants it: (completion_tokens, trained_frac, flops_per_param_token) -> StepWork."""
+    from p2o.experiment.cpu_limits import StepWork
+
+    def work_of(step: int):
+        ptoks = sum(prompt_lens[step * PROMPTS_PER_STEP:(step + 1) * PROMPTS_PER_STEP]) * GENERATIONS
+        return lambda completion_tokens, trained_frac, flops: StepWork(
+            params, ptoks, int(completion_tokens), MAX_NEW_TOKENS, learning_frac=float(trained_frac),
+            train_flops_per_param_token=flops)
+
+    return [work_of(i) for i in range(steps)]
+
+
+def report(out: Path, sides: list[Side], limits, work: list, measure_from: int, meta: dict) -> None:
+    """Print the summary table and write vs_trl.csv (one row per side, `meta` on every row)."""
+    rows = summarize(sides, measure_from, limits, work, meta["recompute"])
+    print(format_table(rows))
+    load, load_after = meta["load_before"], meta["load_after"]
+    print(f"medians of steps {measure_from}-{len(work)}; load average before {load}, after {load_after}")
+    write_csv(out / "vs_trl.csv", [{**r, **meta} for r in rows], SUMMARY_COLUMNS + list(meta))
+    print(f"CSV: {out / 'vs_trl.csv'} (summary), {out / 'vs_trl_steps.csv'} (every step)")
+
+
 def main(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
-    from p2o.experiment.cpu_limits import StepWork, measure_limits
+    from p2o.experiment.cpu_limits import CPULimits, measure_limits
     from p2o.models import resolve_model_dir
+
+    if args.report_only:
+        out = Path(args.out)
+        sides, meta = load_run(out)
+        steps = max(r["step"] for s in sides for r in s.steps) + 1
+        if not 1 <= args.measure_from <= steps:
+            print(f"p2o bench vs-trl: --measure-from {args.measure_from} must lie in 1..{steps} (the run's steps)",
+                  file=sys.stderr)
+            return 2
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(args.model))
+        with tempfile.TemporaryDirectory() as tmp:  # the run's problems again, to count their prompt tokens
+            prompt_lens = write_problems(Path(tmp) / "problems.jsonl", tokenizer,
+                                         int(meta.get("num_problems", args.num_problems)),
+                                         int(meta.get("seed", args.seed)))
+        limits = CPULimits(meta["gemm_gflops"] * 1e9, meta["mem_gbps"] * 1e9, meta["threads"])
+        report(out, sides, limits, work_by_step(prompt_lens, meta["params"], steps), args.measure_from, meta)
+        return 0
 
     names = [n.strip() for n in args.sides.split(",") if n.strip()]
     if not 1 <= args.measure_from <= args.steps:
@@ -390,20 +481,11 @@ def main(args: argparse.Namespace) -> int:
         for s in sides:
             s.stop()
     load_after = os.getloadavg()
-
-    def work_of(step: int):
-        ptoks = sum(prompt_lens[step * PROMPTS_PER_STEP:(step + 1) * PROMPTS_PER_STEP]) * GENERATIONS
-        return lambda completion_tokens, zero_adv_frac: StepWork(params, ptoks, int(completion_tokens), MAX_NEW_TOKENS,
-                                                                 learning_frac=1.0 - float(zero_adv_frac))
-
-    rows = summarize(sides, args.measure_from, limits, [work_of(i) for i in range(args.steps)])
-    print(format_table(rows))
-    print(f"medians of steps {args.measure_from}-{args.steps}; load average before {load[0]:.1f}/{load[1]:.1f}/"
-          f"{load[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f}")
     meta = {"gemm_gflops": limits.gemm_flops / 1e9, "mem_gbps": limits.mem_bytes_per_s / 1e9,
-            "threads": limits.threads, "params": params, "load_before": list(load), "load_after": list(load_after),
+            "threads": limits.threads, "params": params,
+            "load_before": [round(x, 2) for x in load], "load_after": [round(x, 2) for x in load_after],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "trl_version": args.trl_version,
-            "recompute": args.recompute, "malloc": args.malloc}
-    write_csv(out / "vs_trl.csv", [{**r, **meta} for r in rows], SUMMARY_COLUMNS + list(meta))
-    print(f"CSV: {out / 'vs_trl.csv'} (summary), {out / 'vs_trl_steps.csv'} (every step)")
+            "recompute": args.recompute, "malloc": args.malloc, "num_problems": args.num_problems,
+            "seed": args.seed}
+    report(out, sides, limits, work_by_step(prompt_lens, params, args.steps), args.measure_from, meta)
     return 0

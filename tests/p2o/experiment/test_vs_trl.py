@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import random
+import statistics
 import subprocess
 import sys
 
@@ -67,6 +68,10 @@ def test_floor_by_hand():
     assert cpu_limits.generation_floor_s(w, lim) == pytest.approx(0.4)
     assert cpu_limits.training_floor_s(w, lim) == pytest.approx(0.6)
     assert cpu_limits.step_floor_s(w, lim) == pytest.approx(1.0)
+    recomputed = cpu_limits.StepWork(1_000_000, 1000, 1000, 64, learning_frac=1.0,
+                                     train_flops_per_param_token=cpu_limits.training_flops_per_param_token("full"))
+    assert cpu_limits.training_floor_s(recomputed, lim) == pytest.approx(1.6)  # 8e6 * 2000 / 1e10
+    assert cpu_limits.training_flops_per_param_token("none") == 6.0
     measured = cpu_limits.measure_limits(gemm_n=128, copy_bytes=1 << 22, repeats=2)
     assert measured.gemm_flops > 1e7 and measured.mem_bytes_per_s > 1e7
 
@@ -78,24 +83,32 @@ def _side(name, label, steps, rss):
 
 
 def test_summary_ratios_table_and_csv(tmp_path):
-    def rec(i, step_s, gen_s):
-        return {"step": i, "step_s": step_s, "generate_s": gen_s, "completion_tokens": 100, "reward_mean": 0.5,
-                "zero_adv_frac": 0.0}
+    def rec(i, step_s, gen_s, skipped=None):
+        r = {"step": i, "step_s": step_s, "generate_s": gen_s, "completion_tokens": 100, "reward_mean": 0.5,
+             "zero_adv_frac": 0.75}
+        return r if skipped is None else {**r, "skipped_rows": skipped}  # TRL's records have no skipped_rows
 
     ours = _side("ours-skip", "ours (skip zero-advantage rows)",
-                 [rec(0, 100.0, 90.0), rec(1, 2.0, 1.0), rec(2, 4.0, 3.0), rec(3, 3.0, 2.0)], 512 * 2**20)
+                 [rec(0, 100.0, 90.0, 24), rec(1, 2.0, 1.0, 24), rec(2, 4.0, 3.0, 24), rec(3, 3.0, 2.0, 24)],
+                 512 * 2**20)
     trl = _side("trl", "trl GRPOTrainer", [rec(0, 9.0, 5.0), rec(1, 6.0, 4.0), rec(2, 8.0, 5.0), rec(3, 10.0, 6.0)],
                 1024 * 2**20)
     lim = cpu_limits.CPULimits(1e10, 1e9, 2)
-    work = [lambda c, z: cpu_limits.StepWork(1000, 10, int(c), 64, 1 - z)] * 4
-    rows = vs_trl.summarize([ours, trl], measure_from=2, limits=lim, work_by_step=work)
+    work = [lambda c, frac, flops: cpu_limits.StepWork(10**6, 1000, int(c), 64, frac, train_flops_per_param_token=flops)] * 4
+    rows = vs_trl.summarize([ours, trl], measure_from=2, limits=lim, work_by_step=work, recompute="full")
     o, t = rows
     assert (o["step_s"], o["generate_s"], o["train_s"], o["steps_measured"]) == (3.0, 2.0, 1.0, 3)  # step 1 left out
     assert t["step_s"] == 8.0 and t["train_s"] == 3.0
     assert o["step_vs_trl"] == pytest.approx(3.0 / 8.0) and t["step_vs_trl"] == pytest.approx(1.0)
     assert o["rss_vs_trl"] == pytest.approx(0.5) and o["peak_rss_mib"] == pytest.approx(512.0)
-    floor = cpu_limits.step_floor_s(work[0](100, 0.0), lim)
+    # required work: generation max(2e6 * 1100 / 1e10, 4e6 * 64 / 1e9) = 0.256 s + 6e6 * 0.25 * 1100 / 1e10
+    floor = 0.256 + 0.165
     assert o["floor_s"] == pytest.approx(floor) and o["x_floor"] == pytest.approx(3.0 / floor)
+    assert t["floor_s"] == pytest.approx(floor)  # the same required work on both sides
+    # work done, full recompute (8 FLOPs): ours trained 8 of 32 rows, TRL all 32
+    assert o["work_floor_s"] == pytest.approx(0.256 + 8e6 * 0.25 * 1100 / 1e10)
+    assert t["work_floor_s"] == pytest.approx(0.256 + 8e6 * 1100 / 1e10)
+    assert t["x_work_floor"] == pytest.approx(8.0 / t["work_floor_s"])
     table = vs_trl.format_table(rows)
     assert "ours (skip zero-advantage rows)" in table and "0.38" in table and "RSS/TRL" in table
     vs_trl.write_csv(tmp_path / "s.csv", rows, vs_trl.SUMMARY_COLUMNS)
@@ -152,3 +165,35 @@ def test_our_side_through_the_command(tmp_path, tiny_model_dir):
     assert row["steps_measured"] == "1" and float(row["peak_rss_mib"]) > 100
     assert row["step_vs_trl"] == ""  # no TRL side in this run
     assert float(row["gemm_gflops"]) > 0 and row["trl_version"] == vs_trl.TRL_VERSION
+    assert 0 < float(row["floor_s"]) <= float(row["work_floor_s"])  # full recompute: more than the required work
+    # Summarise the same run again over both steps: nothing runs, the run's limits and settings are kept.
+    r = subprocess.run([sys.executable, "-m", "p2o.cli", "bench", "vs-trl", "--model", "tiny-qwen3", "--report-only",
+                        "--measure-from", "1", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    (again,) = list(csv.DictReader((out / "vs_trl.csv").open()))
+    assert again["steps_measured"] == "2" and again["gemm_gflops"] == row["gemm_gflops"]
+    assert again["date"] == row["date"] and again["peak_rss_mib"] == row["peak_rss_mib"]
+    assert float(again["step_s"]) == pytest.approx(statistics.median(float(s["step_s"]) for s in steps), abs=1e-3)
+    assert "work floor s" in r.stdout and "CPU limits" not in r.stdout  # nothing was measured again
+
+
+def test_load_run_reads_back_what_the_run_wrote(tmp_path):
+    steps = [{"side": "ours-noskip", "step": 1, "order": 0, "step_s": 3.0, "generate_s": 1.0, "completion_tokens": 90,
+              "reward_mean": 0.0, "zero_adv_frac": 1.0, "skipped_rows": 0, "peak_rss_mib": 10.0},
+             {"side": "ours-noskip", "step": 0, "order": 1, "step_s": 5.0, "generate_s": 2.0, "completion_tokens": 80,
+              "reward_mean": 0.0, "zero_adv_frac": 1.0, "skipped_rows": 0, "peak_rss_mib": 9.0},
+             {"side": "trl", "step": 0, "order": 0, "step_s": 4.0, "generate_s": 2.0, "completion_tokens": 70,
+              "reward_mean": 0.0, "zero_adv_frac": 1.0, "peak_rss_mib": 8.0}]
+    vs_trl.write_csv(tmp_path / "vs_trl_steps.csv", steps, vs_trl.STEP_COLUMNS)
+    meta = {"gemm_gflops": 100.0, "mem_gbps": 20.0, "threads": 2, "params": 1000, "recompute": "full"}
+    summary = [{"side": "ours (no skipping)", "peak_rss_mib": 12.5, **meta}, {"side": "trl GRPOTrainer",
+                                                                             "peak_rss_mib": 11.0, **meta}]
+    vs_trl.write_csv(tmp_path / "vs_trl.csv", summary, vs_trl.SUMMARY_COLUMNS + list(meta))
+    sides, back = vs_trl.load_run(tmp_path)
+    assert back == meta
+    ours, trl = sides
+    assert (ours.label, [r["step"] for r in ours.steps], ours.peak_rss) == ("ours (no skipping)", [0, 1], 12.5 * 2**20)
+    assert ours.steps[0]["skipped_rows"] == 0 and "skipped_rows" not in trl.steps[0]  # blank cells are left out
+    (tmp_path / "vs_trl.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="vs_trl.csv not found"):
+        vs_trl.load_run(tmp_path)
