@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import stat
 import sys
 import time
@@ -36,8 +37,32 @@ def finished(job: Submitted, timeout_s: float = JOB_TIMEOUT_S) -> int:
     return rc
 
 
+def finished_after_requeue(cluster, job: Submitted, job_dir: Path, timeout_s: float = JOB_TIMEOUT_S) -> int:
+    """Exit code of a requeued job's second attempt: once the job script has written that attempt's summary line
+    and Slurm's record shows the job ended. `sbatch --wait`, and the record itself, can show the first attempt's
+    exit code between that attempt's end and the requeue, so neither is read before the second line exists."""
+    deadline = time.monotonic() + timeout_s
+    summary_txt = job_dir / "summary.txt"
+    while time.monotonic() < deadline:
+        attempts = summary_txt.read_text().splitlines() if summary_txt.is_file() else []
+        if len(attempts) >= 2:
+            info = cluster.run("scontrol", "show", "job", job.job_id).stdout
+            state = re.search(r"JobState=(\w+)", info)
+            if state and state.group(1) in TERMINAL_STATES:
+                code = re.search(r"ExitCode=(\d+):(\d+)", info)
+                assert code, info
+                return int(code.group(1))
+        time.sleep(0.5)
+    raise AssertionError(f"job {job.job_id} did not end within {timeout_s} s:\n{_tail(job.output)}")
+
+
 def summary(run_dir: Path, job_id: str) -> dict:
     return json.loads((run_dir / "slurm" / job_id / "summary.json").read_text())
+
+
+TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                   "DEADLINE"}
+"""Slurm job states after which a job (or this attempt of it) runs no more."""
 
 
 def release_after_requeue(cluster, job: Submitted, timeout_s: float = 150) -> None:
@@ -48,7 +73,6 @@ def release_after_requeue(cluster, job: Submitted, timeout_s: float = 150) -> No
         if "JobState=PENDING" in info and "Restarts=0" not in info:
             cluster.run("scontrol", "update", f"JobId={job.job_id}", "StartTime=now")
             return
-        assert job.proc.poll() is None, f"job {job.job_id} ended without requeueing:\n{_tail(job.output)}"
         time.sleep(0.5)
     raise AssertionError(f"job {job.job_id} was not requeued within {timeout_s} s:\n{_tail(job.output)}")
 
@@ -139,8 +163,8 @@ def test_sigusr1_checkpoints_requeues_and_matches_the_uninterrupted_run(local_sl
     sent = local_slurm.run("scancel", "--signal=USR1", "--batch", job.job_id)
     assert sent.returncode == 0, sent.stderr
     release_after_requeue(local_slurm, job)
-    assert finished(job) == 0, _tail(tmp_path / "slurm" / job.job_id / "job.log")
     job_dir = tmp_path / "slurm" / job.job_id
+    assert finished_after_requeue(local_slurm, job, job_dir) == 0, _tail(job_dir / "job.log")
     attempts = (job_dir / "summary.txt").read_text().splitlines()
     assert len(attempts) == 2, attempts
     assert "attempt 0: REQUEUED" in attempts[0] and "SIGUSR1" in attempts[0]
