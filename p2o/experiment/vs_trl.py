@@ -416,7 +416,7 @@ def work_by_step(prompt_lens: list[int], params: int, steps: int) -> list:
 
 def report(out: Path, sides: list[Side], limits, work: list, measure_from: int, meta: dict) -> None:
     """Print the summary table and write vs_trl.csv (one row per side, `meta` on every row)."""
-    rows = summarize(sides, measure_from, limits, work, meta["recompute"])
+    rows = summarize(sides, measure_from, limits, work, meta.get("recompute", "none"))  # runs before --recompute: none
     print(format_table(rows))
     load, load_after = meta["load_before"], meta["load_after"]
     print(f"medians of steps {measure_from}-{len(work)}; load average before {load}, after {load_after}")
