@@ -58,7 +58,8 @@ TRL_VERSION = "1.13.0"
 TRL_SIDE = Path(__file__).with_name("trl_side.py")
 PROMPTS_PER_STEP, GENERATIONS, MAX_NEW_TOKENS = 8, 4, 64
 SUMMARY_COLUMNS = ["side", "step_s", "generate_s", "train_s", "peak_rss_mib", "floor_s", "x_floor",
-                   "work_floor_s", "x_work_floor", "step_vs_trl", "rss_vs_trl", "reward_mean", "zero_adv_frac", "completion_tokens", "steps_measured"]
+                   "work_floor_s", "x_work_floor", "step_vs_trl", "rss_vs_trl", "reward_mean", "zero_adv_frac",
+                   "completion_tokens", "steps_measured"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -264,7 +265,7 @@ def run_lockstep(sides: list[Side], steps: int, timeout_s: float, env: dict,
 
 
 # ---------------------------------------------------------------------------- numbers
-def summarize(sides: list[Side], measure_from: int, limits, work_by_step: list, recompute: str = "none") -> list[dict]:
+def summarize(sides: list[Side], measure_from: int, limits, work_by_step: list, recompute: str) -> list[dict]:
     """One summary row per side: medians over the measured steps, peak RSS, the two floors and ratios to TRL.
 
     `work_by_step[i](completion_tokens, trained_frac, flops_per_param_token)` is step i's `StepWork`. The floor of
@@ -438,7 +439,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"p2o bench vs-trl: --measure-from {args.measure_from} must lie in 1..{steps} (the run's steps)",
                   file=sys.stderr)
             return 2
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(args.model))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(meta.get("model", args.model)))
         with tempfile.TemporaryDirectory() as tmp:  # the run's problems again, to count their prompt tokens
             prompt_lens = write_problems(Path(tmp) / "problems.jsonl", tokenizer,
                                          int(meta.get("num_problems", args.num_problems)),
@@ -485,7 +486,7 @@ def main(args: argparse.Namespace) -> int:
             "threads": limits.threads, "params": params,
             "load_before": [round(x, 2) for x in load], "load_after": [round(x, 2) for x in load_after],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "trl_version": args.trl_version,
-            "recompute": args.recompute, "malloc": args.malloc, "num_problems": args.num_problems,
-            "seed": args.seed}
+            "recompute": args.recompute, "malloc": args.malloc, "model": args.model,
+            "num_problems": args.num_problems, "seed": args.seed}
     report(out, sides, limits, work_by_step(prompt_lens, params, args.steps), args.measure_from, meta)
     return 0

@@ -116,7 +116,7 @@ def test_summary_ratios_table_and_csv(tmp_path):
     assert [r["side"] for r in back] == ["ours (skip zero-advantage rows)", "trl GRPOTrainer"]
     assert float(back[0]["step_vs_trl"]) == pytest.approx(0.375)
     with pytest.raises(ValueError, match="no measured steps"):
-        vs_trl.summarize([ours], measure_from=9, limits=lim, work_by_step=work)
+        vs_trl.summarize([ours], measure_from=9, limits=lim, work_by_step=work, recompute="full")
 
 
 def test_bad_options_are_refused(tmp_path):
@@ -166,8 +166,9 @@ def test_our_side_through_the_command(tmp_path, tiny_model_dir):
     assert row["step_vs_trl"] == ""  # no TRL side in this run
     assert float(row["gemm_gflops"]) > 0 and row["trl_version"] == vs_trl.TRL_VERSION
     assert 0 < float(row["floor_s"]) <= float(row["work_floor_s"])  # full recompute: more than the required work
-    # Summarise the same run again over both steps: nothing runs, the run's limits and settings are kept.
-    r = subprocess.run([sys.executable, "-m", "p2o.cli", "bench", "vs-trl", "--model", "tiny-qwen3", "--report-only",
+    # Summarise the same run again over both steps: nothing runs, the run's limits and settings (its model
+    # included: no --model here) are kept.
+    r = subprocess.run([sys.executable, "-m", "p2o.cli", "bench", "vs-trl", "--report-only",
                         "--measure-from", "1", "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     (again,) = list(csv.DictReader((out / "vs_trl.csv").open()))
