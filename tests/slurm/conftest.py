@@ -34,6 +34,15 @@ class LocalSlurm:
     def run(self, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout)
 
+    def controller_log(self, job_id: str, n: int = 30) -> str:
+        """The last n lines of slurmctld's log that name job `job_id` (any hetjob component): for failure messages."""
+        pattern = re.compile(rf"JobId={re.escape(job_id)}\b")
+        try:
+            lines = (self.state_dir / "log" / "slurmctld.log").read_text(errors="replace").splitlines()
+        except OSError as e:
+            return f"(no slurmctld log: {e})"
+        return "\n".join([line for line in lines if pattern.search(line)][-n:])
+
 
 def _skip_reason() -> str | None:
     if sys.platform != "linux":

@@ -40,20 +40,28 @@ def finished(job: Submitted, timeout_s: float = JOB_TIMEOUT_S) -> int:
 def finished_after_requeue(cluster, job: Submitted, job_dir: Path, timeout_s: float = JOB_TIMEOUT_S) -> int:
     """Exit code of a requeued job's second attempt: once the job script has written that attempt's summary line
     and Slurm's record shows the job ended. `sbatch --wait`, and the record itself, can show the first attempt's
-    exit code between that attempt's end and the requeue, so neither is read before the second line exists."""
+    exit code between that attempt's end and the requeue, so neither is read before the second line exists.
+    Call after `release_after_requeue`: from then on, an ended job without a second summary line is a failure."""
     deadline = time.monotonic() + timeout_s
     summary_txt = job_dir / "summary.txt"
+    ended_at = None
     while time.monotonic() < deadline:
         attempts = summary_txt.read_text().splitlines() if summary_txt.is_file() else []
-        if len(attempts) >= 2:
-            info = cluster.run("scontrol", "show", "job", job.job_id).stdout
-            state = re.search(r"JobState=(\w+)", info)
-            if state and state.group(1) in TERMINAL_STATES:
-                code = re.search(r"ExitCode=(\d+):(\d+)", info)
-                assert code, info
-                return int(code.group(1))
+        states = job_states(cluster, job.job_id)
+        if not states and len(attempts) >= 2:  # ended and already forgotten (MinJobAge): the script's own record
+            return json.loads((job_dir / "summary.json").read_text())["exit_code"]
+        ended = bool(states) and all(s in TERMINAL_STATES for s in states)
+        if ended and len(attempts) >= 2:
+            code = re.search(r"ExitCode=(\d+):(\d+)", cluster.run("scontrol", "show", "job", job.job_id).stdout)
+            assert code, f"no ExitCode in the record of job {job.job_id}"
+            return int(code.group(1))
+        ended_at = (ended_at or time.monotonic()) if ended else None
+        if ended_at is not None and time.monotonic() - ended_at > 10:
+            raise AssertionError(f"job {job.job_id} ended ({states}) without a second attempt's summary:\n"
+                                 f"{_tail(job.output)}\nslurmctld:\n{cluster.controller_log(job.job_id)}")
         time.sleep(0.5)
-    raise AssertionError(f"job {job.job_id} did not end within {timeout_s} s:\n{_tail(job.output)}")
+    raise AssertionError(f"job {job.job_id} did not end within {timeout_s} s:\n{_tail(job.output)}\n"
+                         f"slurmctld:\n{cluster.controller_log(job.job_id)}")
 
 
 def summary(run_dir: Path, job_id: str) -> dict:
@@ -65,16 +73,27 @@ TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "
 """Slurm job states after which a job (or this attempt of it) runs no more."""
 
 
+def job_states(cluster, job_id: str) -> list[str]:
+    """JobState of each component of job `job_id` (one for a plain job, one per hetjob component); [] once Slurm
+    has forgotten the job."""
+    return re.findall(r"JobState=(\w+)", cluster.run("scontrol", "show", "job", job_id).stdout)
+
+
 def release_after_requeue(cluster, job: Submitted, timeout_s: float = 150) -> None:
-    """Wait until the job has requeued itself, then start it without Slurm's 120-s requeue delay."""
+    """Wait until every component of the job has requeued itself (PENDING, restarted), then make it eligible a few
+    seconds later instead of after Slurm's 121-s requeue delay. Not `StartTime=now`: a batch launch in the same
+    second as the first attempt's credential revocation is refused ("Job credential revoked") and the job ends."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         info = cluster.run("scontrol", "show", "job", job.job_id).stdout
-        if "JobState=PENDING" in info and "Restarts=0" not in info:
-            cluster.run("scontrol", "update", f"JobId={job.job_id}", "StartTime=now")
+        states, restarts = re.findall(r"JobState=(\w+)", info), re.findall(r"Restarts=(\d+)", info)
+        if states and set(states) == {"PENDING"} and restarts and min(map(int, restarts)) >= 1:
+            updated = cluster.run("scontrol", "update", f"JobId={job.job_id}", "StartTime=now+3")
+            assert updated.returncode == 0, updated.stderr
             return
         time.sleep(0.5)
-    raise AssertionError(f"job {job.job_id} was not requeued within {timeout_s} s:\n{_tail(job.output)}")
+    raise AssertionError(f"job {job.job_id} was not requeued within {timeout_s} s:\n{_tail(job.output)}\n"
+                         f"slurmctld:\n{cluster.controller_log(job.job_id)}")
 
 
 def metric_records(run_dir: Path) -> list[dict]:
