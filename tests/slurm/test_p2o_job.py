@@ -47,12 +47,13 @@ def finished_after_requeue(cluster, job: Submitted, job_dir: Path, timeout_s: fl
     ended_at = None
     while time.monotonic() < deadline:
         attempts = summary_txt.read_text().splitlines() if summary_txt.is_file() else []
-        states = job_states(cluster, job.job_id)
+        info = cluster.run("scontrol", "show", "job", job.job_id).stdout
+        states = re.findall(r"JobState=(\w+)", info)  # one per hetjob component; none once Slurm forgot the job
         if not states and len(attempts) >= 2:  # ended and already forgotten (MinJobAge): the script's own record
             return json.loads((job_dir / "summary.json").read_text())["exit_code"]
         ended = bool(states) and all(s in TERMINAL_STATES for s in states)
         if ended and len(attempts) >= 2:
-            code = re.search(r"ExitCode=(\d+):(\d+)", cluster.run("scontrol", "show", "job", job.job_id).stdout)
+            code = re.search(r"ExitCode=(\d+):(\d+)", info)
             assert code, f"no ExitCode in the record of job {job.job_id}"
             return int(code.group(1))
         ended_at = (ended_at or time.monotonic()) if ended else None
@@ -73,22 +74,19 @@ TERMINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "
 """Slurm job states after which a job (or this attempt of it) runs no more."""
 
 
-def job_states(cluster, job_id: str) -> list[str]:
-    """JobState of each component of job `job_id` (one for a plain job, one per hetjob component); [] once Slurm
-    has forgotten the job."""
-    return re.findall(r"JobState=(\w+)", cluster.run("scontrol", "show", "job", job_id).stdout)
-
-
 def release_after_requeue(cluster, job: Submitted, timeout_s: float = 150) -> None:
-    """Wait until every component of the job has requeued itself (PENDING, restarted), then make it eligible a few
-    seconds later instead of after Slurm's 121-s requeue delay. Not `StartTime=now`: a batch launch in the same
-    second as the first attempt's credential revocation is refused ("Job credential revoked") and the job ends."""
+    """Wait until every component of the job has requeued itself (PENDING, restarted), then start it now instead of
+    after Slurm's 121-s requeue delay. Two rules: release only once every component has finished requeueing (Slurm
+    resets the begin time of a component that finishes later), and not within the second of the first attempt's
+    credential revocation (slurmd refuses that launch, "Job credential revoked", and the job ends). A begin time a
+    few seconds ahead instead is not picked up for minutes by the scheduler of this cluster."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         info = cluster.run("scontrol", "show", "job", job.job_id).stdout
         states, restarts = re.findall(r"JobState=(\w+)", info), re.findall(r"Restarts=(\d+)", info)
         if states and set(states) == {"PENDING"} and restarts and min(map(int, restarts)) >= 1:
-            updated = cluster.run("scontrol", "update", f"JobId={job.job_id}", "StartTime=now+3")
+            time.sleep(2)  # the revocation happened before the requeue finished: now is a later second
+            updated = cluster.run("scontrol", "update", f"JobId={job.job_id}", "StartTime=now")
             assert updated.returncode == 0, updated.stderr
             return
         time.sleep(0.5)
