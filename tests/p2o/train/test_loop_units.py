@@ -168,7 +168,7 @@ def test_on_policy_update_skips_the_old_logprob_pass(tiny_model_dir, verifier, t
                                                 f"grpo.skip_old_logprob_pass={str(skip).lower()}"])
         scored = []
         plain_pass = t.rt.policy.logprobs
-        t.rt.policy.logprobs = lambda batch, f=plain_pass: scored.append(batch) or f(batch)
+        t.rt.policy.logprobs = lambda batch, f=plain_pass, seen=scored: seen.append(batch) or f(batch)
         rows = _rows(tok)
         metrics = t._score_and_mine(rows, PROBLEMS)
         old, on_policy, mask, scale = t._old_logprobs(rows, metrics)
