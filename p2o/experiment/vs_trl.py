@@ -289,7 +289,7 @@ def summarize(sides: list[Side], measure_from: int, limits, work_by_step: list, 
             return statistics.median(step_floor_s(work_by_step[r["step"]](r["completion_tokens"], trained_frac(r),
                                                                           flops), limits) for r in measured)
 
-        floor = floor_of(lambda r: 1.0 - r["zero_adv_frac"], 6.0)
+        floor = floor_of(lambda r: 1.0 - r["zero_adv_frac"], training_flops_per_param_token("none"))
         work_floor = floor_of(lambda r: 1.0 - (r.get("skipped_rows") or 0) / rows_per_step, done_flops)
         rows.append({"side": s.label, "step_s": med("step_s"), "generate_s": med("generate_s"),
                      "train_s": statistics.median(r["step_s"] - r["generate_s"] for r in measured),
@@ -340,7 +340,10 @@ def load_run(out: Path) -> tuple[list[Side], dict]:
     for f in (steps_csv, summary_csv):
         if not f.is_file():
             raise FileNotFoundError(f"--report-only: {f} not found (run the benchmark with --out {out} first)")
-    summary = list(csv.DictReader(summary_csv.open()))
+    with summary_csv.open(newline="") as f:
+        summary = list(csv.DictReader(f))
+    with steps_csv.open(newline="") as f:
+        step_rows = list(csv.DictReader(f))
     if not summary:
         raise ValueError(f"{summary_csv}: no rows")
     meta = {k: v for k, v in summary[0].items() if k not in SUMMARY_COLUMNS}
@@ -350,7 +353,7 @@ def load_run(out: Path) -> tuple[list[Side], dict]:
     rss = {r["side"]: float(r["peak_rss_mib"]) for r in summary}
     ints = {"step", "order", "completion_tokens", "skipped_rows"}
     sides: dict[str, Side] = {}
-    for line, r in enumerate(csv.DictReader(steps_csv.open()), start=2):
+    for line, r in enumerate(step_rows, start=2):
         name = r.pop("side")
         if name not in SIDE_LABELS:
             raise ValueError(f"{steps_csv}:{line}: unknown side '{name}'")
