@@ -5,8 +5,9 @@ Advantages (`_group_advantage_kernel`, one program per group over rewards sorted
     group: A_i = (r_i - mean_g) / (std_g + eps)      batch: A_i = (r_i - mean_g) / (std_batch + eps)
     none:  A_i = r_i - mean_g                        (Dr. GRPO, arXiv 2503.20783)
 
-std is unbiased (Bessel). A singleton group has mean 0 and std 1, so its advantage is the raw reward
-(verl's convention). Rows marked invalid take no part in any statistic and get A = 0.
+std is unbiased (Bessel). A singleton group has mean 0 and std 1, so its advantage is its raw reward r (/ (1 + eps)
+under group norm), as in verl's `compute_grpo_outcome_advantage` (and `p2o.algo.grpo.group_advantages`). Rows
+marked invalid take no part in any statistic and get A = 0.
 
 Per-token loss (`_grpo_token_loss_kernel`, elementwise over the packed tokens), verl's dual-clip PPO:
 
