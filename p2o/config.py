@@ -132,7 +132,8 @@ class RolloutConfig:
     n: int = 4
     """Rollouts per prompt, K (the paper: 6)."""
     temperature: float = 1.0
-    """Sampling temperature for training rollouts."""
+    """Sampling temperature T of training rollouts (> 0). Training scores tokens under the same softmax(logits / T)
+    (old, reference and current log-probs), as the authors' verl actor does."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     top_k: int = 0
@@ -480,6 +481,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = _get(cfg, key)
         if value < lo or (not inclusive and value == lo):
             raise ConfigError(key, value, f"a number {'>=' if inclusive else '>'} {lo}")
+    if cfg.rollout.temperature == 0:
+        raise ConfigError("rollout.temperature", cfg.rollout.temperature,
+                          "a number > 0: training log-probs are log softmax(logits / rollout.temperature), the "
+                          "distribution the rollouts are sampled from (greedy rollouts would also make the K "
+                          "responses of a prompt identical, so every GRPO advantage would be 0)")
     if cfg.p2o.tau > cfg.rollout.n:
         raise ConfigError("p2o.tau", cfg.p2o.tau, f"at most rollout.n = {cfg.rollout.n} (tau counts correct rollouts of K)")
     if cfg.p2o.ratio_high <= cfg.p2o.ratio_low:
