@@ -78,12 +78,13 @@ def token_weights(response_lens: list[int], mode: str, num_sequences: int, num_t
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-token KL(pi || ref) estimate: k1 = logp - ref_logp; k3 = exp(ref - logp) - (ref - logp) - 1 (Schulman)."""
+    """Per-token KL(pi || ref) estimate (Schulman's k1/k3, as verl's kl_penalty "k1" / "low_var_kl"):
+    k1 = logp - ref_logp;  k3 = min(exp(d) - d - 1, 10) with d = clamp(ref_logp - logp, -20, 20)."""
     if kind == "k1":
         return logprobs - ref_logprobs
     if kind == "k3":
         d = (ref_logprobs - logprobs).clamp(-20, 20)
-        return torch.exp(d) - d - 1
+        return (torch.exp(d) - d - 1).clamp(max=10)
     raise ValueError(f"grpo.kl_type: got {kind!r}; expected k1 or k3")
 
 

@@ -130,3 +130,23 @@ def test_kl_estimators():
     d = ref - lp
     assert torch.allclose(kl_penalty(lp, ref, "k3"), torch.exp(d) - d - 1)
     assert (kl_penalty(lp, ref, "k3") >= 0).all()
+
+
+def test_kl_term_value_and_gradient_hand_computed():
+    """GRPOLoss with zero advantages is kl_coef * sum_t w_t KL_t; values and d/dlogp by hand (d = ref - logp):
+    k3 = e^d - d - 1 (clamped to 10, as verl's low_var_kl: zero gradient there), d k3/d logp = 1 - e^d."""
+    logp = torch.tensor([-1.0, -2.0, -0.5, -3.0])
+    ref = torch.tensor([-1.5, -1.0, 2.5, -3.0])  # d = -0.5, 1, 3, 0
+    w = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    e = math.e
+    cases = {"k3": ([e ** -0.5 - 0.5, e - 2, 10.0, 0.0], [1 - e ** -0.5, 1 - e, 0.0, 0.0]),
+             "k1": ([0.5, -1.0, -3.0, 0.0], [1.0, 1.0, 1.0, 1.0])}
+    for kind, (kl, dkl) in cases.items():
+        loss_fn = make_loss_fn(GRPOConfig(kl_coef=0.05, kl_type=kind))
+        lp = logp.clone().requires_grad_()
+        inputs = {"old_logprobs": logp, "advantages": torch.zeros(4), "weights": w, "ref_logprobs": ref}
+        loss, metrics = loss_fn(lp, inputs)
+        loss.backward()
+        assert loss.item() == pytest.approx(0.05 * sum(a * b for a, b in zip(w.tolist(), kl, strict=True)), rel=1e-6)
+        torch.testing.assert_close(lp.grad, 0.05 * w * torch.tensor(dkl), rtol=1e-6, atol=1e-8)
+        assert metrics["kl_sum"] == pytest.approx(sum(kl), rel=1e-6) and metrics["pg_loss"] == 0.0
