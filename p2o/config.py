@@ -218,13 +218,15 @@ class P2OConfig:
     min_hard: int = 100
     """Run GEPA at epoch end only when at least this many hard samples were mined."""
     distill: str = "ratio_mask"
-    """Context distillation: ratio_mask (released code) | replace_prompts (no mask) | fix_importance_ratio."""
+    """Context distillation: ratio_mask (released code) | replace_prompts (no mask) | fix_importance_ratio |
+    none (the paper's "w/o context distillation" ablation: templated rollouts are trained on x+z)."""
     ratio_low: float = 0.01
     """Lower bound of the context ratio pi(y|x)/pi(y|x+z) kept by the mask."""
     ratio_high: float = 10.0
     """Upper bound of the context ratio kept by the mask."""
     drop_failed_template_rollouts: bool = False
-    """Drop templated rollouts with zero reward from the update."""
+    """Drop templated rollouts with zero reward from the update: out of the loss and the normaliser (the released
+    code zeroes their response mask); they still count in their group's advantage statistics."""
     same_template_in_group: bool = False
     """Use one template for all K rollouts of a hard sample."""
     leave_one_untemplated: bool = False
@@ -425,7 +427,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.recompute": ("none", "selective", "full"),
     "train.malloc": ("keep", "release", "glibc"),
     "p2o.hard_on": ("untemplated", "all"),
-    "p2o.distill": ("ratio_mask", "replace_prompts", "fix_importance_ratio"),
+    "p2o.distill": ("ratio_mask", "replace_prompts", "fix_importance_ratio", "none"),
     "p2o.gepa_mode": ("sync", "async"),
     "gepa.accounting": ("honest", "authors"),
     "gepa.parent_selection": ("frequency", "paper", "pruned"),
