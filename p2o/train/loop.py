@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from p2o.algo.distill import distill_old_logprobs
+from p2o.algo.dynamic_batch import verl_update_plan
 from p2o.algo.grpo import group_advantages, make_loss_fn, token_weights, update_is_on_policy, zero_variance_groups
 from p2o.algo.hard_samples import HardStore, is_hard
 from p2o.data.loaders import epoch_order
@@ -292,25 +293,23 @@ class Trainer:
         return bool(self.cfg.grpo.kl_coef) or row.advantage != 0
 
     def _update(self, rows: list[TrainRow], tokens: StepTokens) -> dict[str, float]:
-        """PPO minibatches over the step's rows; each minibatch is one optimizer step with a global normaliser."""
+        """PPO minibatches over the step's rows; each minibatch is one optimizer step with fixed per-token weights."""
         cfg, policy = self.cfg, self.rt.policy
         offsets = [0]
         for r in rows:
             offsets.append(offsets[-1] + len(r.response_ids))
         adv_tok = torch.cat([torch.full((len(r.response_ids),), r.advantage) for r in rows])
-        n_mb = min(cfg.grpo.ppo_minibatches, len(rows))
-        order = list(range(len(rows)))
+        minibatches = self._minibatches(rows, tokens.keep)
         out: dict[str, float] = {"grad_norm": 0.0, "loss": 0.0, "train_tokens": 0, "clip_frac": 0.0,
                                  "optimizer_steps": 0, "skipped_rows": 0}
         clip_sum = active_sum = 0.0
-        bar = self.rt.progress(f"step {self.state.global_step + 1} update", cfg.grpo.ppo_epochs * n_mb)
+        bar = self.rt.progress(f"step {self.state.global_step + 1} update", cfg.grpo.ppo_epochs * len(minibatches))
         for _ in range(cfg.grpo.ppo_epochs):
-            for mb in range(n_mb):
+            for idx, agg in minibatches:
                 bar.update(1)
-                idx = order[mb::n_mb]
                 lens = [len(rows[i].response_ids) for i in idx]
                 tok = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in idx])
-                w = self._token_weights(idx, lens, tokens.keep) * tokens.mask[tok]
+                w = agg * tokens.mask[tok]
                 inputs = {"old_logprobs": tokens.old[tok], "advantages": adv_tok[tok], "weights": w}
                 if tokens.on_policy[tok].any():
                     inputs["on_policy"] = tokens.on_policy[tok]
@@ -338,6 +337,26 @@ class Trainer:
         if "kl_sum" in out:
             out["kl_mean"] = out.pop("kl_sum") / active_sum if active_sum else 0.0
         return out
+
+    def _minibatches(self, rows: list[TrainRow], keep: torch.Tensor) -> list[tuple[list[int], torch.Tensor]]:
+        """(row indices, aggregation weights [T_mb] before the context-ratio mask) of each optimizer step.
+
+        Default: `grpo.ppo_minibatches` strided minibatches, `grpo.loss_agg` over each. `grpo.verl_dynamic_bsz`:
+        verl's mini-batches and per-micro-batch token-means (`p2o.algo.dynamic_batch.verl_update_plan`)."""
+        g = self.cfg.grpo
+        lens = [len(r.response_ids) for r in rows]
+        if not g.verl_dynamic_bsz:
+            n_mb = min(g.ppo_minibatches, len(rows))
+            return [(idx, self._token_weights(idx, [lens[i] for i in idx], keep))
+                    for idx in (list(range(mb, len(rows), n_mb)) for mb in range(n_mb))]
+        plan = verl_update_plan([len(r.gen_prompt_ids) + n for r, n in zip(rows, lens, strict=True)],
+                                [len(r.train_prompt_ids) + n for r, n in zip(rows, lens, strict=True)],
+                                [n * int(k) for n, k in zip(lens, keep.tolist(), strict=True)],
+                                g.verl_world_size, g.ppo_minibatches, g.verl_max_token_len_per_gpu,
+                                g.verl_balance_batch)
+        return [(st.rows, torch.repeat_interleave(torch.tensor(st.coef) * keep[st.rows].float(),
+                                                  torch.tensor([lens[i] for i in st.rows])).float())
+                for st in plan]
 
     def _token_weights(self, idx: list[int], lens: list[int], keep: torch.Tensor) -> torch.Tensor:
         """Aggregation weights [T_mb] of one optimizer step's rows `idx` (response lengths `lens`): `grpo.loss_agg`

@@ -37,3 +37,16 @@ def test_paper_configs_sample_and_train_at_temperature_0_6(path):
 def test_greedy_training_rollouts_are_refused():
     with pytest.raises(ConfigError, match="rollout.temperature.*softmax"):
         load_config(None, ["rollout.temperature=0"])
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["grpo.loss_agg=seq-mean-token-mean"], "grpo.loss_agg"),
+    (["grpo.verl_world_size=3"], "grpo.verl_world_size"),  # 8 prompts x 4 rollouts over 3 GPUs
+    (["grpo.ppo_minibatches=3", "grpo.verl_world_size=4"], "grpo.verl_world_size"),
+    (["grpo.verl_max_token_len_per_gpu=575"], "grpo.verl_max_token_len_per_gpu"),  # < 512 + 64
+])
+def test_verl_dynamic_bsz_limits_are_checked_at_load(overrides, key):
+    load_config(None, ["grpo.verl_dynamic_bsz=true", "grpo.verl_world_size=4", "grpo.verl_max_token_len_per_gpu=576"])
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["grpo.verl_dynamic_bsz=true", "grpo.verl_max_token_len_per_gpu=576", *overrides])
+    assert e.value.key == key

@@ -229,6 +229,32 @@ def test_kl_term_uses_the_frozen_reference_on_the_training_context(tiny_model_di
     torch.testing.assert_close(frozen.logprobs(on_x), tokens.ref, rtol=0, atol=0)  # the reference never moves
 
 
+def test_verl_dynamic_bsz_weights_in_the_loop(tiny_model_dir, verifier, tok):
+    """grpo.verl_dynamic_bsz with 2 emulated GPUs and a budget that fits each GPU's rows in one micro-batch:
+    w_t = (1/2) (2/2) / (mask tokens of the GPU's rows). Row 1 gets a longer generation prompt (another template),
+    so balance_batch on the generated lengths pairs {1, 2} and {0, 3} (by prompt + response as trained it would
+    pair {0, 2} and {1, 3}); row 1 is a failed templated rollout and is dropped (mask 0)."""
+    t = _trainer(tiny_model_dir, verifier, ["grpo.verl_dynamic_bsz=true", "grpo.verl_world_size=2",
+                                            "grpo.verl_max_token_len_per_gpu=576", "p2o.drop_failed_template_rollouts=true",
+                                            "p2o.distill=replace_prompts"])
+    rows = _rows(tok)
+    rows[1].gen_prompt_ids = rows[1].gen_prompt_ids + rows[1].gen_prompt_ids[-20:]
+    gen = [len(r.gen_prompt_ids) + len(r.response_ids) for r in rows]
+    train = [len(r.train_prompt_ids) + len(r.response_ids) for r in rows]
+    assert sorted(range(4), key=lambda i: (gen[i], i)) == [2, 3, 0, 1]  # pairs (smallest, largest) = {2, 1}
+    assert sorted(range(4), key=lambda i: (train[i], i))[::3] == [2, 0]  # as trained it would be {2, 0}
+    seen = []
+    real_step = t.rt.policy.train_step
+    t.rt.policy.train_step = lambda batch, inputs, fn: seen.append((batch, inputs)) or real_step(batch, inputs, fn)
+    _step(t, rows)
+    ((batch, inputs),) = seen
+    assert batch.response_ids == [rows[i].response_ids for i in (0, 2, 3)]  # row 1 dropped, skipped
+    n = [len(r.response_ids) for r in rows]
+    want = torch.cat([torch.full((n[0],), 1 / (2 * (n[0] + n[3]))), torch.full((n[2],), 1 / (2 * n[2])),
+                      torch.full((n[3],), 1 / (2 * (n[0] + n[3])))])
+    torch.testing.assert_close(inputs["weights"], want, rtol=1e-6, atol=0)
+
+
 def test_skipping_zero_advantage_rows_keeps_the_gradient(tiny_model_dir, verifier, tok):
     grads = {}
     for skip in (True, False):
