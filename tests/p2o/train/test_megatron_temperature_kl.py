@@ -8,6 +8,7 @@ Per layout, from the same initial weights, with `rollout.temperature=0.6`:
           reference `MegatronScorer.frozen`; one group has zero advantage;
   resume  the loop's policy saved, then a fresh policy + reference built as `build_runtime` does on resume and the
           checkpoint loaded: the reference is the initial model again, the policy the trained one.
+The two-rank launch also builds the reference at PP=2 (its forward-only pipeline schedule without DDP).
 
 The independent reference is transformers in float64: log_softmax(logits / 0.6), and the same loss (written out
 here) back-propagated through it for the gradient norm. Tolerances: fp32 Megatron vs float64, log-probs 2e-5
@@ -119,6 +120,15 @@ def _loop_scenario(tp: int, model_dir: str, ckpt: str, verify) -> dict:
     return res
 
 
+def _pp2_reference(model_dir: str) -> torch.Tensor:
+    from megatron.core import parallel_state as ps
+
+    from megatron_bridge.policy import MegatronScorer
+
+    ps.destroy_model_parallel()
+    return MegatronScorer.frozen(_cfg(1, extra=("parallel.pp=2",)), model_dir).logprobs(_batches()[0])
+
+
 def fidelity_worker(model_dir: str, ckpt: str, out_file: str) -> None:
     import os
 
@@ -132,6 +142,8 @@ def fidelity_worker(model_dir: str, ckpt: str, out_file: str) -> None:
     results = {f"policy_kernels={k}": _policy_scenario(tp, k, model_dir) for k in (False, True)}
     with Verifier(load_config(None, ["reward.workers=1"]).reward) as verifier:
         results["loop"] = _loop_scenario(tp, model_dir, ckpt, verifier.score_many)
+    if tp == 2:
+        results["reference_pp2"] = _pp2_reference(model_dir)
     if dist.get_rank() == 0:
         torch.save(results, out_file)
     dist.barrier()
@@ -229,6 +241,12 @@ def test_loop_step_with_kl_against_the_frozen_reference(runs, hf, tp):
     # checkpoint.
     torch.testing.assert_close(loop["resumed_reference"].double(), initial, rtol=0, atol=2e-5)
     torch.testing.assert_close(loop["resumed_policy"], loop["trained"], rtol=0, atol=1e-6)
+
+
+def test_reference_under_pipeline_parallelism(runs, hf):
+    with torch.no_grad():
+        want = _hf_logprobs(hf, _batches()[0], T)
+    torch.testing.assert_close(runs[2]["reference_pp2"].double(), want, rtol=0, atol=2e-5)
 
 
 def test_loop_metrics_agree_across_tensor_parallel_sizes(runs):
