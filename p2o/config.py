@@ -191,9 +191,10 @@ class GRPOConfig:
     loss_agg: str = "token-mean"
     """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (global normaliser over the whole step)."""
     kl_coef: float = 0.0
-    """KL-to-reference coefficient (0: no reference model)."""
+    """KL-to-reference coefficient (0: no reference model; > 0: a frozen copy of the initial model, in the policy's
+    layout, scores every trained row: one more set of weights in memory)."""
     kl_type: str = "k3"
-    """KL estimator: k1 | k3."""
+    """KL estimator: k1 | k3 (verl's low_var_kl, with its clamps)."""
     ppo_minibatches: int = 1
     """Optimizer steps per rollout batch (the paper: 2)."""
     ppo_epochs: int = 1
