@@ -7,7 +7,8 @@ attend to later (pad) positions.
 
 Log-probs: `logits[b, t]` scores `tokens[b, t + 1]`; a row `prompt + response` with P prompt tokens scores its
 response tokens at positions P-1 .. P+R-2. Padded vocabulary columns (ids >= the HF vocab size) are set to -inf
-before the vocab-parallel log-softmax, so log-probs equal the HF model's.
+before the vocab-parallel log-softmax, so log-probs equal the HF model's (at temperature T: log_softmax(logits / T),
+the distribution the rollouts were sampled from).
 """
 from __future__ import annotations
 
@@ -97,11 +98,16 @@ def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, tp_rank: int) -> to
     return logits.masked_fill(ids >= vocab_size, float("-inf"))
 
 
-def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int, tp_rank: int) -> torch.Tensor:
-    """fp32 log p(target) [T] from vocab-parallel logits [T, V_local] (differentiable, TP-reduced)."""
+def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int, tp_rank: int,
+                            temperature: float = 1.0) -> torch.Tensor:
+    """fp32 log softmax(logits / temperature)[target] [T] from vocab-parallel logits [T, V_local] (differentiable,
+    TP-reduced); the division happens in fp32."""
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
-    logits = mask_padded_vocab(logits.float(), vocab_size, tp_rank)
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logits = mask_padded_vocab(logits, vocab_size, tp_rank)
     # Megatron's op expects [S, B, V]; use S=T, B=1.
     return -vocab_parallel_cross_entropy(logits.unsqueeze(1), targets.unsqueeze(1)).squeeze(1)
 

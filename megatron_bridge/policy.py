@@ -5,6 +5,7 @@ Construction (every rank of the job, inside torch.distributed; `init_parallel` c
 
     from megatron_bridge.policy import MegatronPolicy
     policy = MegatronPolicy.from_config(cfg, model_dir)        # HF dir with config.json + safetensors
+    reference = MegatronScorer.frozen(cfg, model_dir)          # the same weights, frozen (KL reference)
     lp = policy.logprobs(batch)                                # [T] fp32, same on every rank
     lp_x, lp_xz = policy.dual_logprobs(batch_x, batch_xz)      # same responses under two contexts
     metrics = policy.train_step(batch, token_inputs, loss_fn)  # one optimizer step
@@ -23,9 +24,14 @@ What it does:
   (no PP, 1F1B, or interleaved). The caller's loss is already globally normalised, so micro-batch losses are summed:
   the value handed to Megatron is multiplied by num_microbatches x dp_size, undoing Megatron's averaging over
   micro-batches and data-parallel ranks.
-- log-probs: vocab-parallel log-softmax with the padded vocabulary masked; with `train.use_kernels`, the final
-  hidden states go to `kernels.fused_linear_logprob(hidden[T,H], weight[V_local,H], targets, tp_group=...,
-  vocab_start=...)` instead (no [T, V] logits; padded rows are sliced off the weight).
+- log-probs: vocab-parallel log-softmax of logits / `rollout.temperature` (the distribution the rollouts were
+  sampled from, as verl's actor) with the padded vocabulary masked; with `train.use_kernels`, the final hidden
+  states go to `kernels.fused_linear_logprob(hidden[T,H], weight[V_local,H], targets, temperature, tp_group=...,
+  vocab_start=...)` instead (no [T, V] logits; padded rows are sliced off the weight). Old log-probs, the
+  dual-context pass, the reference's log-probs and the update all use that one temperature.
+- KL reference (`grpo.kl_coef > 0`): `MegatronScorer.frozen(cfg, model_dir)` builds the initial weights again in
+  the same TP/PP layout and dtype, without DDP or optimizer and with frozen parameters; it only scores tokens
+  (`logprobs`), so a resumed run rebuilds it from `model.path`.
 - kernels (`train.use_kernels`, backend `train.kernel_backend`), on the last pipeline stage, vocabulary split
   over the TP group:
   * loss: a `p2o.algo.grpo.GRPOLoss` is computed by `kernels.fused_linear_grpo_loss` from the hidden states (one
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -76,59 +83,59 @@ def recompute_settings(mode: str) -> dict:
     raise ValueError(f"train.recompute: got {mode!r}; expected none, selective or full")
 
 
-class MegatronPolicy:
-    """A trainable policy on Megatron-Core; every method is collective over the job's ranks."""
+def _load_model(cfg, model_dir: str | Path, layout: ParallelLayout) -> tuple[ModelBridge, GPTProvider, object, list]:
+    """(bridge, provider, TransformerConfig, this rank's chunks) with the HF weights of `model_dir` loaded;
+    bf16 chunks are wrapped in `Float16Module` (bf16 compute, fp32 outputs)."""
+    from megatron.core.transformer.module import Float16Module
 
-    def __init__(self, layout: ParallelLayout, bridge: ModelBridge, provider: GPTProvider, chunks: list, optimizer,
-                 *, micro_batch_size: int, peak_lr: float, warmup_steps: int, use_kernels: bool = False,
+    hf = read_config(model_dir)
+    bridge = bridge_for(hf, source=str(Path(model_dir) / "config.json"))
+    dtype = _DTYPES[cfg.model.dtype]
+    provider = bridge.provider(hf).with_dtype(dtype)
+    provider.make_vocab_size_divisible_by = cfg.model.make_vocab_size_divisible_by
+    config = provider.transformer_config(layout, **recompute_settings(cfg.train.recompute))
+    chunks = provider.provide(layout, config)
+    load_hf_checkpoint(chunks, bridge, provider, model_dir, layout)
+    if dtype == torch.bfloat16:
+        chunks = [Float16Module(config, c) for c in chunks]
+    return bridge, provider, config, chunks
+
+
+def _scoring_settings(cfg) -> dict:
+    """`MegatronScorer` keywords from a `RunConfig`: log-probs at the rollout temperature."""
+    return dict(micro_batch_size=cfg.grpo.micro_batch_size, temperature=cfg.rollout.temperature,
+                use_kernels=cfg.train.use_kernels, kernel_backend=cfg.train.kernel_backend)
+
+
+class MegatronScorer:
+    """Log-probs of a Megatron-Core model's tokens under softmax(logits / `temperature`), without an optimizer.
+
+    The base of `MegatronPolicy`; built by `frozen` it is the KL reference policy. Every method is collective over
+    the job's ranks.
+    """
+
+    def __init__(self, layout: ParallelLayout, bridge: ModelBridge, provider: GPTProvider, chunks: list, *,
+                 micro_batch_size: int, temperature: float = 1.0, use_kernels: bool = False,
                  kernel_backend: str = "auto"):
-        self.layout, self.bridge, self.provider = layout, bridge, provider
-        self.chunks, self.optimizer = chunks, optimizer
-        self.micro_batch_size, self.peak_lr, self.warmup_steps = micro_batch_size, peak_lr, warmup_steps
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a positive finite number (rollout.temperature); got {temperature}")
+        self.layout, self.bridge, self.provider, self.chunks = layout, bridge, provider, chunks
+        self.micro_batch_size, self.temperature = micro_batch_size, temperature
         self.use_kernels, self.kernel_backend = use_kernels, kernel_backend
-        self.step = 0
-        """Optimizer steps taken (restored by `load`)."""
-        self.version = 0
-        """Weight version: increases with every optimizer step (the export stream carries it)."""
 
-    # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, cfg, model_dir: str | Path, layout: ParallelLayout | None = None) -> MegatronPolicy:
-        """Build from a `RunConfig` and an HF model directory; creates the parallel layout unless given."""
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.transformer.module import Float16Module
-
-        if cfg.train.use_kernels and cfg.parallel.sequence_parallel:
-            raise ValueError("train.use_kernels: not supported with parallel.sequence_parallel=true (the kernels "
-                             "take the full sequence's hidden states); set one of them to false")
+    def frozen(cls, cfg, model_dir: str | Path, layout: ParallelLayout | None = None) -> MegatronScorer:
+        """The model in `model_dir` in the same layout, dtype, temperature and kernels as `MegatronPolicy.from_config`
+        builds it, with frozen parameters and no DDP / optimizer (the KL reference: the initial weights).
+        Building it leaves the global torch RNG streams as they were."""
         layout = layout or init_parallel(cfg.parallel, seed=cfg.train.seed)
-        hf = read_config(model_dir)
-        bridge = bridge_for(hf, source=str(Path(model_dir) / "config.json"))
-        dtype = _DTYPES[cfg.model.dtype]
-        provider = bridge.provider(hf).with_dtype(dtype)
-        provider.make_vocab_size_divisible_by = cfg.model.make_vocab_size_divisible_by
-        config = provider.transformer_config(layout, **recompute_settings(cfg.train.recompute))
-        chunks = provider.provide(layout, config)
-        load_hf_checkpoint(chunks, bridge, provider, model_dir, layout)
-        if dtype == torch.bfloat16:
-            chunks = [Float16Module(config, c) for c in chunks]
-        use_dist_opt = cfg.parallel.distributed_optimizer
-        ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                                use_distributed_optimizer=use_dist_opt)
-        chunks = [DistributedDataParallel(config, ddp_cfg, c, disable_bucketing=i > 0) for i, c in enumerate(chunks)]
-        config.finalize_model_grads_func = finalize_model_grads
-        config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
-        o = cfg.optim
-        opt_cfg = OptimizerConfig(optimizer="adam", lr=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
-                                  adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.grad_clip,
-                                  bf16=dtype == torch.bfloat16, params_dtype=dtype,
-                                  use_distributed_optimizer=use_dist_opt)
-        optimizer = get_megatron_optimizer(opt_cfg, chunks)
-        return cls(layout, bridge, provider, chunks, optimizer, micro_batch_size=cfg.grpo.micro_batch_size,
-                   peak_lr=o.lr, warmup_steps=o.warmup_steps, use_kernels=cfg.train.use_kernels,
-                   kernel_backend=cfg.train.kernel_backend)
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            bridge, provider, _, chunks = _load_model(cfg, model_dir, layout)
+        for c in chunks:
+            c.requires_grad_(False)
+            c.eval()
+        return cls(layout, bridge, provider, chunks, **_scoring_settings(cfg))
 
     @property
     def _min_micro_batches(self) -> int:
@@ -151,15 +158,16 @@ class MegatronPolicy:
         return output[pos, rows]
 
     def _response_logprobs(self, mb: MicroBatch, output: torch.Tensor) -> torch.Tensor:
-        """[T_mb] fp32 log-probs of mb's response tokens from the last stage's output."""
+        """[T_mb] fp32 log-probs (at `temperature`) of mb's response tokens from the last stage's output."""
         if self.use_kernels:
             from kernels import fused_linear_logprob
 
             weight, tp_kw = self._lm_head()
             return fused_linear_logprob(self._response_hidden(mb, output).to(weight.dtype), weight, mb.targets,
-                                        temperature=1.0, **tp_kw)
+                                        temperature=self.temperature, **tp_kw)
         rows, pos = mb.score_index
-        return vocab_parallel_logprobs(output[rows, pos], mb.targets, self.provider.vocab_size, self.layout.tp_rank)
+        return vocab_parallel_logprobs(output[rows, pos], mb.targets, self.provider.vocab_size, self.layout.tp_rank,
+                                       temperature=self.temperature)
 
     def _broadcast_from_last_stage(self, t: torch.Tensor) -> torch.Tensor:
         if self.layout.pp > 1:
@@ -196,6 +204,7 @@ class MegatronPolicy:
         """`score(mb, output)` of every micro-batch of `batch` in eval mode without grad (last stage; [] elsewhere)."""
         mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, self.layout.device,
                                            min_micro_batches=self._min_micro_batches)
+        modes = [c.training for c in self.chunks]
         for c in self.chunks:
             c.eval()
         try:
@@ -203,11 +212,11 @@ class MegatronPolicy:
                 return run_schedule(self.chunks, self.layout, mbs, seq_len, score, forward_only=True,
                                     collect_non_loss_data=True, hidden_only=self.use_kernels)
         finally:
-            for c in self.chunks:
-                c.train()
+            for c, mode in zip(self.chunks, modes, strict=True):
+                c.train(mode)
 
     def logprobs(self, batch: SequenceBatch) -> torch.Tensor:
-        """Packed fp32 log-probs [T] of the response tokens (no grad); identical on every rank."""
+        """Packed fp32 log-probs [T] of the response tokens at `temperature` (no grad); identical on every rank."""
         full_tokens = batch.num_response_tokens
         batch, _ = self._dp_share(batch)
         outs = self._forward_only(batch, lambda mb, out: self._response_logprobs(mb, out).float())
@@ -240,10 +249,56 @@ class MegatronPolicy:
             targets = torch.tensor([t for r in local_x.response_ids for t in r], dtype=torch.long,
                                    device=self.layout.device)
             with torch.no_grad():
-                out = dual_context_logprob(h_x, h_xz, weight, targets, temperature=1.0, **tp_kw)
+                out = dual_context_logprob(h_x, h_xz, weight, targets, temperature=self.temperature, **tp_kw)
             local.copy_(torch.stack([out.logp_x, out.logp_xz], dim=1))
         pairs = self._gather_dp(self._broadcast_from_last_stage(local).flatten(), 2 * full_tokens).view(-1, 2)
         return pairs[:, 0].cpu(), pairs[:, 1].cpu()
+
+
+
+class MegatronPolicy(MegatronScorer):
+    """A trainable policy on Megatron-Core; every method is collective over the job's ranks."""
+
+    def __init__(self, layout: ParallelLayout, bridge: ModelBridge, provider: GPTProvider, chunks: list, optimizer,
+                 *, micro_batch_size: int, peak_lr: float, warmup_steps: int, temperature: float = 1.0,
+                 use_kernels: bool = False, kernel_backend: str = "auto"):
+        super().__init__(layout, bridge, provider, chunks, micro_batch_size=micro_batch_size, temperature=temperature,
+                         use_kernels=use_kernels, kernel_backend=kernel_backend)
+        self.optimizer = optimizer
+        self.peak_lr, self.warmup_steps = peak_lr, warmup_steps
+        self.step = 0
+        """Optimizer steps taken (restored by `load`)."""
+        self.version = 0
+        """Weight version: increases with every optimizer step (the export stream carries it)."""
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, cfg, model_dir: str | Path, layout: ParallelLayout | None = None) -> MegatronPolicy:
+        """Build from a `RunConfig` and an HF model directory; creates the parallel layout unless given."""
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        if cfg.train.use_kernels and cfg.parallel.sequence_parallel:
+            raise ValueError("train.use_kernels: not supported with parallel.sequence_parallel=true (the kernels "
+                             "take the full sequence's hidden states); set one of them to false")
+        layout = layout or init_parallel(cfg.parallel, seed=cfg.train.seed)
+        bridge, provider, config, chunks = _load_model(cfg, model_dir, layout)
+        dtype = _DTYPES[cfg.model.dtype]
+        use_dist_opt = cfg.parallel.distributed_optimizer
+        ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                                use_distributed_optimizer=use_dist_opt)
+        chunks = [DistributedDataParallel(config, ddp_cfg, c, disable_bucketing=i > 0) for i, c in enumerate(chunks)]
+        config.finalize_model_grads_func = finalize_model_grads
+        config.no_sync_func = [c.no_sync for c in chunks] if len(chunks) > 1 else chunks[0].no_sync
+        o = cfg.optim
+        opt_cfg = OptimizerConfig(optimizer="adam", lr=o.lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
+                                  adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.grad_clip,
+                                  bf16=dtype == torch.bfloat16, params_dtype=dtype,
+                                  use_distributed_optimizer=use_dist_opt)
+        optimizer = get_megatron_optimizer(opt_cfg, chunks)
+        return cls(layout, bridge, provider, chunks, optimizer, peak_lr=o.lr, warmup_steps=o.warmup_steps,
+                   **_scoring_settings(cfg))
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: SequenceBatch, token_inputs: dict[str, torch.Tensor], loss_fn: LossFn) -> StepMetrics:
@@ -298,7 +353,7 @@ class MegatronPolicy:
         out = fused_linear_grpo_loss(self._response_hidden(mb, output).to(weight.dtype), weight, mb.targets,
                                      inputs["old_logprobs"], inputs["advantages"], w, 1.0,
                                      ref_logprobs=inputs.get("ref_logprobs"), params=params,
-                                     on_policy=inputs.get("on_policy"), **tp_kw)
+                                     temperature=self.temperature, on_policy=inputs.get("on_policy"), **tp_kw)
         pg_loss = out.per_token_loss.sum()
         if out.kl is not None:
             pg_loss = pg_loss - loss_fn.kl_coef * (out.kl * w).sum()

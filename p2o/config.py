@@ -132,7 +132,8 @@ class RolloutConfig:
     n: int = 4
     """Rollouts per prompt, K (the paper: 6)."""
     temperature: float = 1.0
-    """Sampling temperature for training rollouts."""
+    """Sampling temperature T of training rollouts (> 0). Training scores tokens under the same softmax(logits / T)
+    (old, reference and current log-probs), as the authors' verl actor does."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
     top_k: int = 0
@@ -190,9 +191,10 @@ class GRPOConfig:
     loss_agg: str = "token-mean"
     """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (global normaliser over the whole step)."""
     kl_coef: float = 0.0
-    """KL-to-reference coefficient (0: no reference model)."""
+    """KL-to-reference coefficient (0: no reference model; > 0: a frozen copy of the initial model, in the policy's
+    layout, scores every trained row: one more set of weights in memory)."""
     kl_type: str = "k3"
-    """KL estimator: k1 | k3."""
+    """KL estimator: k1 | k3 (verl's low_var_kl, with its clamps)."""
     ppo_minibatches: int = 1
     """Optimizer steps per rollout batch (the paper: 2)."""
     ppo_epochs: int = 1
@@ -204,6 +206,16 @@ class GRPOConfig:
     mask needs log-probs under x and x+z). false: always a separate pass."""
     micro_batch_size: int = 8
     """Sequences per forward/backward micro-batch."""
+    verl_dynamic_bsz: bool = False
+    """Reproduce the authors' loss weighting, verl's dynamic batching (p2o.algo.dynamic_batch): each token-budget
+    micro-batch of each emulated GPU takes its masked token-mean x its rows / the per-GPU mini-batch, averaged over
+    the GPUs. Needs loss_agg token-mean. false: one exact token-mean per optimizer step (docs/training.md)."""
+    verl_world_size: int = 8
+    """verl_dynamic_bsz: GPUs of the emulated verl run (all data-parallel; the authors: 8)."""
+    verl_max_token_len_per_gpu: int = 16384
+    """verl_dynamic_bsz: micro-batch token budget, prompt + response (verl's ppo_max_token_len_per_gpu)."""
+    verl_balance_batch: bool = True
+    """verl_dynamic_bsz: balance tokens over the emulated GPUs before splitting (verl's trainer.balance_batch)."""
 
 
 @dataclass
@@ -217,13 +229,15 @@ class P2OConfig:
     min_hard: int = 100
     """Run GEPA at epoch end only when at least this many hard samples were mined."""
     distill: str = "ratio_mask"
-    """Context distillation: ratio_mask (released code) | replace_prompts (no mask) | fix_importance_ratio."""
+    """Context distillation: ratio_mask (released code) | replace_prompts (no mask) | fix_importance_ratio |
+    none (the paper's "w/o context distillation" ablation: templated rollouts are trained on x+z)."""
     ratio_low: float = 0.01
     """Lower bound of the context ratio pi(y|x)/pi(y|x+z) kept by the mask."""
     ratio_high: float = 10.0
     """Upper bound of the context ratio kept by the mask."""
     drop_failed_template_rollouts: bool = False
-    """Drop templated rollouts with zero reward from the update."""
+    """Drop templated rollouts with zero reward from the update: out of the loss and the normaliser (the released
+    code zeroes their response mask); they still count in their group's advantage statistics."""
     same_template_in_group: bool = False
     """Use one template for all K rollouts of a hard sample."""
     leave_one_untemplated: bool = False
@@ -424,7 +438,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.recompute": ("none", "selective", "full"),
     "train.malloc": ("keep", "release", "glibc"),
     "p2o.hard_on": ("untemplated", "all"),
-    "p2o.distill": ("ratio_mask", "replace_prompts", "fix_importance_ratio"),
+    "p2o.distill": ("ratio_mask", "replace_prompts", "fix_importance_ratio", "none"),
     "p2o.gepa_mode": ("sync", "async"),
     "gepa.accounting": ("honest", "authors"),
     "gepa.parent_selection": ("frequency", "paper", "pruned"),
@@ -446,7 +460,7 @@ _MINIMUM: dict[str, tuple[float, bool]] = {
     "rollout.gateway_max_tokens": (1, True), "rollout.vllm_sleep_level": (1, True),
     "grpo.adv_eps": (0, True), "grpo.clip_low": (0, True), "grpo.clip_high": (0, True), "grpo.dual_clip": (0, True),
     "grpo.kl_coef": (0, True), "grpo.ppo_minibatches": (1, True), "grpo.ppo_epochs": (1, True),
-    "grpo.micro_batch_size": (1, True),
+    "grpo.micro_batch_size": (1, True), "grpo.verl_world_size": (1, True), "grpo.verl_max_token_len_per_gpu": (1, True),
     "p2o.tau": (1, True), "p2o.min_hard": (1, True), "p2o.ratio_low": (0, False), "p2o.max_staleness": (0, True),
     "optim.lr": (0, True), "optim.weight_decay": (0, True), "optim.grad_clip": (0, True), "optim.warmup_steps": (0, True),
     "gepa.dev_size": (1, True), "gepa.num_parents": (1, True), "gepa.minibatch_size": (1, True),
@@ -480,6 +494,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         value = _get(cfg, key)
         if value < lo or (not inclusive and value == lo):
             raise ConfigError(key, value, f"a number {'>=' if inclusive else '>'} {lo}")
+    if cfg.rollout.temperature == 0:
+        raise ConfigError("rollout.temperature", cfg.rollout.temperature,
+                          "a number > 0: training log-probs are log softmax(logits / rollout.temperature), the "
+                          "distribution the rollouts are sampled from (greedy rollouts would also make the K "
+                          "responses of a prompt identical, so every GRPO advantage would be 0)")
+    _validate_verl_dynamic_bsz(cfg)
     if cfg.p2o.tau > cfg.rollout.n:
         raise ConfigError("p2o.tau", cfg.p2o.tau, f"at most rollout.n = {cfg.rollout.n} (tau counts correct rollouts of K)")
     if cfg.p2o.ratio_high <= cfg.p2o.ratio_low:
@@ -513,6 +533,25 @@ def validate(cfg: RunConfig) -> RunConfig:
                           f"less than reflection.context_tokens = {cfg.reflection.context_tokens}")
     _validate_model_shape(cfg)
     return cfg
+
+
+def _validate_verl_dynamic_bsz(cfg: RunConfig) -> None:
+    """The emulated verl update must be able to split every step's rows the way verl would."""
+    g, r = cfg.grpo, cfg.rollout
+    if not g.verl_dynamic_bsz:
+        return
+    if g.loss_agg != "token-mean":
+        raise ConfigError("grpo.loss_agg", g.loss_agg, "token-mean when grpo.verl_dynamic_bsz = true (verl's dynamic "
+                          "batching takes a token-mean per micro-batch)")
+    rows = r.prompts_per_step * r.n
+    if rows % (g.verl_world_size * g.ppo_minibatches):
+        raise ConfigError("grpo.verl_world_size", g.verl_world_size,
+                          f"a number that, times grpo.ppo_minibatches = {g.ppo_minibatches}, divides the "
+                          f"{rows} rollouts of a step (rollout.prompts_per_step x rollout.n)")
+    if g.verl_max_token_len_per_gpu < r.max_prompt_tokens + r.max_new_tokens:
+        raise ConfigError("grpo.verl_max_token_len_per_gpu", g.verl_max_token_len_per_gpu,
+                          f">= rollout.max_prompt_tokens + rollout.max_new_tokens = "
+                          f"{r.max_prompt_tokens + r.max_new_tokens} (a micro-batch must hold the longest row)")
 
 
 def _validate_model_shape(cfg: RunConfig) -> None:

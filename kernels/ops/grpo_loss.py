@@ -5,15 +5,17 @@ Advantages (`_group_advantage_kernel`, one program per group over rewards sorted
     group: A_i = (r_i - mean_g) / (std_g + eps)      batch: A_i = (r_i - mean_g) / (std_batch + eps)
     none:  A_i = r_i - mean_g                        (Dr. GRPO, arXiv 2503.20783)
 
-std is unbiased (Bessel). A singleton group has mean 0 and std 1, so its advantage is the raw reward
-(verl's convention). Rows marked invalid take no part in any statistic and get A = 0.
+std is unbiased (Bessel). A singleton group has mean 0 and std 1, so its advantage is its raw reward r (/ (1 + eps)
+under group norm), as in verl's `compute_grpo_outcome_advantage` (and `p2o.algo.grpo.group_advantages`). Rows
+marked invalid take no part in any statistic and get A = 0.
 
 Per-token loss (`_grpo_token_loss_kernel`, elementwise over the packed tokens), verl's dual-clip PPO:
 
     r = exp(clamp(logp - old, -20, 20))
     pg = max(-A r, -A clamp(r, 1 - clip_low, 1 + clip_high))
     pg = min(pg, -A dual_clip)   where A < 0 and dual_clip > 0
-    l  = pg + kl_coef * KL,  KL = k1: logp - ref  |  k3: exp(ref - logp) - (ref - logp) - 1
+    l  = pg + kl_coef * KL,  KL = k1: logp - ref  |  k3: min(exp(d) - d - 1, 10), d = clamp(ref - logp, -20, 20)
+         (verl's kl_penalty "low_var_kl"; the gradient is 0 where a clamp is active)
     loss = sum_t w_t l_t
 
 The aggregation weight w_t folds the mask and the GLOBAL normaliser (passed in, computed over the whole
@@ -40,6 +42,7 @@ ADV_NORMS = ("group", "batch", "none")
 LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_TYPES = ("k1", "k3")
 LOG_RATIO_CLAMP = 20.0
+K3_CLAMP = 10.0
 
 
 # ----------------------------------------------------------------------------- Triton kernels
@@ -100,10 +103,12 @@ def _grpo_token_loss_kernel(logp_ptr, old_ptr, adv_ptr, w_ptr, ref_ptr, loss_ptr
     d_loss = d_pg
     if HAS_KL:
         ref = tl.load(ref_ptr + offs, mask=mask, other=0.0)
-        if K3:
+        if K3:  # verl's low_var_kl: log-ratio clamped to +-20, estimate clamped to 10 (zero gradient there)
             d = ref - logp
-            kl = tl.exp(d) - d - 1.0
-            d_kl = 1.0 - tl.exp(d)
+            dc = tl.minimum(tl.maximum(d, -20.0), 20.0)
+            kl = tl.exp(dc) - dc - 1.0
+            d_kl = tl.where((d >= -20.0) & (d <= 20.0) & (kl <= 10.0), 1.0 - tl.exp(dc), 0.0)
+            kl = tl.minimum(kl, 10.0)
         else:
             kl = logp - ref
             d_kl = tl.full((BLOCK,), 1.0, tl.float32)
@@ -269,7 +274,10 @@ def _grpo_token_terms_torch(logp, old, adv, w, ref, params: GRPOLossParams) -> T
     if ref is not None:
         if params.kl_type == "k3":
             d = ref - logp
-            kl, d_kl = torch.exp(d) - d - 1, 1 - torch.exp(d)
+            dc = d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+            kl = torch.exp(dc) - dc - 1
+            live = (d.abs() <= LOG_RATIO_CLAMP) & (kl <= K3_CLAMP)
+            kl, d_kl = kl.clamp(max=K3_CLAMP), torch.where(live, 1 - torch.exp(dc), torch.zeros_like(dc))
         else:
             kl, d_kl = logp - ref, torch.ones_like(logp)
         pg, d_pg = pg + params.kl_coef * kl, d_pg + params.kl_coef * d_kl

@@ -9,7 +9,10 @@ and picks, per `p2o.distill`:
   fix_importance_ratio:        old = logp_old(y_t|x+z); no mask, so the PPO ratio pi(y_t|x)/pi_old(y_t|x+z) is
                                the importance ratio between the training and the behaviour context
 
-Untemplated rows keep old = logp_old(y_t|x) and mask 1.
+Untemplated rows keep old = logp_old(y_t|x) and mask 1. `p2o.distill=none` (the paper's "w/o context
+distillation" ablation) trains templated rows on x+z: their training context is their generation context
+(`p2o.train.rows.plan_requests`), so they are scored like untemplated rows (old log-probs, loss and mask all
+on x+z, no dual-context pass) and never reach `distill_old_logprobs`.
 """
 from __future__ import annotations
 
@@ -33,4 +36,5 @@ def distill_old_logprobs(mode: str, lp_x: torch.Tensor, lp_xz: torch.Tensor, lo:
         return lp_x, torch.ones_like(lp_x)
     if mode == "fix_importance_ratio":
         return lp_xz, torch.ones_like(lp_x)
-    raise ValueError(f"p2o.distill: got {mode!r}; expected ratio_mask, replace_prompts or fix_importance_ratio")
+    raise ValueError(f"p2o.distill: got {mode!r}; expected ratio_mask, replace_prompts or fix_importance_ratio "
+                     "(with 'none' no row is trained on another context than its generation prompt)")

@@ -5,7 +5,8 @@ tensors; no distributed or global state.
 
 Advantage (Shao et al., 2024):  A_i = (r_i - mean_g r) / (std_g r + eps) for rollout i in group g;
 `adv_norm="batch"` divides by the std over the whole batch instead, `"none"` skips the division (Dr. GRPO).
-std is the unbiased sample std (torch.std), as in verl; a singleton group gets advantage 0.
+std is the unbiased sample std (torch.std), as in verl. A singleton group has mean 0 and std 1, so its advantage
+is its raw reward / (1 + eps) (verl's `compute_grpo_outcome_advantage`; same rule in `kernels.grouped_advantages`).
 
 Per-token loss with ratio rho_t = exp(logp_t - old_logp_t):
   l_t = max(-A rho_t, -A clip(rho_t, 1 - clip_low, 1 + clip_high))        (PPO, Schulman et al., 2017)
@@ -35,17 +36,18 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, norm: str =
         raise ValueError(f"rewards {tuple(rewards.shape)} and group_ids {tuple(group_ids.shape)} must be equal 1-D shapes")
     r = rewards.double()
     _, inv, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    single = counts == 1  # verl: a singleton group has mean 0 and std 1
     sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inv, r)
-    mean = sums / counts
+    mean = torch.where(single, torch.zeros_like(sums), sums / counts)
     centred = r - mean[inv]
     if norm == "none":
-        return centred.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+        return centred.float()
     if norm == "group":
         sq = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inv, centred**2)
-        std = torch.sqrt(sq / (counts - 1).clamp(min=1))
-        adv = torch.where(counts[inv] > 1, centred / (std[inv] + eps), torch.zeros_like(centred))
+        std = torch.where(single, torch.ones_like(sq), torch.sqrt(sq / (counts - 1).clamp(min=1)))
+        adv = centred / (std[inv] + eps)
     elif norm == "batch":
-        std = r.std() if r.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
+        std = r.std() if r.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
         adv = centred / (std + eps)
     else:
         raise ValueError(f"grpo.adv_norm: got {norm!r}; expected group, batch or none")
@@ -76,12 +78,13 @@ def token_weights(response_lens: list[int], mode: str, num_sequences: int, num_t
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-token KL(pi || ref) estimate: k1 = logp - ref_logp; k3 = exp(ref - logp) - (ref - logp) - 1 (Schulman)."""
+    """Per-token KL(pi || ref) estimate (Schulman's k1/k3, as verl's kl_penalty "k1" / "low_var_kl"):
+    k1 = logp - ref_logp;  k3 = min(exp(d) - d - 1, 10) with d = clamp(ref_logp - logp, -20, 20)."""
     if kind == "k1":
         return logprobs - ref_logprobs
     if kind == "k3":
         d = (ref_logprobs - logprobs).clamp(-20, 20)
-        return torch.exp(d) - d - 1
+        return (torch.exp(d) - d - 1).clamp(max=10)
     raise ValueError(f"grpo.kl_type: got {kind!r}; expected k1 or k3")
 
 

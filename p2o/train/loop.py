@@ -5,8 +5,10 @@ One step (`Trainer.train_step`):
   2. generation phase: the scheduler serves the training rollouts together with queued GEPA requests
   3. verifier rewards -> hard-sample mining (tau of K correct) -> GRPO advantages per group
   4. context distillation: every row is trained on x; templated rows get old log-probs on x and x+z
-     (dual-context) and the context ratio mask (or `replace_prompts` / `fix_importance_ratio`)
+     (dual-context) and the context ratio mask (or `replace_prompts` / `fix_importance_ratio`; `none`: templated
+     rows are trained on x+z like plain rows); with a KL term, the frozen reference scores every trained row
   5. PPO minibatches (clip, dual clip, global normaliser) -> optimizer steps
+All log-probs are taken at `rollout.temperature` by the backend.
   6. bucketed weight export into the engine, policy version + 1
 At epoch end (`Trainer.end_epoch`), if at least `p2o.min_hard` hard samples were mined, they go to the GEPA
 service; `sync` waits for the assignment, `async` trains on and attaches it when it arrives (never one
@@ -21,11 +23,13 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from p2o.algo.distill import distill_old_logprobs
+from p2o.algo.dynamic_batch import verl_update_plan
 from p2o.algo.grpo import group_advantages, make_loss_fn, token_weights, update_is_on_policy, zero_variance_groups
 from p2o.algo.hard_samples import HardStore, is_hard
 from p2o.data.loaders import epoch_order
@@ -42,6 +46,23 @@ class Preempted(Exception):
     """Raised after a checkpoint taken because of SIGUSR1/SIGTERM."""
 
 
+@dataclass
+class StepTokens:
+    """What the update needs besides the rows: per-token tensors packed over the step's rows [T], per-row [N]."""
+
+    old: torch.Tensor
+    """[T] old log-probs (unused where `on_policy`)."""
+    on_policy: torch.Tensor
+    """[T] bool: the old log-prob is the update's own, detached (see `p2o.algo.grpo.old_logprobs`)."""
+    mask: torch.Tensor
+    """[T] context-ratio mask: multiplies a token's loss; masked tokens stay in the normaliser."""
+    keep: torch.Tensor
+    """[N] bool: the row's response mask; False (`p2o.drop_failed_template_rollouts`) takes the row out of the loss
+    and the normaliser, as the released code zeroes its response mask."""
+    ref: torch.Tensor | None = None
+    """[T] reference-policy log-probs on the training context (`grpo.kl_coef > 0`)."""
+
+
 class Trainer:
     """Owns the loop state; `rt` (p2o.train.runtime.Runtime) holds the policy, rollout side and services."""
 
@@ -50,6 +71,11 @@ class Trainer:
         self.state = ckpt.LoopState()
         self.hard = HardStore()
         self.loss_fn = make_loss_fn(cfg.grpo)
+        self.reference = getattr(rt, "reference", None)
+        """The frozen initial policy (`grpo.kl_coef > 0`): scores the KL term's reference log-probs."""
+        if cfg.grpo.kl_coef and self.reference is None:
+            raise ValueError(f"grpo.kl_coef = {cfg.grpo.kl_coef} needs a reference policy; the runtime has none "
+                             "(build_runtime creates it when grpo.kl_coef > 0)")
         self._signal: int | None = None
         self.problems = rt.train_problems
         self.steps_per_epoch = max(1, len(self.problems) // cfg.rollout.prompts_per_step)
@@ -136,11 +162,11 @@ class Trainer:
         rt.save_rollouts(rows, step)
 
         t = time.time()
-        old_lp, on_policy, mask, weights_scale = self._old_logprobs(rows, metrics)
+        tokens = self._old_logprobs(rows, metrics)
         times["time_old_logprob_s"] = time.time() - t
 
         t = time.time()
-        update = self._update(rows, old_lp, on_policy, mask, weights_scale)
+        update = self._update(rows, tokens)
         times["time_update_s"] = time.time() - t
 
         t = time.time()
@@ -212,81 +238,83 @@ class Trainer:
             "truncated_frac": sum(r.finish_reason == "length" for r in rows) / len(rows),
         }
 
-    def _old_logprobs(self, rows: list[TrainRow],
-                      metrics: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Packed old log-probs on x, the on-policy flags (bool; see `p2o.algo.grpo.old_logprobs`), the token
-        mask and per-row weight scale (0 drops a row from the loss).
+    def _old_logprobs(self, rows: list[TrainRow], metrics: dict) -> StepTokens:
+        """Old log-probs on each row's training context, the on-policy flags, the context-ratio mask, the rows kept
+        in the loss and, with a KL term, the reference's log-probs (see `StepTokens`).
 
-        Only rows that can carry a gradient are scored (see `_row_can_learn`); the others keep zeros,
-        which the update never reads. Untemplated rows are flagged on-policy instead of scored when
-        `grpo.skip_old_logprob_pass` applies (`p2o.algo.grpo.update_is_on_policy`)."""
+        Only rows that can carry a gradient are scored (see `_row_can_learn`); the others keep zeros, which the
+        update never reads. Rows trained on the context they were sampled from are flagged on-policy instead of
+        scored when `grpo.skip_old_logprob_pass` applies (`p2o.algo.grpo.update_is_on_policy`); distilled rows
+        (templated, trained on x) get the dual-context pass and `p2o.distill`'s old log-probs and mask."""
         cfg, policy = self.cfg, self.rt.policy
         offsets = [0]
         for r in rows:
             offsets.append(offsets[-1] + len(r.response_ids))
-        old = torch.zeros(offsets[-1])
-        on_policy = torch.zeros(offsets[-1], dtype=torch.bool)
-        mask = torch.ones(offsets[-1])
-        scale = torch.ones(len(rows))
+        out = StepTokens(old=torch.zeros(offsets[-1]), on_policy=torch.zeros(offsets[-1], dtype=torch.bool),
+                         mask=torch.ones(offsets[-1]), keep=torch.ones(len(rows), dtype=torch.bool))
         if cfg.p2o.drop_failed_template_rollouts:
-            for i, r in enumerate(rows):
-                if r.templated and r.reward <= 0:
-                    scale[i] = 0.0
-        live = [i for i, r in enumerate(rows) if self._row_can_learn(r, float(scale[i]))]
+            out.keep = torch.tensor([not (r.templated and r.reward <= 0) for r in rows], dtype=torch.bool)
+            metrics["dropped_rows"] = int((~out.keep).sum())
+        live = [i for i, r in enumerate(rows) if self._row_can_learn(r, bool(out.keep[i]))]
         if not live:
-            return old, on_policy, mask, scale
+            return out
         span = lambda ids: torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in ids])  # noqa: E731
-        plain = [i for i in live if not rows[i].templated]
-        templ = [i for i in live if rows[i].templated]
+        on_x = lambda ids: SequenceBatch([rows[i].train_prompt_ids for i in ids],  # noqa: E731
+                                         [rows[i].response_ids for i in ids])
+        plain = [i for i in live if not rows[i].distilled]
+        distilled = [i for i in live if rows[i].distilled]
         if plain and update_is_on_policy(cfg.grpo):
-            on_policy[span(plain)] = True
+            out.on_policy[span(plain)] = True
         elif plain:
-            old[span(plain)] = policy.logprobs(SequenceBatch([rows[i].train_prompt_ids for i in plain],
-                                                             [rows[i].response_ids for i in plain]))
-        if templ:  # the same responses under x and x+z: one dual-context pass
-            idx = span(templ)
-            responses = [rows[i].response_ids for i in templ]
-            lp_x, lp_xz = policy.dual_logprobs(SequenceBatch([rows[i].train_prompt_ids for i in templ], responses),
-                                               SequenceBatch([rows[i].gen_prompt_ids for i in templ], responses))
+            out.old[span(plain)] = policy.logprobs(on_x(plain))
+        if distilled:  # the same responses under x and x+z: one dual-context pass
+            idx = span(distilled)
+            responses = [rows[i].response_ids for i in distilled]
+            lp_x, lp_xz = policy.dual_logprobs(on_x(distilled),
+                                               SequenceBatch([rows[i].gen_prompt_ids for i in distilled], responses))
             o, m = distill_old_logprobs(cfg.p2o.distill, lp_x, lp_xz, cfg.p2o.ratio_low, cfg.p2o.ratio_high)
-            old[idx], mask[idx] = o, m
+            out.old[idx], out.mask[idx] = o, m
             metrics["mask_rate"] = float(1 - m.mean())
             metrics["context_log_ratio_mean"] = float((lp_x - lp_xz).mean())
-        return old, on_policy, mask, scale
+        if self.reference is not None:  # KL reference on the context the row is trained on
+            out.ref = torch.zeros(offsets[-1])
+            out.ref[span(live)] = self.reference.logprobs(on_x(live))
+        return out
 
-    def _row_can_learn(self, row: TrainRow, scale: float) -> bool:
-        """False when the row's loss is exactly zero whatever the policy: no KL term and a zero advantage
-        (or a dropped row). Such rows are skipped when train.skip_zero_advantage_rows is on; their tokens
-        still count in the normaliser, so the gradient is unchanged."""
-        if not self.cfg.train.skip_zero_advantage_rows or self.cfg.grpo.kl_coef:
+    def _row_can_learn(self, row: TrainRow, has_weight: bool = True) -> bool:
+        """False when the row's loss is exactly zero whatever the policy: all its token weights are 0 (a dropped
+        row, or every token masked), or a zero advantage without a KL term. Such rows are skipped when
+        train.skip_zero_advantage_rows is on; zero-advantage rows still count in the normaliser, so the gradient
+        is unchanged. With a KL term a zero-advantage row still learns (towards the reference)."""
+        if not self.cfg.train.skip_zero_advantage_rows:
             return True
-        return row.advantage != 0 and scale > 0
+        if not has_weight:
+            return False
+        return bool(self.cfg.grpo.kl_coef) or row.advantage != 0
 
-    def _update(self, rows: list[TrainRow], old_lp: torch.Tensor, on_policy: torch.Tensor, mask: torch.Tensor,
-                scale: torch.Tensor) -> dict[str, float]:
-        """PPO minibatches over the step's rows; each minibatch is one optimizer step with a global normaliser."""
+    def _update(self, rows: list[TrainRow], tokens: StepTokens) -> dict[str, float]:
+        """PPO minibatches over the step's rows; each minibatch is one optimizer step with fixed per-token weights."""
         cfg, policy = self.cfg, self.rt.policy
         offsets = [0]
         for r in rows:
             offsets.append(offsets[-1] + len(r.response_ids))
         adv_tok = torch.cat([torch.full((len(r.response_ids),), r.advantage) for r in rows])
-        n_mb = min(cfg.grpo.ppo_minibatches, len(rows))
-        order = list(range(len(rows)))
+        minibatches = self._minibatches(rows, tokens.keep)
         out: dict[str, float] = {"grad_norm": 0.0, "loss": 0.0, "train_tokens": 0, "clip_frac": 0.0,
                                  "optimizer_steps": 0, "skipped_rows": 0}
         clip_sum = active_sum = 0.0
-        bar = self.rt.progress(f"step {self.state.global_step + 1} update", cfg.grpo.ppo_epochs * n_mb)
+        bar = self.rt.progress(f"step {self.state.global_step + 1} update", cfg.grpo.ppo_epochs * len(minibatches))
         for _ in range(cfg.grpo.ppo_epochs):
-            for mb in range(n_mb):
+            for idx, agg in minibatches:
                 bar.update(1)
-                idx = order[mb::n_mb]
                 lens = [len(rows[i].response_ids) for i in idx]
-                w = token_weights(lens, cfg.grpo.loss_agg, len(idx), sum(lens), cfg.rollout.max_new_tokens)
                 tok = torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in idx])
-                w = w * mask[tok] * torch.repeat_interleave(scale[idx], torch.tensor(lens))
-                inputs = {"old_logprobs": old_lp[tok], "advantages": adv_tok[tok], "weights": w}
-                if on_policy[tok].any():
-                    inputs["on_policy"] = on_policy[tok]
+                w = agg * tokens.mask[tok]
+                inputs = {"old_logprobs": tokens.old[tok], "advantages": adv_tok[tok], "weights": w}
+                if tokens.on_policy[tok].any():
+                    inputs["on_policy"] = tokens.on_policy[tok]
+                if tokens.ref is not None:
+                    inputs["ref_logprobs"] = tokens.ref[tok]
                 keep = self._rows_with_gradient(rows, idx, inputs, lens)
                 out["skipped_rows"] += len(idx) - len(keep)
                 if not keep:
@@ -302,16 +330,48 @@ class Trainer:
                 out["optimizer_steps"] += 1
                 clip_sum += step.extra.get("clip_frac_sum", 0.0)
                 active_sum += step.extra.get("active_tokens", 0.0)
+                if "kl_sum" in step.extra:
+                    out["kl_sum"] = out.get("kl_sum", 0.0) + step.extra["kl_sum"]
         bar.close()
         out["clip_frac"] = clip_sum / active_sum if active_sum else 0.0
+        if "kl_sum" in out:
+            out["kl_mean"] = out.pop("kl_sum") / active_sum if active_sum else 0.0
         return out
+
+    def _minibatches(self, rows: list[TrainRow], keep: torch.Tensor) -> list[tuple[list[int], torch.Tensor]]:
+        """(row indices, aggregation weights [T_mb] before the context-ratio mask) of each optimizer step.
+
+        Default: `grpo.ppo_minibatches` strided minibatches, `grpo.loss_agg` over each. `grpo.verl_dynamic_bsz`:
+        verl's mini-batches and per-micro-batch token-means (`p2o.algo.dynamic_batch.verl_update_plan`)."""
+        g = self.cfg.grpo
+        lens = [len(r.response_ids) for r in rows]
+        if not g.verl_dynamic_bsz:
+            n_mb = min(g.ppo_minibatches, len(rows))
+            return [(idx, self._token_weights(idx, [lens[i] for i in idx], keep))
+                    for idx in (list(range(mb, len(rows), n_mb)) for mb in range(n_mb))]
+        plan = verl_update_plan([len(r.gen_prompt_ids) + n for r, n in zip(rows, lens, strict=True)],
+                                [len(r.train_prompt_ids) + n for r, n in zip(rows, lens, strict=True)],
+                                [n * int(k) for n, k in zip(lens, keep.tolist(), strict=True)],
+                                g.verl_world_size, g.ppo_minibatches, g.verl_max_token_len_per_gpu,
+                                g.verl_balance_batch)
+        return [(st.rows, torch.repeat_interleave(torch.tensor(st.coef) * keep[st.rows].float(),
+                                                  torch.tensor([lens[i] for i in st.rows])).float())
+                for st in plan]
+
+    def _token_weights(self, idx: list[int], lens: list[int], keep: torch.Tensor) -> torch.Tensor:
+        """Aggregation weights [T_mb] of one optimizer step's rows `idx` (response lengths `lens`): `grpo.loss_agg`
+        over the rows kept in the loss (a dropped row has weight 0 and is not in the normaliser)."""
+        kept = keep[idx].tolist()
+        kept_lens = [n for n, k in zip(lens, kept, strict=True) if k]
+        w = token_weights(lens, self.cfg.grpo.loss_agg, len(kept_lens), sum(kept_lens), self.cfg.rollout.max_new_tokens)
+        return w * torch.repeat_interleave(keep[idx].float(), torch.tensor(lens))
 
     def _rows_with_gradient(self, rows, idx, inputs, lens) -> list[int]:
         """Positions (in idx) of rows that go through the forward/backward pass (see `_row_can_learn`)."""
         keep, start = [], 0
         for j, n in enumerate(lens):
             has_weight = bool((inputs["weights"][start:start + n] > 0).any())
-            if self._row_can_learn(rows[idx[j]], 1.0 if has_weight else 0.0):
+            if self._row_can_learn(rows[idx[j]], has_weight):
                 keep.append(j)
             start += n
         return keep

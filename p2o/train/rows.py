@@ -2,8 +2,9 @@
 
 A hard sample of the previous epoch with a template assignment gets K requests (one rollout each, template
 z_k in the user turn: the generation context x+z_k); every other problem gets one request with n=K on the
-plain prompt x. Every row keeps both contexts: `train_prompt_ids` (always x: context distillation) and
-`gen_prompt_ids` (what the rollout was sampled from).
+plain prompt x. Every row keeps both contexts: `train_prompt_ids` (x: context distillation; x+z with
+`p2o.distill=none`, the paper's "w/o context distillation" ablation) and `gen_prompt_ids` (what the rollout was
+sampled from).
 """
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ class TrainRow:
     def templated(self) -> bool:
         return bool(self.template)
 
+    @property
+    def distilled(self) -> bool:
+        """Trained on another context than the one it was sampled from (a templated row trained on x)."""
+        return self.train_prompt_ids != self.gen_prompt_ids
+
 
 @dataclass
 class PlannedRequest:
@@ -59,6 +65,7 @@ def plan_requests(cfg: RunConfig, tokenizer: Any, problems: list[Problem], assig
                   step: int, priority: int = 0) -> list[PlannedRequest]:
     """Generation requests for one step's problems (templated for assigned hard samples when P2O is on)."""
     r = cfg.rollout
+    train_on_generation_prompt = cfg.p2o.distill == "none"  # the "w/o context distillation" ablation
     planned: list[PlannedRequest] = []
 
     def encode(question: str, template: str = "") -> list[int]:
@@ -80,7 +87,8 @@ def plan_requests(cfg: RunConfig, tokenizer: Any, problems: list[Problem], assig
                                         max_new_tokens=r.max_new_tokens, seed=derive_seed(r.seed, step, group, k))
                 gen_ids = encode(problem.question, z) if z.strip() else x_ids
                 planned.append(PlannedRequest(group, problem, z.strip(), GenerationRequest(
-                    gen_ids, params, f"s{step}-g{group}-k{k}", priority), x_ids))
+                    gen_ids, params, f"s{step}-g{group}-k{k}", priority),
+                    gen_ids if train_on_generation_prompt else x_ids))
         else:
             params = SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                     max_new_tokens=r.max_new_tokens, seed=derive_seed(r.seed, step, group))

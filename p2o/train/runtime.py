@@ -44,6 +44,8 @@ class Runtime:
     model_dir: Path
     train_problems: list[Problem]
     eval_problems: list[Problem]
+    reference: Any = None
+    """The frozen initial policy when grpo.kl_coef > 0 (KL reference; rebuilt from model.path on resume)."""
     gateway: Any = None
     reflection_gateway: Any = None
     verifier: Any = None
@@ -307,7 +309,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     from transformers import AutoTokenizer
 
     from megatron_bridge.parallel import init_parallel
-    from megatron_bridge.policy import MegatronPolicy
+    from megatron_bridge.policy import MegatronPolicy, MegatronScorer
 
     layout = init_parallel(cfg.parallel, seed=cfg.train.seed)
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -321,8 +323,9 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     model_dir = resolve_model_dir(cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     policy = MegatronPolicy.from_config(cfg, model_dir, layout)
+    reference = MegatronScorer.frozen(cfg, model_dir, layout) if cfg.grpo.kl_coef > 0 else None
     rt = Runtime(cfg=cfg, run_dir=run_dir, rank=rank, world_size=world, policy=policy, tokenizer=tokenizer,
-                 model_dir=model_dir, train_problems=load_train_problems(cfg.data),
+                 model_dir=model_dir, reference=reference, train_problems=load_train_problems(cfg.data),
                  eval_problems=load_eval_problems(cfg.data))
     rt._closers.append(lambda: policy.close() if hasattr(policy, "close") else None)
     if rank != 0:

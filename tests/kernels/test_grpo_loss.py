@@ -50,7 +50,11 @@ def ref_token_loss(logp, old, adv, mask, normaliser, seq_ids, ref, p: GRPOLossPa
     else:
         pg = clip1
     if p.kl_coef:
-        kl = logp - ref if p.kl_type == "k1" else torch.exp(ref - logp) - (ref - logp) - 1
+        if p.kl_type == "k1":
+            kl = logp - ref
+        else:  # verl's low_var_kl, with its clamps
+            d = torch.clamp(ref - logp, -20.0, 20.0)
+            kl = torch.clamp(torch.exp(d) - d - 1, -10.0, 10.0)
         pg = pg + p.kl_coef * kl
     lm = pg * mask
     if p.loss_agg == "seq-mean-token-mean":
@@ -116,6 +120,8 @@ def loss_inputs(seq_ids, seed=0):
     old = logp + 0.4 * torch.randn(T, generator=g)  # ratios ~ 0.3..3: every clip branch is hit
     old[0] = logp[0] + 25.0  # beyond the +-20 log-ratio clamp
     ref = logp + 0.3 * torch.randn(T, generator=g)
+    ref[1] = logp[1] + 3.0  # k3 = e^3 - 4 > 10: clamped
+    ref[2] = logp[2] - 25.0  # beyond the +-20 log-ratio clamp of k3
     adv = token_advantages(torch.randn(int(seq_ids.max()) + 1, generator=g), seq_ids)
     mask = (torch.rand(T, generator=g) > 0.2).float()
     return logp, old, ref, adv, mask
@@ -139,6 +145,25 @@ def test_token_loss_matches_reference(backend, params):
     torch.testing.assert_close(out.per_token_loss.sum().double(), want.detach(), **ELEM_TOL)
     assert 0 < out.clip_fraction < 1
     assert (out.kl is not None) == (params.kl_coef != 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kl_term_value_and_gradient_hand_computed(backend):
+    """Zero advantages leave only the KL term: loss = kl_coef * sum_t w_t KL_t, by hand (d = ref - logp)."""
+    logp = torch.tensor([-1.0, -2.0, -0.5, -3.0])
+    ref = torch.tensor([-1.5, -1.0, 2.5, -3.0])  # d = -0.5, 1, 3, 0
+    e = torch.e
+    k3 = [e ** -0.5 - 0.5, e - 2.0, 10.0, 0.0]  # e^d - d - 1; e^3 - 4 = 16.09 is clamped to 10
+    dk3 = [1 - e ** -0.5, 1 - e, 0.0, 0.0]  # d k3 / d logp = 1 - e^d; 0 where clamped
+    cases = {"k1": ([0.5, -1.0, -3.0, 0.0], [1.0] * 4), "k3": (k3, dk3)}
+    for kind, (kl, dkl) in cases.items():
+        lp = logp.clone().requires_grad_()
+        out = grpo_token_loss(lp, logp, torch.zeros(4), torch.ones(4), 4.0, ref_logprobs=ref,
+                              params=GRPOLossParams(kl_coef=0.1, kl_type=kind), backend=backend)
+        out.loss.backward()
+        assert out.loss.item() == pytest.approx(0.1 * sum(kl) / 4, rel=1e-6), kind
+        torch.testing.assert_close(out.kl, torch.tensor(kl), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(lp.grad, 0.1 * torch.tensor(dkl) / 4, rtol=1e-6, atol=1e-7)
 
 
 def test_params_follow_grpo_config():

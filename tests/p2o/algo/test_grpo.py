@@ -19,11 +19,12 @@ from p2o.config import GRPOConfig
 
 
 def _ref_adv(rewards, groups, eps=1e-6):
+    """verl's compute_grpo_outcome_advantage: a singleton group has mean 0 and std 1."""
     out = []
     for r, g in zip(rewards, groups, strict=False):
         members = [x for x, h in zip(rewards, groups, strict=False) if h == g]
         if len(members) == 1:
-            out.append(0.0)
+            out.append(r / (1.0 + eps))
             continue
         out.append((r - statistics.mean(members)) / (statistics.stdev(members) + eps))
     return out
@@ -35,7 +36,31 @@ def test_group_advantages_variable_groups_and_singletons():
     rewards = torch.rand(len(groups), generator=g).round()
     adv = group_advantages(rewards, torch.tensor(groups))
     assert torch.allclose(adv.double(), torch.tensor(_ref_adv(rewards.tolist(), groups), dtype=torch.float64), atol=1e-5)
-    assert adv[5] == 0 and adv[10] == 0
+    assert adv[5] == pytest.approx(rewards[5] / (1 + 1e-6)) and adv[10] == pytest.approx(rewards[10] / (1 + 1e-6))
+
+
+def test_singleton_group_gets_its_raw_reward_as_in_verl():
+    """Hand-computed: group a = {1, 0} (mean 1/2, unbiased std 1/sqrt 2), group b = {1} (mean 0, std 1)."""
+    r, ids = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0, 1])
+    s = math.sqrt(0.5)
+    assert torch.allclose(group_advantages(r, ids, "group"),
+                          torch.tensor([0.5 / (s + 1e-6), -0.5 / (s + 1e-6), 1 / (1 + 1e-6)]), atol=1e-7)
+    assert torch.allclose(group_advantages(r, ids, "none"), torch.tensor([0.5, -0.5, 1.0]))
+    std = float(r.std())  # batch std over all rewards
+    assert torch.allclose(group_advantages(r, ids, "batch"), torch.tensor([0.5, -0.5, 1.0]) / (std + 1e-6))
+    assert torch.allclose(group_advantages(torch.tensor([0.0]), torch.tensor([3])), torch.tensor([0.0]))
+
+
+@pytest.mark.parametrize("norm", ["group", "batch", "none"])
+def test_advantages_agree_with_the_kernel(norm):
+    """The loop's advantages and `kernels.grouped_advantages` follow one convention (singletons included)."""
+    from kernels import grouped_advantages
+
+    g = torch.Generator().manual_seed(5)
+    groups = torch.tensor([4, 4, 4, 9, 2, 2, 7, 7, 7, 7, 1])  # two singletons (9 and 1)
+    rewards = torch.rand(len(groups), generator=g).round()
+    torch.testing.assert_close(group_advantages(rewards, groups, norm),
+                               grouped_advantages(rewards, groups, norm, backend="torch"), atol=1e-6, rtol=1e-6)
 
 
 def test_zero_variance_groups_have_zero_advantage():
@@ -105,3 +130,23 @@ def test_kl_estimators():
     d = ref - lp
     assert torch.allclose(kl_penalty(lp, ref, "k3"), torch.exp(d) - d - 1)
     assert (kl_penalty(lp, ref, "k3") >= 0).all()
+
+
+def test_kl_term_value_and_gradient_hand_computed():
+    """GRPOLoss with zero advantages is kl_coef * sum_t w_t KL_t; values and d/dlogp by hand (d = ref - logp):
+    k3 = e^d - d - 1 (clamped to 10, as verl's low_var_kl: zero gradient there), d k3/d logp = 1 - e^d."""
+    logp = torch.tensor([-1.0, -2.0, -0.5, -3.0])
+    ref = torch.tensor([-1.5, -1.0, 2.5, -3.0])  # d = -0.5, 1, 3, 0
+    w = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    e = math.e
+    cases = {"k3": ([e ** -0.5 - 0.5, e - 2, 10.0, 0.0], [1 - e ** -0.5, 1 - e, 0.0, 0.0]),
+             "k1": ([0.5, -1.0, -3.0, 0.0], [1.0, 1.0, 1.0, 1.0])}
+    for kind, (kl, dkl) in cases.items():
+        loss_fn = make_loss_fn(GRPOConfig(kl_coef=0.05, kl_type=kind))
+        lp = logp.clone().requires_grad_()
+        inputs = {"old_logprobs": logp, "advantages": torch.zeros(4), "weights": w, "ref_logprobs": ref}
+        loss, metrics = loss_fn(lp, inputs)
+        loss.backward()
+        assert loss.item() == pytest.approx(0.05 * sum(a * b for a, b in zip(w.tolist(), kl, strict=True)), rel=1e-6)
+        torch.testing.assert_close(lp.grad, 0.05 * w * torch.tensor(dkl), rtol=1e-6, atol=1e-8)
+        assert metrics["kl_sum"] == pytest.approx(sum(kl), rel=1e-6) and metrics["pg_loss"] == 0.0

@@ -75,9 +75,9 @@ def _trainer_step(model_dir: str, use_kernels: bool, ratio_low: float | None, ve
     t = Trainer(cfg, rt)
     rows = _rows()
     metrics = t._score_and_mine(rows, _problems())
-    old, on_policy, mask, scale = t._old_logprobs(rows, metrics)
-    metrics.update(t._update(rows, old, on_policy, mask, scale))
-    return dict(metrics=metrics, old=old, mask=mask, calls=calls)
+    tokens = t._old_logprobs(rows, metrics)
+    metrics.update(t._update(rows, tokens))
+    return dict(metrics=metrics, old=tokens.old, mask=tokens.mask, calls=calls)
 
 
 def loop_worker(model_dir: str, out_file: str) -> None:

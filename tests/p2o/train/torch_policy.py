@@ -1,7 +1,8 @@
 """A single-process `PolicyBackend` over a transformers model, for unit tests of the loop's pieces.
 
 It implements the same contract as the Megatron backend (packed per-token layout, caller-supplied loss
-already divided by the global normaliser) with plain torch: padded batches, one AdamW step per call.
+already divided by the global normaliser, log-probs at `temperature`) with plain torch: padded batches, one AdamW
+step per call.
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from p2o.train.policy import SequenceBatch, StepMetrics
 
 
 class TorchPolicy:
-    def __init__(self, model_dir, lr: float = 1e-3, seed: int = 0):
+    def __init__(self, model_dir, lr: float = 1e-3, seed: int = 0, temperature: float = 1.0):
         torch.manual_seed(seed)
+        self.temperature = temperature
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=0.0)
         self.calls: list[SequenceBatch] = []
@@ -23,7 +25,8 @@ class TorchPolicy:
         width = max(len(s) for s in seqs)
         ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
         attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-        logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=attn).logits.float(), -1)
+        logits = self.model(input_ids=ids, attention_mask=attn).logits.float()
+        logp = torch.log_softmax(logits / self.temperature, -1)
         out = []
         for i, (p, r) in enumerate(zip(batch.prompt_ids, batch.response_ids, strict=False)):
             pos = torch.arange(len(p) - 1, len(p) + len(r) - 1)
