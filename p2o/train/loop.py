@@ -8,8 +8,8 @@ One step (`Trainer.train_step`):
      (dual-context) and the context ratio mask (or `replace_prompts` / `fix_importance_ratio`; `none`: templated
      rows are trained on x+z like plain rows); with a KL term, the frozen reference scores every trained row
   5. PPO minibatches (clip, dual clip, global normaliser) -> optimizer steps
-All log-probs are taken at `rollout.temperature` by the backend.
   6. bucketed weight export into the engine, policy version + 1
+All log-probs are taken at `rollout.temperature` by the backend.
 At epoch end (`Trainer.end_epoch`), if at least `p2o.min_hard` hard samples were mined, they go to the GEPA
 service; `sync` waits for the assignment, `async` trains on and attaches it when it arrives (never one
 computed for a policy more than `p2o.max_staleness` versions old).
