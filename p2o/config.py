@@ -2,7 +2,8 @@
 
 A run is `RunConfig`: defaults live here (each field documented by the docstring under it), YAML files in
 `configs/` only override, and `key=value` dotlist overrides come last. `load_config` returns a validated
-`RunConfig`; every error is a `ConfigError` that names the offending key, the value and what is allowed.
+`RunConfig` whose derived limits are resolved (`p2o.limits`); every error is a `ConfigError` that names the
+offending key, the value and what is allowed.
 
     cfg = load_config("configs/demo_cpu.yaml", ["rollout.n=8", "parallel.tp=2"])
 
@@ -13,7 +14,9 @@ Constraints live with the fields:
 - each section's `__post_init__` (run by the dataclass constructor, so also by `OmegaConf.to_object`)
   checks its own fields: every number is finite and >= 0, then the section's own ranges and cross-field
   rules, each error naming the full dotted key (`rollout.top_p`);
-- `validate` adds the rules that span sections (p2o.tau vs rollout.n, TP/PP vs the model's shape).
+- `validate` adds the rules that span sections (p2o.tau vs rollout.n, TP/PP vs the model's shape);
+- `p2o.limits` checks the limits one component imposes on another (the gateway's max_tokens vs GEPA's
+  scoring requests, the reflection context vs the model) and fills in the derived values.
 """
 from __future__ import annotations
 
@@ -388,15 +391,16 @@ class RolloutConfig(_Section):
     """Longest a gateway request may wait and run (queue + generation) before a 504."""
     gateway_max_body_bytes: int = 4 * 1024 * 1024
     """Larger request bodies are refused with 413."""
-    gateway_max_tokens: int = 4096
-    """Largest `max_tokens` a gateway request may ask for (400 above)."""
+    gateway_max_tokens: int = 0
+    """Largest `max_tokens` a request to the policy gateway may ask for (400 above). 0: derived when the config
+    loads, max(rollout.max_new_tokens, gepa.eval_max_tokens) with P2O on (the gateway serves GEPA's
+    candidate scoring), else rollout.max_new_tokens. A value set here is checked against gepa.eval_max_tokens."""
     gateway_token_env: str = "P2O_GATEWAY_TOKEN"
     """Environment variable holding the gateway's bearer token (unset or empty: no auth)."""
 
     def _check(self) -> None:
         self._at_least(1, "prompts_per_step", "max_new_tokens", "max_prompt_tokens", "max_batch_size",
-                       "gateway_max_queue", "weight_bucket_bytes", "vllm_tp", "gateway_max_body_bytes",
-                       "gateway_max_tokens")
+                       "gateway_max_queue", "weight_bucket_bytes", "vllm_tp", "gateway_max_body_bytes")
         self._at_least(2, "n")
         self._above(0, "temperature", "gateway_request_timeout_s")
         self._fraction("top_p")
@@ -586,8 +590,11 @@ class ReflectionConfig(_Section):
     """Reflection sampling temperature (0: greedy)."""
     max_tokens: int = 2048
     """Maximum tokens of a reflection answer."""
-    context_tokens: int = 32768
-    """Reflection model context; the meta-prompt is truncated to fit context - max_tokens."""
+    context_tokens: int = 0
+    """Reflection model context in tokens; the meta-prompt is truncated to fit context - max_tokens. 0: derived
+    when the config loads: in self mode the frozen model's max_position_embeddings capped at 32768 (the authors'
+    reflection server), else 32768. In self mode it is checked against the model and sizes the reflection
+    gateway."""
     concurrency: int = 16
     """Concurrent reflection requests."""
     timeout_s: float = 300.0
@@ -608,9 +615,9 @@ class ReflectionConfig(_Section):
     """While open, calls fail fast; after this many seconds one probe call is let through."""
 
     def _check(self) -> None:
-        self._at_least(1, "max_tokens", "context_tokens", "concurrency", "breaker_failures")
+        self._at_least(1, "max_tokens", "concurrency", "breaker_failures")
         self._above(0, "timeout_s")
-        if self.max_tokens >= self.context_tokens:
+        if self.context_tokens and self.max_tokens >= self.context_tokens:
             self._fail("max_tokens", f"less than reflection.context_tokens = {self.context_tokens}")
         if self.mode == ReflectionMode.TEACHER and not (self.base_url and self.model):
             self._fail("base_url", "a URL (and reflection.model) when reflection.mode = teacher")
@@ -701,7 +708,7 @@ class RunConfig:
 # ----------------------------------------------------------------------------- validation across sections
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every section again (sections may be changed after construction), then the rules that span
-    sections; raise `ConfigError` naming the key."""
+    sections; raise `ConfigError` naming the key. Cross-component limits are `p2o.limits`' job."""
     for f in dataclasses.fields(cfg):
         section = getattr(cfg, f.name)
         section.check()
@@ -734,8 +741,10 @@ def _validate_model_shape(cfg: RunConfig) -> None:
 
 # Shapes of the named embedded models, so validation works before anything is downloaded or converted.
 EMBEDDED_MODEL_SHAPES: dict[str, dict[str, int]] = {
-    "smollm2-135m": {"num_attention_heads": 9, "num_key_value_heads": 3, "num_hidden_layers": 30},
-    "tiny-qwen3": {"num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2},
+    "smollm2-135m": {"num_attention_heads": 9, "num_key_value_heads": 3, "num_hidden_layers": 30,
+                     "max_position_embeddings": 8192},
+    "tiny-qwen3": {"num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+                   "max_position_embeddings": 40960},
 }
 
 
@@ -810,8 +819,9 @@ def _check_sections(data: Any, cls: Any, prefix: str) -> None:
             _check_sections(value, type(sub), key + ".")
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults <- YAML file <- dotlist overrides (`a.b=c`), then validation. Raises `ConfigError`."""
+def load_unresolved(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- dotlist overrides (`a.b=c`), then `validate`; derived limits left unset
+    (`load_config` resolves them). Raises `ConfigError`."""
     base = OmegaConf.structured(RunConfig)
     layers = []
     if path:
@@ -842,6 +852,17 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         raise _omegaconf_error(e) from e
     assert isinstance(cfg, RunConfig)
     return validate(cfg)
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- dotlist overrides, validated, with the derived limits filled in
+    (`p2o.limits.resolve_limits`: e.g. rollout.gateway_max_tokens, reflection.context_tokens). Raises
+    `ConfigError`, naming both keys when one component's limit does not fit another's."""
+    from p2o.limits import resolve_limits
+
+    cfg = load_unresolved(path, overrides)
+    resolve_limits(cfg).apply(cfg)
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict:
