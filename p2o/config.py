@@ -133,6 +133,11 @@ class ParentSelection(Choice):
     PRUNED = "pruned"
 
 
+class Budget(Choice):
+    AUTO = "auto"
+    FIXED = "fixed"
+
+
 class ReflectionMode(Choice):
     SELF = "self"
     TEACHER = "teacher"
@@ -525,8 +530,11 @@ class GEPAConfig(_Section):
     """W: distinct parents per iteration."""
     minibatch_size: int = 3
     """B: feedback problems per parent per iteration."""
+    budget: Budget = Budget.FIXED
+    """Budget of one GEPA round: fixed (`budget_metric_calls`) | auto (the authors' budget, recomputed for each
+    round from its dev-set size: dspy's auto_budget for 72 candidates, 23 x |dev| + 4140; 11040 at dev 300)."""
     budget_metric_calls: int = 11040
-    """Budget in metric calls (one call = one evaluated (template, problem) pair)."""
+    """Budget in metric calls when `budget` is fixed (one call = one evaluated (template, problem) pair)."""
     accounting: Accounting = Accounting.HONEST
     """honest (every evaluation charged) | authors (the released code's accounting, for reproduction)."""
     parent_selection: ParentSelection = ParentSelection.FREQUENCY

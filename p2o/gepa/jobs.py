@@ -30,7 +30,7 @@ from p2o.gepa.evaluate import Evaluator
 from p2o.gepa.protocol import FINAL_STATES, GEPAJobSpec, JobStatus
 from p2o.gepa.reflect import Reflector
 from p2o.gepa.result import GEPAResult, build_result
-from p2o.gepa.search import Search, SearchHooks, SearchState, new_state
+from p2o.gepa.search import Search, SearchHooks, SearchState, dev_count, metric_budget, new_state
 from p2o.gepa.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,8 @@ class JobManager:
                 return job_id, False
             gepa, _, _ = spec.configs()
             now = time.time()
-            st = JobStatus(job_id, "queued", budget_total=gepa.budget_metric_calls, policy_version=spec.policy_version,
+            budget = metric_budget(gepa, dev_count(len(spec.problems), gepa.dev_size))
+            st = JobStatus(job_id, "queued", budget_total=budget, policy_version=spec.policy_version,
                            idempotency_key=key, fingerprint=fp, created_at=now, updated_at=now)
             self.store.write(job_id, "spec", spec.to_dict())
             self.store.write(job_id, "status", st.to_dict())
@@ -229,7 +230,7 @@ class JobManager:
         if state.stop_reason == "cancelled":
             self._set(job_id, state="cancelled", stop_reason="cancelled", pause_reason="")
             return
-        result = build_result(state, spec.k, gepa.seed, gepa.budget_metric_calls, gepa.accounting,
+        result = build_result(state, spec.k, gepa.seed, metric_budget(gepa, len(state.dev_ids)), gepa.accounting,
                               spec.same_template_in_group, spec.leave_one_untemplated, spec.policy_version,
                               gepa.solved_at)
         self.store.write(job_id, "result", result.to_dict())
