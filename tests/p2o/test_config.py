@@ -98,6 +98,7 @@ MALFORMED = [
     (None, ["reward.rel_tol=1"], "reward.rel_tol"),
     (None, ["data.arithmetic.level_weights=[1,nan]"], "data.arithmetic.level_weights"),
     ("reward:\n  timeout_s: .nan\n", [], "reward.timeout_s"),        # YAML's own NaN spelling
+    ("gepa:\n  budget: sometimes\n", [], "gepa.budget"),
 ]
 
 
@@ -146,7 +147,7 @@ def test_choices_are_enums_that_behave_as_strings(tmp_path):
 def test_every_choice_field_is_an_enum_with_a_valid_default():
     fields = _leaf_fields()
     choice_keys = [k for k, t in fields.items() if isinstance(t, type) and issubclass(t, Choice)]
-    assert len(choice_keys) >= 18
+    assert len(choice_keys) >= 19
     defaults = to_dict(RunConfig())
     for key in choice_keys:
         section, name = key.rsplit(".", 1)
@@ -245,3 +246,19 @@ def test_fuzz_values_within_range_load():
         section, name = key.rsplit(".", 1)
         overrides.append(f"{key}={_get(defaults, section)[name]}")
     load_config(None, overrides)
+
+
+# ----------------------------------------------------------------------------- user(x)
+def test_paper_configs_use_the_authors_user_prompt():
+    from p2o.prompts import AUTHORS_USER_TEMPLATE, DEFAULT_USER_TEMPLATE, user_text
+
+    authors = "Let's think step by step and output the final answer within \\boxed{}.\nQuestion: {question}"
+    assert AUTHORS_USER_TEMPLATE == authors
+    paper = sorted(glob.glob(str(REPO / "configs" / "qwen3_*.yaml")) + glob.glob(str(REPO / "configs" / "scaling" / "*.yaml")))
+    assert len(paper) == 8  # P2O DeepMath/DeepScaleR, the two GRPO baselines, four scaling configs
+    for path in paper:
+        assert load_config(path).prompt.user_template == authors, path
+    assert user_text("What is 1+1?", authors) == ("Let's think step by step and output the final answer within "
+                                                  "\\boxed{}.\nQuestion: What is 1+1?")
+    assert load_config().prompt.user_template == DEFAULT_USER_TEMPLATE
+    assert load_config(str(REPO / "configs" / "demo_cpu.yaml")).prompt.user_template == DEFAULT_USER_TEMPLATE
