@@ -16,6 +16,7 @@ Endpoints are built per job by `evaluator_factory(spec, gepa_cfg, reward_cfg)` a
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import queue
@@ -72,7 +73,10 @@ def default_evaluator(spec: GEPAJobSpec, gepa: GEPAConfig, reward: RewardConfig)
 
 def default_reflector(spec: GEPAJobSpec, gepa: GEPAConfig, reflection: ReflectionConfig) -> Reflector:
     from p2o.gepa.reflect_client import ReflectionClient
+    from p2o.limits import DEFAULT_REFLECTION_CONTEXT_TOKENS
 
+    if not reflection.context_tokens:  # 0: not derived by the submitter (the trainer always sends its value)
+        reflection = dataclasses.replace(reflection, context_tokens=DEFAULT_REFLECTION_CONTEXT_TOKENS)
     client = ReflectionClient(reflection)
     return Reflector(client, reflection.context_tokens, reflection.max_tokens,
                      max_template_chars=gepa.max_template_chars, concurrency=reflection.concurrency)
