@@ -1,18 +1,17 @@
 """Limits one component imposes on another: derived or checked in one place, when the config loads.
 
-A run sends requests across these boundaries; each row's size must fit its limit, or every such request
-fails (and, before this module existed, GEPA scored the failures as 0 and the run silently became GRPO):
+A run sends requests across these boundaries; each request's size must fit its receiver's limit, or every
+such request fails (GEPA once scored those failures as 0, and a whole run silently became plain GRPO):
 
-    sender                       receiver                   request                        limit
-    GEPA candidate scoring       policy gateway             max_tokens = gepa.eval_max_tokens  rollout.gateway_max_tokens
-                                                            n = gepa.eval_n                max(rollout.max_batch_size, rollout.n, gepa.eval_n)
-                                                            prompt T(x, z)                 rollout.max_prompt_tokens
-    Self-Ref reflector           reflection gateway         meta-prompt (fitted to         reflection.context_tokens - reflection.max_tokens
-                                                            context - max_tokens - 64)
-                                                            max_tokens = reflection.max_tokens  reflection.max_tokens
-    training rollouts            policy engine              prompt + response              model max_position_embeddings
-    GEPA scoring                 policy engine              prompt + max_tokens            model max_position_embeddings
-    Self-Ref reflector           frozen model               reflection.context_tokens      model max_position_embeddings
+- GEPA candidate scoring -> the policy gateway: max_tokens = gepa.eval_max_tokens must fit
+  rollout.gateway_max_tokens, n = gepa.eval_n the gateway's n limit, the prompt T(x, z)
+  rollout.max_prompt_tokens, the requests in flight (gepa.eval_concurrency) rollout.gateway_max_queue;
+- the Self-Ref reflector -> the reflection gateway: the meta-prompt (fitted to reflection.context_tokens -
+  reflection.max_tokens - 64) and max_tokens = reflection.max_tokens;
+- rollouts and GEPA scoring -> the policy engine: prompt + response tokens within the model's
+  max_position_embeddings; the Self-Ref reflector -> the frozen model: reflection.context_tokens likewise;
+- problems -> rollouts: every prompt x within rollout.max_prompt_tokens (`check_prompt_lengths`, at train
+  start, once the tokenizer is loaded).
 
 Derived values (filled in by `RunLimits.apply`, so `p2o config show` and the saved config.yaml hold them):
 
@@ -63,9 +62,10 @@ class RunLimits:
     """max_position_embeddings of model.path; None when its config.json is not readable here."""
     policy_gateway: GatewaySize
     policy_max_tokens_from: str
-    """How policy_gateway.max_tokens was obtained ('rollout.gateway_max_tokens' or the derivation)."""
+    """How policy_gateway.max_tokens was obtained ('set: rollout.gateway_max_tokens' or the derivation)."""
     reflection_context_tokens: int
     reflection_context_from: str
+    """'set', 'default' or the derivation."""
     reflection_gateway: GatewaySize | None
     """The Self-Ref reflection gateway (P2O on, reflection.mode = self); None otherwise."""
     reflection_prompt_budget: int
@@ -107,7 +107,7 @@ def resolve_limits(cfg: RunConfig, model_dir: str | Path | None = None) -> RunLi
 
     # GEPA scores candidates through the policy gateway
     if r.gateway_max_tokens:
-        max_tokens, max_tokens_from = r.gateway_max_tokens, "rollout.gateway_max_tokens"
+        max_tokens, max_tokens_from = r.gateway_max_tokens, "set: rollout.gateway_max_tokens"
         if gepa_on and g.eval_max_tokens > max_tokens:
             raise ConfigError("gepa.eval_max_tokens", g.eval_max_tokens,
                               f"at most rollout.gateway_max_tokens = {max_tokens}: GEPA scores candidates through "
@@ -141,7 +141,7 @@ def resolve_limits(cfg: RunConfig, model_dir: str | Path | None = None) -> RunLi
     # the reflection model's context
     self_mode = refl.mode == ReflectionMode.SELF
     if refl.context_tokens:
-        context, context_from = refl.context_tokens, "reflection.context_tokens"
+        context, context_from = refl.context_tokens, "set"
     elif self_mode and length:
         context = min(length, DEFAULT_REFLECTION_CONTEXT_TOKENS)
         context_from = f"min(max_position_embeddings, {DEFAULT_REFLECTION_CONTEXT_TOKENS})"

@@ -85,6 +85,38 @@ def metric_budget(cfg: GEPAConfig, n_dev: int) -> int:
     return cfg.budget_metric_calls
 
 
+@dataclass(frozen=True)
+class RoundBounds:
+    """What one GEPA round may cost, from the budget arithmetic alone (before it runs)."""
+
+    budget: int
+    """Charged metric calls."""
+    max_metric_calls: int
+    """Upper bound on evaluated (template, problem) pairs: every call, charged or not."""
+    max_reflection_calls: int
+    """Upper bound on reflection calls (one per parent slot that is not skipped)."""
+
+
+def round_bounds(cfg: GEPAConfig, n_dev: int) -> RoundBounds:
+    """Upper bounds for a round with `n_dev` dev problems (B = minibatch_size, W = num_parents, S = seeds).
+
+    honest: every call is charged; the last iteration's accepted children overshoot by at most W |dev|; each
+    reflection follows a charged parent minibatch (B calls) after the seeds' S |dev|.
+    authors: the seeds and iterations 0 and 1 are free (at most 2 (2BW + W |dev|)), later iterations charge B per
+    parent and |dev| per accepted child but really cost up to twice that (the children's minibatches), and the
+    last one may charge BW + W |dev| past the budget: S |dev| + 2 budget + 6BW + 4W |dev|; reflections <=
+    2W + (budget + BW + W |dev|) / B."""
+    budget = metric_budget(cfg, n_dev)
+    b, w = cfg.minibatch_size, cfg.num_parents
+    seeds = 1 + len({z.strip() for z in cfg.seed_templates if z.strip()} - {""})
+    if cfg.accounting == "honest":
+        return RoundBounds(budget, budget + w * n_dev, max(0, budget - seeds * n_dev) // b)
+    charged_max = budget + b * w + w * n_dev
+    free = AUTHORS_FREE_ITERATIONS * (2 * b * w + w * n_dev)
+    return RoundBounds(budget, seeds * n_dev + free + 2 * charged_max,
+                       AUTHORS_FREE_ITERATIONS * w + charged_max // b)
+
+
 # ----------------------------------------------------------------------------- records
 @dataclass
 class ProposalRecord:

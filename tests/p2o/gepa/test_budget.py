@@ -71,3 +71,27 @@ def test_job_status_reports_the_rounds_auto_budget(tmp_path):
         jobs.submit(GEPAJobSpec(problems=make_problems(4), policy_url="http://127.0.0.1:9/v1", policy_model="p",
                                 gepa={"budget": "sometimes"},
                                 reflection={"base_url": "http://127.0.0.1:9/v1", "model": "r"}))
+
+
+@pytest.mark.parametrize("accounting", ["honest", "authors"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_round_bounds_hold_for_real_searches(accounting, seed):
+    """The dry run's upper bounds on scoring requests and reflection calls, against searches that ran."""
+    from p2o.gepa.reflect import Completion, Reflector
+    from p2o.gepa.search import round_bounds
+    from tests.p2o.gepa.oracle import scripted_reflection
+
+    calls = []
+
+    def complete(prompt: str) -> Completion:
+        calls.append(prompt)
+        return Completion(scripted_reflection(prompt))
+
+    problems = make_problems(30)
+    cfg = GEPAConfig(budget_metric_calls=120, accounting=accounting, num_parents=4, minibatch_size=3, seed=seed)
+    state = new_state(problems, cfg)
+    Search(problems, cfg, OracleEvaluator(), Reflector(complete, 8192, 512), state).run()
+    bounds = round_bounds(cfg, len(state.dev_ids))
+    assert state.stop_reason == "budget" and bounds.budget == 120
+    assert state.metric_calls <= bounds.max_metric_calls and len(calls) <= bounds.max_reflection_calls
+    assert state.metric_calls > bounds.max_metric_calls / 4  # the bound is not vacuous
