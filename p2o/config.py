@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import math
 import os
@@ -162,10 +163,19 @@ class Malloc(Choice):
 
 
 # ----------------------------------------------------------------------------- section checks
+@functools.cache
+def _choice_fields(cls: type) -> dict[str, type[Choice]]:
+    """The Choice-typed fields of a section class."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)
+            if isinstance(hints[f.name], type) and issubclass(hints[f.name], Choice)}
+
+
 class _Section:
     """Base of the config sections: `__post_init__` checks the fields and names them by dotted key.
 
-    Every int/float field (lists of them too) must be finite and >= 0; `_check` adds the section's own
+    A choice given as a plain string (direct construction, assignment) becomes its enum member or fails;
+    every int/float field (lists of them too) must be finite and >= 0; `_check` adds the section's own
     ranges and cross-field rules. Sections are checked again by `validate` (they may be changed after
     construction)."""
 
@@ -175,6 +185,12 @@ class _Section:
         self.check()
 
     def check(self) -> None:
+        for name, choice in _choice_fields(type(self)).items():
+            value = getattr(self, name)
+            if not isinstance(value, choice):
+                if value not in choice.values():
+                    self._fail(name, "one of " + ", ".join(choice.values()))
+                setattr(self, name, choice(value))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             numbers = value if isinstance(value, list) else [value]

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from p2o.config import (
     Choice,
     ConfigError,
+    Engine,
     GEPAMode,
     LossAgg,
     RolloutConfig,
@@ -169,6 +170,10 @@ def test_post_init_checks_run_on_construction_and_in_omegaconf_to_object():
     with pytest.raises(ConfigError) as info:
         RolloutConfig(top_p=0.0)
     assert info.value.key == "rollout.top_p"
+    with pytest.raises(ConfigError) as info:
+        RolloutConfig(engine="tpu")  # a plain string given directly is checked like a YAML value
+    assert info.value.key == "rollout.engine" and "hf, vllm" in info.value.expected
+    assert RolloutConfig(engine="vllm").engine is Engine.VLLM
     merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.from_dotlist(["rollout.top_p=0"]))
     with pytest.raises(ConfigError, match="rollout.top_p"):
         OmegaConf.to_object(merged)
