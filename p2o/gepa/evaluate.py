@@ -28,6 +28,12 @@ class RequestRefused(RuntimeError):
     The message names the limit and the config keys that size the request; the job fails with it."""
 
 
+def is_refusal(job_error: str) -> bool:
+    """Whether a failed job's error ("<exception type>: <message>", as the job status reports it) is a
+    `RequestRefused` (or its `PromptTooLong`): a configuration error that every later round would repeat."""
+    return job_error.startswith(("RequestRefused:", "PromptTooLong:"))
+
+
 @dataclass
 class EvalItem:
     template: str

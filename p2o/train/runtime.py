@@ -224,6 +224,11 @@ class Runtime:
         metrics = {k: status.get(k) for k in ("iteration", "budget_used", "budget_total", "pool_size", "best_dev_score")}
         metrics["gepa_wall_s"] = time.time() - job.get("submitted_at", time.time())
         if state != "done":
+            from p2o.gepa.evaluate import is_refusal
+
+            if state == "failed" and is_refusal(status.get("error") or ""):  # every later round would fail alike
+                raise RuntimeError(f"GEPA job {job['job_id']} failed on a configuration error (p2o train --dry-run "
+                                   f"prints the limits): {status.get('error')}")
             log.warning("GEPA job %s ended %s: %s; no templates from it", job["job_id"], state, status.get("error"))
             return {"assignment": {}, "metrics": {**metrics, "failed": 1}}
         result = client.result(job["job_id"])
