@@ -21,8 +21,10 @@ missing, cut-off or over-long results are "unusable": counted and skipped by the
 function (the OpenAI-compatible client in `p2o.gepa.reflect_client`, or a scripted one in tests). A failed
 call is a "failed" proposal, except a refused one (`RequestRefused`: a limit that does not fit, a
 configuration error), which propagates and fails the GEPA job. When the endpoint reports the meta-prompt as
-too long with its token counts (`PromptTooLong`; the approximate count can undershoot, e.g. on digit-heavy
-text), the prompt is fitted once more to the reported limit before the refusal is raised.
+too long with its token counts (`PromptTooLong`) and its limit is at least the configured budget, our
+approximate count came out low (e.g. on digit-heavy text): the prompt is fitted once more to the reported
+count. A limit below the configured budget is a mismatch between reflection.context_tokens and the
+endpoint, and is raised at once.
 """
 from __future__ import annotations
 
@@ -297,9 +299,12 @@ class Reflector:
                 completion = self.complete(prompt)
                 break
             except PromptTooLong as e:
-                if attempt or not (e.prompt_tokens and e.limit and 0 < e.limit < e.prompt_tokens):
+                # the endpoint takes fewer tokens than the config promised (a limit mismatch), or it reports no
+                # count, or the refit did not help: a configuration error
+                if attempt or not (e.prompt_tokens and e.limit and self.budget_tokens <= e.limit < e.prompt_tokens):
                     raise
-                # our count was an estimate: refit to the endpoint's own count, with 5% to spare
+                # the endpoint has the room we were configured for and our count was an estimate that came out
+                # low: refit to the endpoint's own count, with 5% to spare
                 budget = int(self.counter.count(prompt) * e.limit / e.prompt_tokens * 0.95)
                 log.info("reflection prompt of %d tokens over the endpoint's %d: refitting to %d estimated tokens",
                          e.prompt_tokens, e.limit, budget)

@@ -223,3 +223,16 @@ def test_refit_that_leaves_no_example_is_unusable(small_reflection_gateway):
     long_template = "7 " * 400  # estimated at 229 tokens, really 800: after the refit no example fits next to it
     proposal = reflector.propose_one(ReflectionRequest(long_template, _digits_request(1).examples))
     assert proposal == Proposal("unusable", detail="no example fits the reflection context")
+
+
+def test_endpoint_smaller_than_the_configured_context_is_raised_without_a_refit():
+    """A limit below the configured budget is a mismatch, not an estimate error: no refit hides it."""
+    server = _Server(lambda body: (400, {"error": {"message": "prompt 0 has 900 tokens; the gateway limit is 500",
+                                                   "param": "prompt"}})).start()
+    try:
+        client = ReflectionClient(config(server.url, context_tokens=8192, max_tokens=512), sleep=lambda s: None)
+        with pytest.raises(PromptTooLong, match="the gateway limit is 500"):
+            Reflector(client, 8192, 512).propose_one(_digits_request(1))
+        assert len(server.requests) == 1
+    finally:
+        server.stop()
