@@ -260,7 +260,7 @@ def test_paper_configs_use_the_authors_user_prompt():
     authors = "Let's think step by step and output the final answer within \\boxed{}.\nQuestion: {question}"
     assert AUTHORS_USER_TEMPLATE == authors
     paper = sorted(glob.glob(str(REPO / "configs" / "qwen3_*.yaml")) + glob.glob(str(REPO / "configs" / "scaling" / "*.yaml")))
-    assert len(paper) == 8  # P2O DeepMath/DeepScaleR, the two GRPO baselines, four scaling configs
+    assert len(paper) >= 8  # P2O DeepMath/DeepScaleR, the two GRPO baselines, four scaling configs, ...
     for path in paper:
         assert load_config(path).prompt.user_template == authors, path
     assert user_text("What is 1+1?", authors) == ("Let's think step by step and output the final answer within "

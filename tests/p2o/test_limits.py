@@ -23,7 +23,7 @@ def model_json(tmp_path: Path, max_pos: int) -> str:
 
 
 def test_paper_configs_derive_a_policy_gateway_that_serves_gepa():
-    assert len(PAPER) == 6
+    assert len(PAPER) >= 6
     for path in PAPER:
         cfg = load_config(path)
         assert cfg.gepa.eval_max_tokens == 12288
