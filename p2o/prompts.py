@@ -1,6 +1,7 @@
 """Prompt construction, used identically for rollouts, the distillation context, GEPA evaluation and benchmarks.
 
-- user(x): `prompt.user_template` with '{question}' replaced by the problem text.
+- user(x): `prompt.user_template` with '{question}' replaced by the problem text (`DEFAULT_USER_TEMPLATE`; the
+  paper configs use the authors' `AUTHORS_USER_TEMPLATE`).
 - T(x, z) = z.strip() + "\\n\\n" + user(x) inside the user turn; an empty template leaves x unchanged.
 - Chat formatting goes through the tokenizer's chat template with one explicit thinking convention
   (`model.thinking`): Qwen3-style templates receive `enable_thinking`; templates without the switch are
@@ -12,6 +13,9 @@ from typing import Any
 
 INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 DEFAULT_USER_TEMPLATE = "{question} " + INSTRUCTION
+"""user(x) by default: the question, then the instruction."""
+AUTHORS_USER_TEMPLATE = INSTRUCTION + "\nQuestion: {question}"
+"""user(x) of the authors' released code (the instruction, then the question): what the paper configs use."""
 
 
 def user_text(question: str, user_template: str = DEFAULT_USER_TEMPLATE) -> str:

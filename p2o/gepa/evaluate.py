@@ -8,9 +8,11 @@ issue them concurrently (bounded). For every pair it returns an `EvalOutcome`:
 - an unavailable outcome (`error != ""`): the task-model endpoint could not be reached or failed with a
   server error. The search pauses, reports `error` as the pause reason, and retries only those pairs.
 
-Requests the endpoint rejects for good (e.g. a prompt that is too long) are scored 0 with the reason, so
-a bad pair never blocks the search. Implementations: `p2o.gepa.policy_evaluator.PolicyEvaluator`
-(OpenAI-compatible gateway + `p2o.reward.Verifier`).
+A request the endpoint refuses for good (a 4xx other than auth and rate limits: max_tokens or the prompt
+over the gateway's limit, an unknown model) is a configuration error, never a score: the evaluator raises
+`RequestRefused`, the search does not catch it, and the GEPA job fails with the message (scoring refusals
+as 0 once turned a whole run into plain GRPO without a word). Implementations:
+`p2o.gepa.policy_evaluator.PolicyEvaluator` (OpenAI-compatible gateway + `p2o.reward.Verifier`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from p2o.data.problem import Problem
+
+
+class RequestRefused(RuntimeError):
+    """An endpoint refused a request for good (a limit or setting that does not fit): a configuration error.
+    The message names the limit and the config keys that size the request; the job fails with it."""
+
+
+def is_refusal(job_error: str) -> bool:
+    """Whether a failed job's error ("<exception type>: <message>", as the job status reports it) is a
+    `RequestRefused` (or its `PromptTooLong`): a configuration error that every later round would repeat."""
+    return job_error.startswith(("RequestRefused:", "PromptTooLong:"))
 
 
 @dataclass

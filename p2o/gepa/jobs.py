@@ -16,6 +16,7 @@ Endpoints are built per job by `evaluator_factory(spec, gepa_cfg, reward_cfg)` a
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import queue
@@ -30,7 +31,7 @@ from p2o.gepa.evaluate import Evaluator
 from p2o.gepa.protocol import FINAL_STATES, GEPAJobSpec, JobStatus
 from p2o.gepa.reflect import Reflector
 from p2o.gepa.result import GEPAResult, build_result
-from p2o.gepa.search import Search, SearchHooks, SearchState, new_state
+from p2o.gepa.search import Search, SearchHooks, SearchState, dev_count, metric_budget, new_state
 from p2o.gepa.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,10 @@ def default_evaluator(spec: GEPAJobSpec, gepa: GEPAConfig, reward: RewardConfig)
 
 def default_reflector(spec: GEPAJobSpec, gepa: GEPAConfig, reflection: ReflectionConfig) -> Reflector:
     from p2o.gepa.reflect_client import ReflectionClient
+    from p2o.limits import DEFAULT_REFLECTION_CONTEXT_TOKENS
 
+    if not reflection.context_tokens:  # 0: not derived by the submitter (the trainer always sends its value)
+        reflection = dataclasses.replace(reflection, context_tokens=DEFAULT_REFLECTION_CONTEXT_TOKENS)
     client = ReflectionClient(reflection)
     return Reflector(client, reflection.context_tokens, reflection.max_tokens,
                      max_template_chars=gepa.max_template_chars, concurrency=reflection.concurrency)
@@ -133,7 +137,8 @@ class JobManager:
                 return job_id, False
             gepa, _, _ = spec.configs()
             now = time.time()
-            st = JobStatus(job_id, "queued", budget_total=gepa.budget_metric_calls, policy_version=spec.policy_version,
+            budget = metric_budget(gepa, dev_count(len(spec.problems), gepa.dev_size))
+            st = JobStatus(job_id, "queued", budget_total=budget, policy_version=spec.policy_version,
                            idempotency_key=key, fingerprint=fp, created_at=now, updated_at=now)
             self.store.write(job_id, "spec", spec.to_dict())
             self.store.write(job_id, "status", st.to_dict())
@@ -229,7 +234,7 @@ class JobManager:
         if state.stop_reason == "cancelled":
             self._set(job_id, state="cancelled", stop_reason="cancelled", pause_reason="")
             return
-        result = build_result(state, spec.k, gepa.seed, gepa.budget_metric_calls, gepa.accounting,
+        result = build_result(state, spec.k, gepa.seed, metric_budget(gepa, len(state.dev_ids)), gepa.accounting,
                               spec.same_template_in_group, spec.leave_one_untemplated, spec.policy_version,
                               gepa.solved_at)
         self.store.write(job_id, "result", result.to_dict())

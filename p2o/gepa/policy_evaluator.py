@@ -13,8 +13,11 @@ sent with at most `concurrency` requests in flight; all responses are then verif
 the verifier accepts.
 
 Connection errors, timeouts, 429, 5xx and 401/403 make the pair *unavailable* (`EvalOutcome.error`): the
-search pauses and retries it. Other 4xx (the request itself is bad, e.g. the prompt is too long) score 0
-with the reason, so one bad problem cannot stall the job.
+search pauses and retries it. Any other 4xx is our own gateway refusing the request for good (max_tokens,
+n or the prompt over its limits, the body too large, an unknown model): `evaluate` raises `RequestRefused`
+naming the limit and the config keys behind it (see `refusal_message`), and the GEPA job fails. It is never
+scored 0: a refused request says nothing about the candidate, and scoring every refusal as 0 is how a
+limit mismatch once made every child look useless and the run silently plain GRPO.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from typing import Any, Protocol
 
 import openai
 
-from p2o.gepa.evaluate import EvalItem, EvalOutcome
+from p2o.gepa.evaluate import EvalItem, EvalOutcome, RequestRefused
 from p2o.prompts import DEFAULT_USER_TEMPLATE, messages
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,32 @@ def classify_error(e: Exception) -> tuple[bool, str]:
     return False, f"{type(e).__name__}: {e}"[:300]
 
 
+def error_detail(e: openai.APIStatusError) -> tuple[str, str]:
+    """(message, param) of an OpenAI-style error body."""
+    body = e.body if isinstance(e.body, dict) else {}
+    err = body.get("error", body) if isinstance(body.get("error", body), dict) else {}
+    return str(err.get("message") or e.message or e)[:500], str(err.get("param") or "")
+
+
+def refusal_message(status: int, message: str, param: str, item: EvalItem, max_tokens: int, n: int) -> str:
+    """Why a scoring request was refused, with the config keys that size it."""
+    what = {
+        "max_tokens": f"gepa.eval_max_tokens = {max_tokens} must fit the policy gateway's max_tokens limit "
+                      "(rollout.gateway_max_tokens; 0 derives it from gepa.eval_max_tokens)",
+        "n": f"gepa.eval_n = {n} must fit the policy gateway's n limit (max of rollout.max_batch_size, rollout.n "
+             "and gepa.eval_n)",
+        "prompt": f"the scoring prompt T(x, z) of problem {item.problem.id!r} with a template of "
+                  f"{len(item.template)} characters must fit rollout.max_prompt_tokens (templates are at most "
+                  "reflection.max_tokens / gepa.max_template_chars long)",
+    }.get(param)
+    if what is None and status == 413:
+        what = "the request body must fit rollout.gateway_max_body_bytes"
+    if what is None and status == 404:
+        what = "the job's policy_model must be the model the policy gateway serves"
+    return (f"the policy endpoint refused a scoring request with HTTP {status}: {message} -- a configuration "
+            f"error: {what or 'the request GEPA sends does not fit the gateway'}")
+
+
 class PolicyEvaluator:
     def __init__(self, base_url: str, model: str, scorer: Scorer, *, user_template: str = DEFAULT_USER_TEMPLATE,
                  system: str = "", thinking: str = "off", temperature: float = 0.0, n: int = 1,
@@ -78,14 +107,18 @@ class PolicyEvaluator:
         return body
 
     def _generate(self, item: EvalItem) -> tuple[list[str], int | None, str, bool]:
-        """(response texts, policy version, error, unavailable?)."""
+        """(response texts, policy version, error, unavailable?); a refused request raises RequestRefused."""
         try:
             resp = self.client.chat.completions.create(
                 model=self.model, messages=messages(item.problem.question, item.template, self.user_template,
                                                     self.system),
                 temperature=self.temperature, n=self.n, max_tokens=self.max_tokens, extra_body=self._extra_body())
-        except Exception as e:  # noqa: BLE001 - classified below; nothing escapes a wave
+        except Exception as e:  # noqa: BLE001 - classified below
             unavailable, text = classify_error(e)
+            if not unavailable and isinstance(e, openai.APIStatusError) and 400 <= e.status_code < 500:
+                message, param = error_detail(e)
+                raise RequestRefused(refusal_message(e.status_code, message, param, item, self.max_tokens,
+                                                     self.n)) from e
             return [], None, text, unavailable
         texts = [(c.message.content or "") for c in resp.choices]
         version = (resp.model_extra or {}).get("policy_version")
@@ -95,7 +128,7 @@ class PolicyEvaluator:
         if not items:
             return []
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(items)))) as pool:
-            generated = list(pool.map(self._generate, items))
+            generated = list(pool.map(self._generate, items))  # re-raises the first RequestRefused
         pairs, owners = [], []
         for k, (texts, _, _, _) in enumerate(generated):
             for t in texts:
@@ -109,8 +142,8 @@ class PolicyEvaluator:
         for k, (texts, version, error, unavailable) in enumerate(generated):
             if unavailable:
                 out.append(EvalOutcome(error=error))
-            elif error or not texts:
-                out.append(EvalOutcome(score=0.0, reason=f"request rejected: {error or 'no choices returned'}",
+            elif error or not texts:  # a 200 without choices: the endpoint answered, with nothing to score
+                out.append(EvalOutcome(score=0.0, reason=f"no answer: {error or 'no choices returned'}",
                                        policy_version=version))
             else:
                 vs = per_item[k]

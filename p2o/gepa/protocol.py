@@ -127,6 +127,8 @@ class GEPAJobSpec:
             except OmegaConfBaseException as e:
                 key = getattr(e, "full_key", "") or "?"
                 raise SpecError(f"{name}.{key}", str(e).splitlines()[0]) from e
+            except ConfigError as e:  # a section's own checks (its __post_init__) name the full key
+                raise SpecError(e.key, f"got {e.value!r}; expected {e.expected}") from e
         if not run.reflection.base_url:
             raise SpecError("reflection.base_url", "empty; expected the reflection endpoint's base URL")
         if not run.reflection.model:

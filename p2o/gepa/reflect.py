@@ -18,7 +18,13 @@ is dropped; an unclosed final fence is accepted unless the answer was cut off by
 missing, cut-off or over-long results are "unusable": counted and skipped by the search, never raised.
 
 `Reflector` turns `ReflectionRequest`s into `Proposal`s concurrently through an injected `complete(prompt)`
-function (the OpenAI-compatible client in `p2o.gepa.reflect_client`, or a scripted one in tests).
+function (the OpenAI-compatible client in `p2o.gepa.reflect_client`, or a scripted one in tests). A failed
+call is a "failed" proposal, except a refused one (`RequestRefused`: a limit that does not fit, a
+configuration error), which propagates and fails the GEPA job. When the endpoint reports the meta-prompt as
+too long with its token counts (`PromptTooLong`) and its limit is at least the configured budget, our
+approximate count came out low (e.g. on digit-heavy text): the prompt is fitted once more to the reported
+count. A limit below the configured budget is a mismatch between reflection.context_tokens and the
+endpoint, and is raised at once.
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from p2o.gepa.evaluate import RequestRefused
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +100,15 @@ class CompletionFailed(Exception):
 
 class CompletionUnavailable(CompletionFailed):
     """The endpoint is considered down (circuit breaker open): the call was not attempted."""
+
+
+class PromptTooLong(RequestRefused):
+    """The endpoint refused the meta-prompt as longer than its context; `prompt_tokens` and `limit` are the
+    counts it reported (None when its message gives none)."""
+
+    def __init__(self, message: str, prompt_tokens: int | None = None, limit: int | None = None):
+        super().__init__(message)
+        self.prompt_tokens, self.limit = prompt_tokens, limit
 
 
 @dataclass
@@ -273,15 +290,30 @@ class Reflector:
         self.concurrency = concurrency
 
     def propose_one(self, request: ReflectionRequest) -> Proposal:
-        prompt, kept = build_meta_prompt(request.template, request.examples, self.budget_tokens, self.counter)
-        if kept == 0 and request.examples:
-            return Proposal("unusable", detail="no example fits the reflection context")
-        try:
-            completion = self.complete(prompt)
-        except CompletionUnavailable as e:
-            return Proposal("unavailable", detail=str(e))
-        except Exception as e:  # noqa: BLE001 - a failed reflection never stops the search
-            return Proposal("failed", detail=f"{type(e).__name__}: {e}")
+        budget = self.budget_tokens
+        for attempt in (0, 1):
+            prompt, kept = build_meta_prompt(request.template, request.examples, budget, self.counter)
+            if kept == 0 and request.examples:
+                return Proposal("unusable", detail="no example fits the reflection context")
+            try:
+                completion = self.complete(prompt)
+                break
+            except PromptTooLong as e:
+                # the endpoint takes fewer tokens than the config promised (a limit mismatch), or it reports no
+                # count, or the refit did not help: a configuration error
+                if attempt or not (e.prompt_tokens and e.limit and self.budget_tokens <= e.limit < e.prompt_tokens):
+                    raise
+                # the endpoint has the room we were configured for and our count was an estimate that came out
+                # low: refit to the endpoint's own count, with 5% to spare
+                budget = int(self.counter.count(prompt) * e.limit / e.prompt_tokens * 0.95)
+                log.info("reflection prompt of %d tokens over the endpoint's %d: refitting to %d estimated tokens",
+                         e.prompt_tokens, e.limit, budget)
+            except RequestRefused:
+                raise  # a configuration error: the job fails with it
+            except CompletionUnavailable as e:
+                return Proposal("unavailable", detail=str(e))
+            except Exception as e:  # noqa: BLE001 - a failed reflection never stops the search
+                return Proposal("failed", detail=f"{type(e).__name__}: {e}")
         text = completion_text(completion)
         template, why = parse_template(text, truncated=completion.finish_reason == "length",
                                        max_chars=self.max_template_chars)

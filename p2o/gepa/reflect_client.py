@@ -14,12 +14,18 @@ exponential backoff (`backoff_base_s * 2**attempt`, capped at `backoff_max_s`, x
 4xx fail at once. After `breaker_failures` consecutive failed calls the circuit breaker opens: calls fail
 fast with `CompletionUnavailable` for `breaker_cooldown_s`, then probes are let through again and one
 success closes it. The client is thread-safe.
+
+Refusals that no retry can fix are configuration errors, raised as `RequestRefused` (never a silent
+`reflection_failed`): the meta-prompt over the endpoint's context (`PromptTooLong`, with the token counts our
+gateway or vLLM report), max_tokens over its limit (413 body size, 404 unknown model likewise). Each message
+names the config keys behind the request (reflection.context_tokens, reflection.max_tokens, reflection.model).
 """
 from __future__ import annotations
 
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +33,9 @@ from collections.abc import Callable
 import openai
 
 from p2o.config import ReflectionConfig
-from p2o.gepa.policy_evaluator import v1_url
-from p2o.gepa.reflect import Completion, CompletionFailed, CompletionUnavailable
+from p2o.gepa.evaluate import RequestRefused
+from p2o.gepa.policy_evaluator import error_detail, v1_url
+from p2o.gepa.reflect import Completion, CompletionFailed, CompletionUnavailable, PromptTooLong
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,48 @@ def retryable(e: Exception) -> bool:
     return isinstance(e, (openai.APIConnectionError, openai.APITimeoutError))
 
 
+_OURS = re.compile(r"has (\d+) tokens; the gateway limit is (\d+)")
+_VLLM_SPLIT = re.compile(r"maximum context length is (\d+) tokens.*?(\d+) in the messages, (\d+) in the completion",
+                         re.S)
+_VLLM_INPUT = re.compile(r"maximum context length is (\d+) tokens.*?request has (\d+) input tokens", re.S)
+_CONTEXT_WORDS = ("context length", "context window", "too long", "prompt is too long", "maximum context")
+
+
+def prompt_counts(message: str, max_tokens: int) -> tuple[int | None, int | None]:
+    """(prompt tokens, prompt limit) from a context-overflow message of our gateway or vLLM; (None, None)."""
+    if m := _OURS.search(message):
+        return int(m.group(1)), int(m.group(2))
+    if m := _VLLM_SPLIT.search(message):
+        return int(m.group(2)), int(m.group(1)) - int(m.group(3))
+    if m := _VLLM_INPUT.search(message):
+        return int(m.group(2)), int(m.group(1)) - max_tokens
+    return None, None
+
+
+def refusal(e: Exception, cfg: ReflectionConfig) -> RequestRefused | None:
+    """The configuration error a 4xx response stands for, or None when it is an ordinary failed call."""
+    if not isinstance(e, openai.APIStatusError) or not 400 <= e.status_code < 500 or retryable(e):
+        return None
+    status = e.status_code
+    message, param = error_detail(e)
+    low = message.lower()
+    head = (f"the reflection endpoint {cfg.base_url} refused a call with HTTP {status}: {message} -- "
+            "a configuration error: ")
+    if param in ("prompt", "messages") and "token" in low or any(w in low for w in _CONTEXT_WORDS):
+        tokens, limit = prompt_counts(message, cfg.max_tokens)
+        return PromptTooLong(head + f"the meta-prompt is fitted into reflection.context_tokens = {cfg.context_tokens} "
+                             f"- reflection.max_tokens = {cfg.max_tokens} - margin, which must fit what the endpoint "
+                             "accepts (Self-Ref: its gateway is sized from the same keys)", tokens, limit)
+    if param in ("max_tokens", "max_completion_tokens") or "max_tokens" in low:
+        return RequestRefused(head + f"reflection.max_tokens = {cfg.max_tokens} exceeds the endpoint's limit")
+    if status == 413:
+        return RequestRefused(head + f"the meta-prompt (reflection.context_tokens = {cfg.context_tokens}) exceeds "
+                              "the endpoint's body limit")
+    if status == 404:
+        return RequestRefused(head + f"reflection.model = {cfg.model!r} is not served at reflection.base_url")
+    return None
+
+
 class ReflectionClient:
     def __init__(self, cfg: ReflectionConfig, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic, jitter: random.Random | None = None):
@@ -107,7 +156,10 @@ class ReflectionClient:
                 resp = self.client.chat.completions.create(
                     model=self.cfg.model, messages=[{"role": "user", "content": prompt}],
                     temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens, extra_body=self._extra_body())
-            except Exception as e:  # noqa: BLE001 - classified: retry, or fail this call
+            except Exception as e:  # noqa: BLE001 - classified: a configuration error, retry, or fail this call
+                refused = refusal(e, self.cfg)
+                if refused is not None:
+                    raise refused from e
                 last = e
                 if not retryable(e):
                     break

@@ -15,7 +15,9 @@ One iteration (W = `num_parents`, B = `minibatch_size`):
 5. acceptance: child minibatch sum strictly greater than the parent's;
 6. wave 3: accepted children on the whole dev set; they join the pool (fronts update implicitly).
 
-Budget (`budget_metric_calls`, one metric call = one evaluated (template, problem) pair):
+Budget (one metric call = one evaluated (template, problem) pair): `budget_metric_calls`, or with
+`budget: auto` the authors' per-round budget `metric_budget` = dspy's `auto_budget` for 72 candidates on
+this round's dev set, 23 |dev| + 4140 (11040 at dev 300). Accounting:
 
 - ``honest``: every evaluation is charged (seed dev evaluation, parents, children, dev evaluations). An
   iteration starts only when 2B per parent fits; the number of parents is capped to what fits. Dev
@@ -35,13 +37,14 @@ reflection call finds the reflection endpoint down, the search calls `hooks.on_p
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from p2o.config import GEPAConfig
+from p2o.config import Budget, GEPAConfig
 from p2o.data.problem import Problem
 from p2o.gepa.evaluate import EvalItem, EvalOutcome, Evaluator
 from p2o.gepa.pool import Pool, select_parents
@@ -51,6 +54,67 @@ from p2o.prompts import DEFAULT_USER_TEMPLATE, user_text
 log = logging.getLogger(__name__)
 
 AUTHORS_FREE_ITERATIONS = 2
+AUTO_BUDGET_CANDIDATES = 72
+"""The authors' GEPA setting `auto="heavy_4"`: 72 candidates (4 x dspy's heavy = 18)."""
+
+
+# ----------------------------------------------------------------------------- budget
+def auto_budget(num_candidates: int, valset_size: int, num_preds: int = 1, minibatch_size: int = 35,
+                full_eval_steps: int = 5) -> int:
+    """dspy's `GEPA.auto_budget` (which the authors' trainer copies), in metric calls: one full evaluation of the
+    seed, 5 per candidate, `minibatch_size` per trial, and ⌊(N+1)/full_eval_steps⌋ + 1 (+1 when N <
+    full_eval_steps) periodic full evaluations, with N = int(max(4 num_preds log2(C), 1.5 C)) trials.
+    For C = 72: N = 108 and the budget is 23 |dev| + 4140."""
+    trials = int(max(2 * (num_preds * 2) * math.log2(num_candidates), 1.5 * num_candidates))
+    total = valset_size + 5 * num_candidates + trials * minibatch_size
+    if trials == 0:
+        return total
+    periodic = (trials + 1) // full_eval_steps + 1 + (1 if full_eval_steps > trials else 0)
+    return total + periodic * valset_size
+
+
+def dev_count(n_problems: int, dev_size: int) -> int:
+    """Size of the dev split of a hard set of `n_problems` (`split_hard_set`)."""
+    return n_problems // 2 if n_problems < 1.5 * dev_size else dev_size
+
+
+def metric_budget(cfg: GEPAConfig, n_dev: int) -> int:
+    """The round's budget in metric calls: `budget_metric_calls`, or `auto_budget` for the round's dev size."""
+    if cfg.budget == Budget.AUTO:
+        return auto_budget(AUTO_BUDGET_CANDIDATES, n_dev)
+    return cfg.budget_metric_calls
+
+
+@dataclass(frozen=True)
+class RoundBounds:
+    """What one GEPA round may cost, from the budget arithmetic alone (before it runs)."""
+
+    budget: int
+    """Charged metric calls."""
+    max_metric_calls: int
+    """Upper bound on evaluated (template, problem) pairs: every call, charged or not."""
+    max_reflection_calls: int
+    """Upper bound on reflection calls (one per parent slot that is not skipped)."""
+
+
+def round_bounds(cfg: GEPAConfig, n_dev: int) -> RoundBounds:
+    """Upper bounds for a round with `n_dev` dev problems (B = minibatch_size, W = num_parents, S = seeds).
+
+    honest: every call is charged; the last iteration's accepted children overshoot by at most W |dev|; each
+    reflection follows a charged parent minibatch (B calls) after the seeds' S |dev|.
+    authors: the seeds and iterations 0 and 1 are free (at most 2 (2BW + W |dev|)), later iterations charge B per
+    parent and |dev| per accepted child but really cost up to twice that (the children's minibatches), and the
+    last one may charge BW + W |dev| past the budget: S |dev| + 2 budget + 6BW + 4W |dev|; reflections <=
+    2W + (budget + BW + W |dev|) / B."""
+    budget = metric_budget(cfg, n_dev)
+    b, w = cfg.minibatch_size, cfg.num_parents
+    seeds = 1 + len({z.strip() for z in cfg.seed_templates if z.strip()} - {""})
+    if cfg.accounting == "honest":
+        return RoundBounds(budget, budget + w * n_dev, max(0, budget - seeds * n_dev) // b)
+    charged_max = budget + b * w + w * n_dev
+    free = AUTHORS_FREE_ITERATIONS * (2 * b * w + w * n_dev)
+    return RoundBounds(budget, seeds * n_dev + free + 2 * charged_max,
+                       AUTHORS_FREE_ITERATIONS * w + charged_max // b)
 
 
 # ----------------------------------------------------------------------------- records
@@ -146,7 +210,7 @@ def split_hard_set(ids: Sequence[str], dev_size: int, rng: random.Random) -> tup
         raise ValueError(f"the hard set has {len(ids)} problem(s); GEPA needs at least 2 (a dev and a feedback one)")
     order = list(ids)
     rng.shuffle(order)
-    n_dev = len(order) // 2 if len(order) < 1.5 * dev_size else dev_size
+    n_dev = dev_count(len(order), dev_size)
     return order[:n_dev], order[n_dev:]
 
 
@@ -189,6 +253,8 @@ class Search:
         self.state = state
         self.user_template = user_template
         self.hooks = hooks or SearchHooks()
+        self.budget = metric_budget(cfg, len(state.dev_ids))
+        """This round's budget in metric calls (fixed, or auto from the dev size)."""
         self._mark = self.hooks.clock()
         missing = [pid for pid in state.dev_ids + state.feedback_ids if pid not in self.problems]
         if missing:
@@ -281,10 +347,10 @@ class Search:
             return "wall_time"
         if cfg.no_improvement_iters and st.iters_since_accept >= cfg.no_improvement_iters:
             return "no_improvement"
-        if cfg.accounting == "honest" and cfg.budget_metric_calls - st.charged < 2 * self._b():
+        if cfg.accounting == "honest" and self.budget - st.charged < 2 * self._b():
             return "budget"
         if (cfg.accounting == "authors" and st.iteration >= AUTHORS_FREE_ITERATIONS
-                and cfg.budget_metric_calls - st.charged <= 0):
+                and self.budget - st.charged <= 0):
             return "budget"
         return None
 
@@ -297,12 +363,12 @@ class Search:
         rng.setstate(st.rng_state)
         w = cfg.num_parents
         if cfg.accounting == "honest":
-            w = min(w, (cfg.budget_metric_calls - st.charged) // (2 * self._b()))
+            w = min(w, (self.budget - st.charged) // (2 * self._b()))
         parents = select_parents(st.pool, w, cfg.parent_selection, rng)
         charge = cfg.accounting == "honest" or st.iteration >= AUTHORS_FREE_ITERATIONS
         last = False
         if cfg.accounting == "authors" and st.iteration >= AUTHORS_FREE_ITERATIONS:
-            remaining = cfg.budget_metric_calls - st.charged
+            remaining = self.budget - st.charged
             last = remaining < self._b() * len(parents) + len(st.dev_ids) * len(parents)
         minibatches = [self._draw_minibatch(rng) for _ in parents]
         st.rng_state = rng.getstate()

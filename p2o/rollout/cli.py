@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from p2o.config import ConfigError, load_config
+    from p2o.limits import resolve_limits
     from p2o.models import resolve_model_dir
     from p2o.rollout.factory import build_engine, build_gateway
 
@@ -42,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     model_dir = resolve_model_dir(cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
     engine = build_engine(cfg.rollout, cfg.model, model_dir)
     gateway = build_gateway(engine, engine.tokenizer, cfg.rollout, args.served_model_name or cfg.model.path,
-                            thinking=cfg.model.thinking)
+                            thinking=cfg.model.thinking, size=resolve_limits(cfg, model_dir).policy_gateway)
     gateway.serve_forever(ready=lambda url: print(f"p2o serve: {cfg.model.path} ({cfg.rollout.engine} engine) "
                                                   f"listening on {url} -- Ctrl-C to stop", flush=True))
     return 0

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from p2o.config import ModelConfig, RolloutConfig
+from p2o.limits import GatewaySize
 from p2o.rollout.engine import RolloutEngine
 from p2o.rollout.gateway import Gateway
 from p2o.rollout.serving import GatewayLimits
@@ -40,18 +41,25 @@ def build_engine(rollout: RolloutConfig, model: ModelConfig, model_dir: str | Pa
                                     max_prompt_tokens=rollout.max_prompt_tokens, **kwargs)
 
 
-def gateway_limits(rollout: RolloutConfig, thinking: str = "off") -> GatewayLimits:
+def gateway_limits(rollout: RolloutConfig, thinking: str = "off", size: GatewaySize | None = None) -> GatewayLimits:
+    """The gateway's request limits: sizes from `size` (`p2o.limits.resolve_limits`, which derives them from the
+    whole config: the policy gateway must serve GEPA's scoring requests, the reflection gateway the meta-prompt),
+    else from `rollout` alone; queue timeout and thinking convention from `rollout` / `thinking`."""
     from p2o.prompts import chat_template_kwargs
 
-    return GatewayLimits(max_body_bytes=rollout.gateway_max_body_bytes, max_prompt_tokens=rollout.max_prompt_tokens,
-                         max_tokens=rollout.gateway_max_tokens, max_n=max(rollout.max_batch_size, rollout.n),
+    if size is None:
+        size = GatewaySize(max_prompt_tokens=rollout.max_prompt_tokens,
+                           max_tokens=rollout.gateway_max_tokens or rollout.max_new_tokens,
+                           max_n=max(rollout.max_batch_size, rollout.n), max_body_bytes=rollout.gateway_max_body_bytes)
+    return GatewayLimits(max_body_bytes=size.max_body_bytes, max_prompt_tokens=size.max_prompt_tokens,
+                         max_tokens=size.max_tokens, max_n=size.max_n,
                          request_timeout_s=rollout.gateway_request_timeout_s,
                          chat_template_kwargs=chat_template_kwargs(thinking))
 
 
 def build_gateway(engine: RolloutEngine, tokenizer: Any, rollout: RolloutConfig, model_name: str,
-                  thinking: str = "off") -> Gateway:
-    """A gateway (not started) with the configured host, port, queue and limits."""
+                  thinking: str = "off", size: GatewaySize | None = None) -> Gateway:
+    """A gateway (not started) with the configured host, port, queue and limits (`gateway_limits`)."""
     return Gateway(engine, tokenizer, model_name=model_name, host=rollout.gateway_host, port=rollout.gateway_port,
                    max_batch_sequences=rollout.max_batch_size, max_queue=rollout.gateway_max_queue,
-                   limits=gateway_limits(rollout, thinking), token_env=rollout.gateway_token_env)
+                   limits=gateway_limits(rollout, thinking, size), token_env=rollout.gateway_token_env)

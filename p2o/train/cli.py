@@ -1,5 +1,8 @@
 """`p2o train --config X.yaml [key=value ...]`: run P2O (or plain GRPO with p2o.enabled=false).
 
+`--dry-run` runs every validation, resolves the derived limits, prints the plan (components, limits, budgets,
+GEPA calls) and exits 0 / 2 without loading a model or starting torch.distributed (`p2o.dry_run`).
+
 When the layout needs several processes (parallel.tp x parallel.pp, or train.nproc) and the command is not
 already running under torchrun, it relaunches itself with `torch.distributed.run --standalone`.
 Exit codes: 0 done, 2 bad config, 75 checkpointed after SIGUSR1/SIGTERM (requeue and run again with
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML config (configs/*.yaml)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate, resolve the derived limits, print the plan and exit (0 ok, 2 bad config)")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. rollout.n=8 parallel.tp=2")
 
 
@@ -35,6 +40,9 @@ def _write_summary(run_dir: Path, summary: dict) -> None:
 def main(args: argparse.Namespace) -> int:
     from p2o.config import ConfigError, load_config
 
+    if args.dry_run:
+        from p2o.dry_run import dry_run
+        return dry_run(args.config, list(args.overrides))
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

@@ -9,7 +9,6 @@ Every rank holds its part of the Megatron policy. Small Python objects move betw
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import secrets
@@ -27,6 +26,7 @@ import torch.distributed as dist
 from p2o.config import RunConfig, to_yaml
 from p2o.data import load_eval_problems, load_train_problems
 from p2o.data.problem import Problem
+from p2o.limits import check_prompt_lengths, reflection_rollout, resolve_limits
 from p2o.models import resolve_model_dir
 from p2o.train.rows import plan_requests, to_rows
 
@@ -226,6 +226,11 @@ class Runtime:
         metrics = {k: status.get(k) for k in ("iteration", "budget_used", "budget_total", "pool_size", "best_dev_score")}
         metrics["gepa_wall_s"] = time.time() - job.get("submitted_at", time.time())
         if state != "done":
+            from p2o.gepa.evaluate import is_refusal
+
+            if state == "failed" and is_refusal(status.get("error") or ""):  # every later round would fail alike
+                raise RuntimeError(f"GEPA job {job['job_id']} failed on a configuration error (p2o train --dry-run "
+                                   f"prints the limits): {status.get('error')}")
             log.warning("GEPA job %s ended %s: %s; no templates from it", job["job_id"], state, status.get("error"))
             return {"assignment": {}, "metrics": {**metrics, "failed": 1}}
         result = client.result(job["job_id"])
@@ -322,11 +327,15 @@ def build_runtime(cfg: RunConfig) -> Runtime:
         dist.barrier()
     model_dir = resolve_model_dir(cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    train_problems, eval_problems = load_train_problems(cfg.data), load_eval_problems(cfg.data)
+    resolve_limits(cfg, model_dir)  # the limits again, against the resolved model, before anything heavy
+    check_prompt_lengths(cfg, tokenizer, train_problems, "data.source")
+    check_prompt_lengths(cfg, tokenizer, eval_problems, "data.eval_source")
     policy = MegatronPolicy.from_config(cfg, model_dir, layout)
     reference = MegatronScorer.frozen(cfg, model_dir, layout) if cfg.grpo.kl_coef > 0 else None
     rt = Runtime(cfg=cfg, run_dir=run_dir, rank=rank, world_size=world, policy=policy, tokenizer=tokenizer,
-                 model_dir=model_dir, reference=reference, train_problems=load_train_problems(cfg.data),
-                 eval_problems=load_eval_problems(cfg.data))
+                 model_dir=model_dir, reference=reference, train_problems=train_problems,
+                 eval_problems=eval_problems)
     rt._closers.append(lambda: policy.close() if hasattr(policy, "close") else None)
     if rank != 0:
         return rt
@@ -347,16 +356,19 @@ def _build_rank0(rt: Runtime) -> None:
     rt.gpu = GPUSampler()
     rt.verifier = Verifier(cfg.reward)
     rt._closers.append(rt.verifier.close)
+    limits = resolve_limits(cfg, rt.model_dir)
     engine = build_engine(cfg.rollout, cfg.model, rt.model_dir)
-    rt.gateway = build_gateway(engine, rt.tokenizer, cfg.rollout, "policy", cfg.model.thinking).start()
+    rt.gateway = build_gateway(engine, rt.tokenizer, cfg.rollout, "policy", cfg.model.thinking,
+                               limits.policy_gateway).start()
     rt._closers.append(rt.gateway.stop)
     rt.gateway.scheduler.pause()
     if not cfg.p2o.enabled:
         return
     if cfg.reflection.mode == "self":  # Self-Ref: the frozen initial model behind a second gateway
-        frozen = build_engine(cfg.rollout, cfg.model, rt.model_dir)
-        free_port = dataclasses.replace(cfg.rollout, gateway_port=0)
-        rt.reflection_gateway = build_gateway(frozen, rt.tokenizer, free_port, "reflection", cfg.model.thinking).start()
+        frozen_rollout = reflection_rollout(cfg, limits)  # a free port; prompts up to the reflection context
+        frozen = build_engine(frozen_rollout, cfg.model, rt.model_dir)
+        rt.reflection_gateway = build_gateway(frozen, rt.tokenizer, frozen_rollout, "reflection", cfg.model.thinking,
+                                              limits.reflection_gateway).start()
         rt._closers.append(rt.reflection_gateway.stop)
     from p2o.gepa.client import GEPAClient
 

@@ -170,8 +170,8 @@ def test_bad_inputs_name_the_argument():
 
 def test_dispatch(monkeypatch):
     from kernels.dispatch import BACKENDS
-    from p2o.config import _CHOICES
-    assert _CHOICES["train.kernel_backend"] == BACKENDS
+    from p2o.config import choices
+    assert choices("train.kernel_backend") == BACKENDS
     cpu = torch.device("cpu")
     assert resolve_backend("auto", cpu) == "triton"  # TRITON_INTERPRET=1 in tests
     monkeypatch.setenv("TRITON_INTERPRET", "0")

@@ -167,10 +167,10 @@ def test_kl_term_value_and_gradient_hand_computed(backend):
 
 
 def test_params_follow_grpo_config():
-    from p2o.config import _CHOICES, GRPOConfig
-    assert _CHOICES["grpo.adv_norm"] == ADV_NORMS
-    assert _CHOICES["grpo.loss_agg"] == LOSS_AGGS
-    assert _CHOICES["grpo.kl_type"] == KL_TYPES
+    from p2o.config import GRPOConfig, choices
+    assert choices("grpo.adv_norm") == ADV_NORMS
+    assert choices("grpo.loss_agg") == LOSS_AGGS
+    assert choices("grpo.kl_type") == KL_TYPES
     cfg = GRPOConfig()
     p = GRPOLossParams.from_config(cfg)
     assert (p.clip_low, p.clip_high, p.dual_clip, p.loss_agg, p.kl_coef, p.kl_type) == (
