@@ -426,7 +426,11 @@ class RolloutConfig(_Section):
         self._at_least(1, "prompts_per_step", "max_new_tokens", "max_prompt_tokens", "max_batch_size",
                        "gateway_max_queue", "weight_bucket_bytes", "vllm_tp", "gateway_max_body_bytes")
         self._at_least(2, "n")
-        self._above(0, "temperature", "gateway_request_timeout_s")
+        self._above(0, "gateway_request_timeout_s")
+        if self.temperature <= 0:
+            self._fail("temperature", "a number > 0: training log-probs are log softmax(logits / rollout.temperature), "
+                                      "the distribution the rollouts are sampled from (greedy rollouts would also make "
+                                      "the K responses of a prompt identical, so every GRPO advantage would be 0)")
         self._fraction("top_p")
         self._fraction("vllm_gpu_memory_utilization")
         if self.vllm_sleep_level not in (1, 2):
