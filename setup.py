@@ -26,12 +26,16 @@ RUNTIME = [
 ]
 
 EXTRAS = {
-    # One mutually compatible GPU set (README "On a GPU cluster"). NVIDIA apex is built from source, never from PyPI.
+    # The tested GPU set (docs/gpu.md gives the ordered install). Wheels only: Transformer Engine's torch extension
+    # is a source build that must compile against the torch installed here, which an extra cannot express
+    # (`pip install --no-build-isolation` in its own step; `p2o doctor --require te` checks it). flash-attn is not
+    # used (attention runs in TE / vLLM's own kernels). NVIDIA apex is built from source, never from PyPI.
     "gpu": [
-        "vllm==0.33.0",  # pins torch==2.14.0 (CUDA 13) and transformers>=5.16.1,<5.21
+        "torch==2.14.0",  # CUDA 13.0 wheels (driver >= 580); the version vLLM 0.33.0 pins
+        "vllm==0.33.0",  # pins torch==2.14.0 and transformers>=5.16.1,<5.21
         "transformers>=5.16.1,<5.21",
-        "transformer-engine[pytorch]==2.20.2",
-        "flash-attn==2.8.3.post2",
+        "megatron-core==0.16.1",
+        "nvidia-ml-py>=13.580",  # NVML of the CUDA 13 drivers
         "liger-kernel==0.8.5",  # benchmark baseline only
     ],
     "dev": [

@@ -1,9 +1,16 @@
 """Batches of token rows -> Megatron forward(/backward) through `get_forward_backward_func` (any PP schedule).
 
-Rows are right-padded to one sequence length S and grouped into micro-batches of exactly `micro_batch_size`
-rows (the last one filled with empty rows), because the pipeline schedules exchange fixed-shape activations
-[S, micro_batch_size, H]. Right padding needs no attention mask beyond the causal one: real tokens never
-attend to later (pad) positions.
+Rows are grouped into micro-batches of exactly `micro_batch_size` rows (the last one filled with empty rows) and
+right-padded. Each micro-batch is padded to its own longest row, unless pipeline stages exchange activations
+(PP > 1): the schedules then need one fixed shape [S, micro_batch_size, H], the longest row of the whole batch.
+Under sequence parallelism S is rounded up to a multiple of the TP size (Megatron scatters the sequence over the
+TP ranks and requires S % tp == 0). Right padding needs no attention mask beyond the causal one: real tokens
+never attend to later (pad) positions, so padding changes no log-prob.
+
+With bf16 weights the chunks are wrapped in Megatron's `Float16Module`, whose forward upcasts the last stage's
+output to fp32 by default: [B, S, V/TP] logits, or the [S, B, H] hidden states of a hidden-only forward. The
+forward here asks for the model dtype (`fp32_output=False`); the log-prob paths upcast only what they score
+([T, V/TP] rows of logits; the kernels read bf16 hidden states and accumulate in fp32), so results are the same.
 
 Log-probs: `logits[b, t]` scores `tokens[b, t + 1]`; a row `prompt + response` with P prompt tokens scores its
 response tokens at positions P-1 .. P+R-2. Padded vocabulary columns (ids >= the HF vocab size) are set to -inf
@@ -40,26 +47,44 @@ class MicroBatch:
         return int(self.targets.numel())
 
 
+def padded_length(n: int, multiple: int) -> int:
+    """`n` rounded up to a multiple of `multiple` (>= 1)."""
+    return -(-n // multiple) * multiple
+
+
+def sequence_multiple(tp: int, sequence_parallel: bool) -> int:
+    """What every micro-batch's S must be a multiple of: the TP size under sequence parallelism, else 1."""
+    return tp if sequence_parallel and tp > 1 else 1
+
+
 def make_micro_batches(batch: SequenceBatch, micro_batch_size: int, device, pad_id: int = 0,
-                       seq_len: int | None = None, min_micro_batches: int = 1) -> tuple[list[MicroBatch], int]:
-    """Split rows into fixed-shape micro-batches (at least `min_micro_batches`, adding all-padding ones: the
-    interleaved schedule needs >= pp); returns (micro_batches, S)."""
+                       seq_len: int | None = None, min_micro_batches: int = 1, seq_multiple: int = 1,
+                       per_micro_batch: bool = True) -> tuple[list[MicroBatch], int]:
+    """Split rows into micro-batches of `micro_batch_size` rows (at least `min_micro_batches`, adding all-padding
+    ones: the interleaved schedule needs >= pp); returns (micro_batches, S) with S the longest micro-batch.
+
+    Each micro-batch's tokens are [micro_batch_size, S_mb]: S_mb is its own longest row (`per_micro_batch`, for
+    schedules without pipeline stages) or the longest row of the batch (`per_micro_batch=False`, PP > 1), or
+    `seq_len` when given; then rounded up to `seq_multiple` (see `sequence_multiple`)."""
+    if seq_multiple < 1:
+        raise ValueError(f"seq_multiple must be >= 1; got {seq_multiple}")
     if len(batch) == 0:  # e.g. a data-parallel rank with no rows: all-padding micro-batches
         none = torch.empty(0, dtype=torch.long, device=device)
-        S = seq_len or 1
+        S = padded_length(seq_len or 1, seq_multiple)
         return [MicroBatch(torch.full((micro_batch_size, S), pad_id, dtype=torch.long, device=device), [],
                            (none, none), none, slice(0, 0)) for _ in range(min_micro_batches)], S
     lengths = [len(p) + len(r) for p, r in zip(batch.prompt_ids, batch.response_ids, strict=True)]
     for i, p in enumerate(batch.prompt_ids):
         if not p:
             raise ValueError(f"row {i}: empty prompt (the first response token needs a context token)")
-    S = seq_len or max(lengths)
-    if max(lengths) > S:
-        raise ValueError(f"row of {max(lengths)} tokens exceeds the sequence length {S}")
+    if seq_len is not None and max(lengths) > seq_len:
+        raise ValueError(f"row of {max(lengths)} tokens exceeds the sequence length {seq_len}")
+    batch_S = padded_length(seq_len or max(lengths), seq_multiple)
     out: list[MicroBatch] = []
     start_tok = 0
     for start in range(0, len(batch), micro_batch_size):
         rows = list(range(start, min(start + micro_batch_size, len(batch))))
+        S = padded_length(max(lengths[i] for i in rows), seq_multiple) if per_micro_batch and not seq_len else batch_S
         tokens = torch.full((micro_batch_size, S), pad_id, dtype=torch.long)
         bidx, pidx, tgt = [], [], []
         for b, i in enumerate(rows):
@@ -76,9 +101,9 @@ def make_micro_batches(batch: SequenceBatch, micro_batch_size: int, device, pad_
         start_tok += n
     while len(out) < min_micro_batches:
         none = torch.empty(0, dtype=torch.long, device=device)
-        out.append(MicroBatch(torch.full((micro_batch_size, S), pad_id, dtype=torch.long, device=device), [],
+        out.append(MicroBatch(torch.full((micro_batch_size, batch_S), pad_id, dtype=torch.long, device=device), [],
                               (none, none), none, slice(start_tok, start_tok)))
-    return out, S
+    return out, max(mb.tokens.shape[1] for mb in out)
 
 
 def causal_inputs(batch_size: int, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,26 +141,38 @@ def run_schedule(chunks: list, layout, micro_batches: list[MicroBatch], seq_len:
                  loss_func: Callable[[MicroBatch, torch.Tensor], tuple], forward_only: bool,
                  collect_non_loss_data: bool = False, hidden_only: bool = False) -> list:
     """Run Megatron's forward(/backward) schedule over `micro_batches`; returns what the last stage's loss_func
-    reported, per micro-batch (empty elsewhere). `loss_func(mb, output)` gets logits [B, S, V_local] (or final
-    hidden states [S, B, H] with `hidden_only`)."""
+    reported, per micro-batch (empty elsewhere). `loss_func(mb, output)` gets logits [B, S_mb, V_local] (or final
+    hidden states [S_mb, B, H] with `hidden_only`) in the model's dtype. `seq_len`: the pipeline's activation
+    length (every micro-batch's S_mb when PP > 1)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.transformer.module import Float16Module
 
     mbs = micro_batches[0].tokens.shape[0]
-    pos, mask = causal_inputs(mbs, seq_len, layout.device)
+    if layout.pp > 1 and any(mb.tokens.shape[1] != seq_len for mb in micro_batches):
+        raise ValueError(f"pipeline parallelism needs every micro-batch at S = {seq_len}; got "
+                         f"{sorted({mb.tokens.shape[1] for mb in micro_batches})} (make_micro_batches with "
+                         "per_micro_batch=False)")
+    masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def forward_step(data_iterator, model):
         mb = next(data_iterator)
-        inner = model
+        S = mb.tokens.shape[1]
+        if S not in masks:
+            masks[S] = causal_inputs(mbs, S, layout.device)
+        pos, mask = masks[S]
+        inner, half = model, False
         while hasattr(inner, "module"):
+            half = half or isinstance(inner, Float16Module)
             inner = inner.module
+        kwargs = {"fp32_output": False} if half else {}  # no fp32 copy of [B, S, V/TP] logits / [S, B, H] hidden
         if hidden_only and inner.post_process:
             inner.post_process = False  # GPTModel then returns the final (normed) hidden states
             try:
-                out = model(mb.tokens, pos, mask)
+                out = model(mb.tokens, pos, mask, **kwargs)
             finally:
                 inner.post_process = True
         else:
-            out = model(mb.tokens, pos, mask)
+            out = model(mb.tokens, pos, mask, **kwargs)
         return out, lambda output, non_loss_data=False: loss_func(mb, output)
 
     data = [iter(micro_batches) for _ in chunks] if len(chunks) > 1 else iter(micro_batches)

@@ -20,8 +20,8 @@ What it does:
   distributed optimizer (`parallel.distributed_optimizer`), linear warmup over `optim.warmup_steps` then constant LR.
 - data parallelism: every rank receives the whole batch; DP rank r takes the r-th contiguous share of the rows
   (log-probs are all-gathered back into row order, so every rank returns the full [T]).
-- step: rows are split into micro-batches of `grpo.micro_batch_size` and run through `get_forward_backward_func`
-  (no PP, 1F1B, or interleaved). The caller's loss is already globally normalised, so micro-batch losses are summed:
+- step: rows are split into micro-batches of `grpo.micro_batch_size`, each padded to its own longest row (to the
+  batch's longest under PP), and run through `get_forward_backward_func` (no PP, 1F1B, or interleaved). The caller's loss is already globally normalised, so micro-batch losses are summed:
   the value handed to Megatron is multiplied by num_microbatches x dp_size, undoing Megatron's averaging over
   micro-batches and data-parallel ranks.
 - log-probs: vocab-parallel log-softmax of logits / `rollout.temperature` (the distribution the rollouts were
@@ -52,7 +52,13 @@ import torch.distributed as dist
 
 from megatron_bridge.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from megatron_bridge.export import WeightExport
-from megatron_bridge.forward import MicroBatch, make_micro_batches, run_schedule, vocab_parallel_logprobs
+from megatron_bridge.forward import (
+    MicroBatch,
+    make_micro_batches,
+    run_schedule,
+    sequence_multiple,
+    vocab_parallel_logprobs,
+)
 from megatron_bridge.hf_io import read_config
 from megatron_bridge.parallel import ParallelLayout, init_parallel
 from megatron_bridge.provider import GPTProvider, ModelBridge, bridge_for
@@ -141,6 +147,14 @@ class MegatronScorer:
     def _min_micro_batches(self) -> int:
         return self.layout.pp if self.layout.vpp > 1 else 1
 
+    def _micro_batches(self, batch: SequenceBatch) -> tuple[list[MicroBatch], int]:
+        """Micro-batches padded each to its own longest row (one length for the batch under PP), S a multiple of
+        TP under sequence parallelism (see megatron_bridge.forward)."""
+        sp = bool(getattr(unwrap(self.chunks[0]).config, "sequence_parallel", False))
+        return make_micro_batches(batch, self.micro_batch_size, self.layout.device,
+                                  min_micro_batches=self._min_micro_batches,
+                                  seq_multiple=sequence_multiple(self.layout.tp, sp), per_micro_batch=self.layout.pp == 1)
+
     # ------------------------------------------------------------------ log-probs
     def _lm_head(self) -> tuple[torch.Tensor, dict]:
         """(this rank's LM-head rows [V_kept, H] without padded-vocabulary rows, the kernels' TP keywords)."""
@@ -202,8 +216,7 @@ class MegatronScorer:
 
     def _forward_only(self, batch: SequenceBatch, score) -> list:
         """`score(mb, output)` of every micro-batch of `batch` in eval mode without grad (last stage; [] elsewhere)."""
-        mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, self.layout.device,
-                                           min_micro_batches=self._min_micro_batches)
+        mbs, seq_len = self._micro_batches(batch)
         modes = [c.training for c in self.chunks]
         for c in self.chunks:
             c.eval()
@@ -311,8 +324,7 @@ class MegatronPolicy(MegatronScorer):
         device = self.layout.device
         batch, share = self._dp_share(batch)
         token_inputs = {k: v[share].to(device) for k, v in token_inputs.items()}
-        mbs, seq_len = make_micro_batches(batch, self.micro_batch_size, device,
-                                           min_micro_batches=self._min_micro_batches)
+        mbs, seq_len = self._micro_batches(batch)
         scale = len(mbs) * self.layout.dp
 
         fused = self.use_kernels and isinstance(loss_fn, GRPOLoss)

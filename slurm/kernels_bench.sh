@@ -42,6 +42,7 @@ mkdir -p "$JOB_DIR" || die "cannot create the job directory $JOB_DIR"
 JOB_LOG=$JOB_DIR/job.log
 sinfo >"$JOB_DIR/sinfo.txt" 2>&1
 scontrol show job "$SLURM_JOB_ID" >"$JOB_DIR/scontrol_job.txt" 2>&1
+set_cache_env
 read -ra bench_args <<<"${BENCH_ARGS:-}"
 cargs=() prefix=()
 mapfile -t cargs < <(container_srun_args)

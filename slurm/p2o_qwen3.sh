@@ -19,21 +19,24 @@
 #   NODES            trainer nodes                                                         [1]
 #   GPUS_PER_NODE    GPUs (trainer ranks) per node; 0 = CPU run: gloo, no GPU binding     [8]
 #   CPU_PROCS_PER_NODE  ranks per node when GPUS_PER_NODE=0                                 [1]
-#   GEPA_CPUS, PARTITION, GEPA_PARTITION, REFLECTION_GPUS, REFLECTION_PARTITION, TIME, ACCOUNT: see lib/submit.sh
+#   GEPA_CPUS, PARTITION, GEPA_PARTITION, REFLECTION_GPUS, REFLECTION_PARTITION, TIME, ACCOUNT, SIGNAL_LEAD_S:
+#                    see lib/submit.sh
+#   P2O_CACHE_ROOT   node-local directory for the Triton/Inductor/vLLM caches: see lib/common.sh
 #   LAUNCHER, MASTER_PORT, NCCL_*: see lib/launch.sh
 #   ENDPOINT_TIMEOUT_S, MAX_REQUEUES, REFLECTION_SERVER, REFLECTION_MODEL, REFLECTION_PORT: see lib/job.sh
 #   STOP_TIMEOUT_S   seconds a component gets to stop after SIGTERM (the trainer checkpoints)  [120]
 #
-# Pre-emption and time limits: Slurm sends SIGUSR1 to this script 300 s before the limit; it is forwarded
-# to the trainer, which checkpoints and exits 75; the job then requeues itself and the next attempt
-# resumes (checkpoint.resume=auto). A component that fails stops the others and the job exits non-zero;
+# Pre-emption and time limits: Slurm sends SIGUSR1 to this script 900 s before the limit (SIGNAL_LEAD_S in
+# submit mode); it is forwarded to the trainer, which checkpoints at its next phase boundary (after the
+# generation phase or the PPO minibatch in progress) and exits 75; the job then requeues itself and the next
+# attempt resumes (checkpoint.resume=auto). A SIGTERM after the SIGUSR1 (the limit came first) also requeues. A component that fails stops the others and the job exits non-zero;
 # $RUN_DIR/slurm/<job id>/summary.json says which one and why. See docs/slurm.md.
 #
 #SBATCH --job-name=p2o-qwen3
 #SBATCH --output=slurm-%x-%j.out
 #SBATCH --open-mode=append
 #SBATCH --requeue
-#SBATCH --signal=B:USR1@300
+#SBATCH --signal=B:USR1@900
 #SBATCH --nodes=1 --ntasks-per-node=1 --gpus-per-node=8 --exclusive --mem=0
 #SBATCH hetjob
 #SBATCH --nodes=1 --ntasks=1 --cpus-per-task=8

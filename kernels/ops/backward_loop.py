@@ -30,7 +30,7 @@ def linear_backward_by_vocab_chunks(hidden: torch.Tensor, weight: torch.Tensor, 
     d_hidden = torch.zeros(hidden.shape, dtype=acc_dtype(hidden.dtype), device=hidden.device)
     d_weight = torch.empty_like(weight)
     rows_per_update = max(1, TEMP_BYTES // (hidden.shape[1] * weight.element_size()))
-    for c0 in range(0, weight.shape[0], chunk):
+    for c0 in range(0, weight.shape[0], max(1, chunk)):  # an empty shard (V = 0): dH 0, dW empty
         c1 = min(c0 + chunk, weight.shape[0])
         dz = dz_fn(c0, c1)  # [Ta, C]
         for r0 in range(0, hidden.shape[0], rows_per_update):

@@ -36,6 +36,10 @@ def logits_chunk(hidden: torch.Tensor, weight_chunk: torch.Tensor, inv_temp: flo
 def flp_partials_torch(hidden: torch.Tensor, weight: torch.Tensor, y_local: torch.Tensor, inv_temp: float,
                        with_entropy: bool, chunk: int) -> SoftmaxStats:
     """Per-chunk lse, target logit and (with_entropy) E_p[z]: SoftmaxStats with [P, T] / [P, T, E] fields."""
+    T = hidden.shape[0]
+    if weight.shape[0] == 0:  # an empty shard: no chunks (merge_partials: lse -inf, target 0, expectations 0)
+        return SoftmaxStats(hidden.new_zeros(0, T, dtype=torch.float32), hidden.new_zeros(0, T, dtype=torch.float32),
+                            hidden.new_zeros(0, T, 1 if with_entropy else 0, dtype=torch.float32))
     lses, tgts, exps = [], [], []
     for c0 in range(0, weight.shape[0], chunk):
         z = logits_chunk(hidden, weight[c0:c0 + chunk], inv_temp)  # [T, C]
@@ -67,6 +71,10 @@ def dual_partials_torch(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight:
     """Per-chunk stats of both contexts; the x+z stats carry E_{p_xz}[z_xz - z_x] when with_kl."""
     parts_x, parts_xz = [], []
     T = hidden_x.shape[0]
+    if weight.shape[0] == 0:  # an empty shard: no chunks
+        empty = hidden_x.new_zeros(0, T, dtype=torch.float32)
+        return (SoftmaxStats(empty, empty, empty.new_zeros(0, T, 0)),
+                SoftmaxStats(empty, empty, empty.new_zeros(0, T, 1 if with_kl else 0)))
     both = torch.cat([hidden_x, hidden_xz])  # [2T, H]: one GEMM per chunk reads each weight chunk once
     for c0 in range(0, weight.shape[0], chunk):
         z = logits_chunk(both, weight[c0:c0 + chunk], inv_temp)

@@ -138,7 +138,7 @@ def dual_partials_triton(hidden_x: torch.Tensor, hidden_xz: torch.Tensor, weight
     n_splits = triton.cdiv(V, split)
     out = torch.full((n_splits, T, 5 if with_kl else 4), float("nan"), dtype=torch.float32, device=hidden_x.device)
     grid = (triton.cdiv(T, cfg.block_t) * n_splits,)
-    if T == 0:  # nothing to launch (an empty grid is not portable across Triton backends)
+    if T == 0 or n_splits == 0:  # nothing to launch (an empty grid is not portable across Triton backends)
         return SoftmaxStats.unpack(out[..., :2]), SoftmaxStats.unpack(out[..., 2:])
     _dual_fwd_kernel[grid](hidden_x, hidden_xz, weight, y_local, out, T, V, H, inv_temp, split,
                            hidden_x.stride(0), hidden_xz.stride(0), weight.stride(0), out.stride(0), out.stride(1),

@@ -114,8 +114,9 @@ def _flp_dz_kernel(h_ptr, w_ptr, y_ptr, lse_ptr, ez_ptr, g_ptr, e_ptr, dz_ptr, T
 
 # ----------------------------------------------------------------------------- host: Triton primitives
 def _split_width(vocab: int, split_v: int, block_v: int) -> int:
-    """Columns per forward split: a multiple of block_v, at most the (rounded-up) vocabulary."""
-    return min(split_v, triton.cdiv(vocab, block_v) * block_v)
+    """Columns per forward split: a multiple of block_v, at most the (rounded-up) vocabulary, and positive even
+    for an empty shard (vocab = 0: a TP rank whose rows are all vocabulary padding), which then has 0 splits."""
+    return min(split_v, max(1, triton.cdiv(vocab, block_v)) * block_v)
 
 
 def flp_partials_triton(hidden: torch.Tensor, weight: torch.Tensor, y_local: torch.Tensor, inv_temp: float,
@@ -129,8 +130,8 @@ def flp_partials_triton(hidden: torch.Tensor, weight: torch.Tensor, y_local: tor
     ncols = 3 if with_entropy else 2
     out = torch.full((n_splits, T, ncols), float("nan"), dtype=torch.float32, device=hidden.device)
     grid = (triton.cdiv(T, cfg.block_t) * n_splits,)
-    if T == 0:  # nothing to launch (an empty grid is not portable across Triton backends)
-        return SoftmaxStats.unpack(out)
+    if T == 0 or n_splits == 0:  # nothing to launch (an empty grid is not portable across Triton backends)
+        return SoftmaxStats.unpack(out)  # no splits: merge_partials gives lse -inf, target 0, expectations 0
     _flp_fwd_kernel[grid](hidden, weight, y_local, out, T, V, H, inv_temp, split,
                           hidden.stride(0), weight.stride(0), out.stride(0), out.stride(1),
                           ENTROPY=with_entropy, UPCAST=interpreter_enabled(),

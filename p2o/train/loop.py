@@ -85,11 +85,13 @@ class Trainer:
     # ------------------------------------------------------------------ lifecycle
     def install_signal_handlers(self) -> None:
         def handler(signum, _frame):
-            log.warning("received signal %d: will checkpoint after the current step", signum)
+            log.warning("received signal %d: will checkpoint at the next phase boundary", signum)
             self._signal = signum
 
         for s in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(s, handler)
+        log.info("pre-emption: on SIGUSR1/SIGTERM the run checkpoints at the next phase boundary and exits %d",
+                 REQUEUE_EXIT_CODE)
 
     def resume(self) -> bool:
         """Restore the latest complete checkpoint (checkpoint.resume = auto | path); True if resumed."""
@@ -137,9 +139,23 @@ class Trainer:
                    "policy_version": self.state.policy_version, "wall_s": round(time.time() - t0, 2)}
         return summary
 
+    def _preempt_pending(self) -> bool:
+        """Collective (every rank calls it at the same points): True once any rank got SIGUSR1/SIGTERM."""
+        return self.rt.any_rank(self._signal is not None)
+
+    def _check_preempt(self) -> None:
+        """At a boundary where nothing of the current step has been kept (after its generation phase): on a
+        pending signal, checkpoint the loop as it was before the step and raise Preempted; the resumed run
+        redoes the step (same prompts, same sampling seeds)."""
+        if self._preempt_pending():
+            log.warning("pre-empted during step %d: its rollouts are dropped and the step is redone on resume",
+                        self.state.global_step + 1)
+            self.save()
+            raise Preempted()
+
     def _after_step(self) -> None:
         every = self.cfg.checkpoint.save_every_steps
-        signalled = self.rt.any_rank(self._signal is not None)
+        signalled = self._preempt_pending()
         if signalled or (every and self.state.global_step % every == 0):
             self.save()
         if signalled:
@@ -155,6 +171,7 @@ class Trainer:
         t = time.time()
         rows = rt.rollouts(problems, self._active_assignment(), step) if rt.is_rank0 else None
         times["time_generate_s"] = time.time() - t
+        self._check_preempt()
         t = time.time()
         metrics = self._score_and_mine(rows, problems) if rt.is_rank0 else None
         times["time_verify_s"] = time.time() - t
@@ -332,6 +349,11 @@ class Trainer:
                 active_sum += step.extra.get("active_tokens", 0.0)
                 if "kl_sum" in step.extra:
                     out["kl_sum"] = out.get("kl_sum", 0.0) + step.extra["kl_sum"]
+                if self._preempt_pending():  # end the step here; _after_step checkpoints it as done
+                    out["preempted_update"] = 1
+                    break
+            if out.get("preempted_update"):
+                break
         bar.close()
         out["clip_frac"] = clip_sum / active_sum if active_sum else 0.0
         if "kl_sum" in out:

@@ -7,6 +7,8 @@
 #              (`srun --container-image=IMAGE --container-mounts=CONTAINER_MOUNTS`)
 #   CONTAINER_MOUNTS  pyxis mounts, e.g. /lustre:/lustre                       [the submit dir]
 #   JOB_LOG    file that log()/die() also append to (set once the job directory exists)
+#   P2O_CACHE_ROOT  node-local directory for compiler caches (see set_cache_env)
+#                   [$SLURM_TMPDIR, else /tmp/$USER-$SLURM_JOB_ID]
 
 : "${PYTHON:=python3}"
 : "${CONTAINER:=}"
@@ -75,4 +77,15 @@ atomic_write() {  # atomic_write FILE: stdin -> FILE via a temporary file and re
     local tmp
     tmp="$1.tmp.$$"
     cat >"$tmp" && mv -f "$tmp" "$1"
+}
+
+# set_cache_env: Triton's kernel cache, TorchInductor's and vLLM's compile caches on node-local disk. Their
+# defaults live in $HOME (~/.triton, /tmp/torchinductor_$USER, ~/.cache/vllm): on a shared home file system
+# every rank of every node compiles into the same NFS/Lustre directory, which is slow and races on its locks.
+# Variables already set are kept.
+set_cache_env() {
+    local root=${P2O_CACHE_ROOT:-${SLURM_TMPDIR:-/tmp/${USER:-$(id -un)}-${SLURM_JOB_ID:-local}}}
+    export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$root/triton}
+    export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$root/inductor}
+    export VLLM_CACHE_ROOT=${VLLM_CACHE_ROOT:-$root/vllm}
 }

@@ -12,6 +12,12 @@
 #   5. summary.json + a summary line; on "checkpointed" (exit 75, or a forwarded pre-emption signal)
 #      `scontrol requeue` so the next attempt resumes from the checkpoint (checkpoint.resume=auto)
 #
+# SIGUSR1 (the --signal lead before the time limit, or `scancel --signal=USR1 --batch`) asks the trainer to
+# checkpoint at its next phase boundary. SIGTERM is Slurm ending the job: after a SIGUSR1, or when the job's
+# state is TIMEOUT or PREEMPTED, it is the time limit or a pre-emption arriving before the trainer finished, and
+# the job is requeued (before anything else when Slurm is already killing the job: KillWait is short); otherwise
+# (`scancel`, state CANCELLED) it is cancelled. See term_action.
+#
 #   CONFIG              run config YAML (required)
 #   OVERRIDES           extra `key=value` config overrides, space separated (no spaces inside values)
 #   RUN_DIR             run directory                                  [the config's logging.run_dir]
@@ -43,9 +49,31 @@ on_usr1() {
 
 on_term() {
     [[ $FINISHED == 1 ]] && return 0
-    log "received SIGTERM (job cancelled or pre-empted)"
     TERMINATED=1
+    if [[ -n $PREEMPT_SIGNAL ]]; then
+        log "received SIGTERM after SIG$PREEMPT_SIGNAL (the time limit or pre-emption came before the trainer stopped)"
+    else
+        log "received SIGTERM (job cancelled, timed out or pre-empted)"
+    fi
     signal_component TERM trainer
+}
+
+job_state() {  # job_state: this job's state as scontrol reports it (first component), or nothing
+    scontrol show job "${SLURM_JOB_ID:-0}" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' | head -n 1
+}
+
+# term_action STATE PREEMPT_SIGNAL: what a SIGTERM means for the job; prints one of
+#   cancel        the user cancelled it (scancel: state CANCELLED), or a TERM with no pre-emption signal before it
+#   requeue_now   Slurm is ending the job (state TIMEOUT or PREEMPTED): requeue first, it kills us after KillWait
+#   requeue       a TERM after SIGUSR1 while the job still runs (e.g. sent to the batch script by hand): let the
+#                 trainer finish its checkpoint (bounded by STOP_TIMEOUT_S), then requeue
+term_action() {
+    local state=$1 preempt=$2
+    case $state in
+        CANCELLED) echo cancel ;;
+        TIMEOUT | PREEMPTED | DEADLINE) echo requeue_now ;;
+        *) if [[ -n $preempt ]]; then echo requeue; else echo cancel; fi ;;
+    esac
 }
 
 snapshot_cluster() {  # sinfo / scontrol show job, appended per attempt
@@ -63,6 +91,17 @@ snapshot_cluster() {  # sinfo / scontrol show job, appended per attempt
 finish() {
     local status=$1 failed=$2 reason=$3 code=$4
     FINISHED=1
+    if [[ $status == requeued_now ]]; then  # Slurm kills this script after KillWait: requeue, then stop the rest
+        if ! scontrol requeue "$SLURM_JOB_ID"; then
+            write_summary failed "" "$reason; scontrol requeue $SLURM_JOB_ID failed (was the job submitted with --requeue?)" 75
+            stop_components "${COMP_NAMES[@]}"
+            exit 75
+        fi
+        write_summary requeued "" "$reason" 0
+        STOP_TIMEOUT_S=${STOP_TIMEOUT_S_ON_CANCEL:-20}
+        stop_components "${COMP_NAMES[@]}"
+        exit 0
+    fi
     stop_components "${COMP_NAMES[@]}"
     if [[ $status == requeued ]]; then
         if ((${SLURM_RESTART_COUNT:-0} >= MAX_REQUEUES)); then
@@ -192,6 +231,7 @@ run_training_job() {
     layout=$(check_layout "$NODES" "$per_node" "$tp" "$pp") || finish failed config "$layout" 2
     log "trainer: $NODES node(s) x $per_node rank(s) ($( ((GPUS_PER_NODE > 0)) && echo GPU || echo 'CPU, gloo')), $layout, launcher $LAUNCHER"
     set_network_env "$GPUS_PER_NODE"
+    set_cache_env
 
     # Per-job token, shared with the services and the trainer through the environment only.
     export "${token_env}=$(ensure_token "$JOB_DIR/token")"
@@ -205,7 +245,11 @@ run_training_job() {
     if ((groups >= 2)); then await gepa; gepa_url=$AWAITED_URL; fi
     if ((groups >= 3)); then await reflection; reflection_url=$AWAITED_URL; fi
     [[ -n $PREEMPT_SIGNAL ]] && finish requeued "" "pre-empted (SIG$PREEMPT_SIGNAL) before the trainer started" 0
-    ((TERMINATED)) && finish cancelled "" "cancelled before the trainer started" 143
+    if ((TERMINATED)); then
+        [[ $(term_action "$(job_state)" "") == requeue_now ]] &&
+            finish requeued_now "" "SIGTERM (time limit or pre-emption) before the trainer started" 0
+        finish cancelled "" "cancelled before the trainer started" 143
+    fi
 
     local master_addr master_port
     master_addr=$(first_host "$SLURM_JOB_NODELIST_HET_GROUP_0")
@@ -237,6 +281,14 @@ supervise_until_done() {
     while :; do
         wait_any "${COMP_NAMES[@]}"
         if ((TERMINATED)); then
+            local state action
+            state=$(job_state)
+            action=$(term_action "$state" "$PREEMPT_SIGNAL")
+            log "SIGTERM with job state ${state:-unknown}${PREEMPT_SIGNAL:+ after SIG$PREEMPT_SIGNAL}: $action"
+            case $action in
+                requeue_now) finish requeued_now "" "SIGTERM, job state $state${PREEMPT_SIGNAL:+ after SIG$PREEMPT_SIGNAL}: requeued; the next attempt resumes from the latest complete checkpoint" 0 ;;
+                requeue) finish requeued "" "SIGTERM after SIG$PREEMPT_SIGNAL: requeued once the trainer checkpointed (or after STOP_TIMEOUT_S=$STOP_TIMEOUT_S s)" 0 ;;
+            esac
             STOP_TIMEOUT_S=${STOP_TIMEOUT_S_ON_CANCEL:-20}
             finish cancelled "" "cancelled (SIGTERM); the trainer was asked to checkpoint" 143
         fi

@@ -12,6 +12,8 @@
 #   REFLECTION_PARTITION  partition of component 2                     [$PARTITION]
 #   TIME             time limit of every component (sbatch --time)     [the partition's default]
 #   ACCOUNT          sbatch --account
+#   SIGNAL_LEAD_S    seconds before the time limit that SIGUSR1 asks the trainer to checkpoint: one generation
+#                    phase or PPO minibatch plus a checkpoint save must fit     [#SBATCH: 900]
 #
 # submit_job SCRIPT COMPONENTS [SBATCH_OPTIONS...]: COMPONENTS is 1 (trainer only) or 2 (+ GEPA); the
 # reflection component comes on top when REFLECTION_GPUS > 0. Execs sbatch; its exit code is the result.
@@ -24,6 +26,7 @@ submit_job() {
     [[ -n ${PARTITION:-} ]] && trainer+=(--partition="$PARTITION")
     [[ -n ${NODES:-} ]] && trainer+=(--nodes="$NODES")
     [[ -n ${GPUS_PER_NODE:-} ]] && trainer+=(--gpus-per-node="$GPUS_PER_NODE")
+    [[ -n ${SIGNAL_LEAD_S:-} ]] && trainer+=(--signal="B:USR1@$SIGNAL_LEAD_S")
     local args=("$@" "${trainer[@]}")
     if ((components >= 2)); then
         local gepa=("${common[@]}")

@@ -2,7 +2,8 @@
 
 Each rank holds an uneven shard of W (rows [0, 480) and [480, 1000)); results must equal the
 single-device fp64 reference over the full vocabulary, with exactly one all-gather per forward and one
-all-reduce (of dH) per backward.
+all-reduce (of dH) per backward. The same holds when one rank's shard is empty (rows [1000, 1000)): a TP rank
+whose rows are all vocabulary padding, as with a small vocabulary padded to a multiple of 128 x TP.
 """
 from __future__ import annotations
 
@@ -54,13 +55,13 @@ class _CollectiveCounter:
         return calls
 
 
-def _worker(rank: int, init_file: str) -> None:
+def _worker(rank: int, init_file: str, shards: list[tuple[int, int]] = SHARDS) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     from kernels import GRPOLossParams, dual_context_logprob, fused_linear_grpo_loss, fused_linear_logprob
 
     hidden, hidden_xz, weight, targets, d_logp, d_aux = _inputs()
-    lo, hi = SHARDS[rank]
+    lo, hi = shards[rank]
     group = dist.group.WORLD
     counter = _CollectiveCounter()
     temp = 0.8
@@ -133,6 +134,36 @@ def _worker(rank: int, init_file: str) -> None:
 
 
 @pytest.mark.multiproc
-def test_tp2_matches_single_device(tmp_path):
+@pytest.mark.parametrize("shards", [SHARDS, [(0, V), (V, V)]], ids=["uneven", "empty_shard"])
+def test_tp2_matches_single_device(tmp_path, shards):
     os.environ.setdefault("TRITON_INTERPRET", "1")  # inherited by the spawned ranks
-    mp.spawn(_worker, args=(str(tmp_path / "pg_init"),), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tmp_path / "pg_init"), shards), nprocs=2, join=True)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_empty_shard_contributes_nothing(backend):
+    """A shard without rows (V_local = 0) yields the statistics of an empty vocabulary range (lse -inf, target 0,
+    expectation 0), and its backward gives dH 0 and an empty dW, without a division by zero."""
+    from kernels.ops.fused_linear_logprob import (
+        LogprobOptions,
+        _split_width,
+        fused_linear_logprob_backward,
+        vocab_partials,
+    )
+    from kernels.ops.vocab_stats import SoftmaxStats, merge_partials
+
+    assert _split_width(0, 4096, 128) == 128 and _split_width(1000, 4096, 128) == 1024
+    hidden, _, weight, targets, d_logp, d_aux = _inputs()
+    empty = weight[:0].clone().requires_grad_()
+    opts = LogprobOptions(with_entropy=True, backend=backend)
+    stats = vocab_partials(hidden, empty, targets, opts, backend)
+    assert torch.isneginf(stats.lse).all() and not stats.target.any() and not stats.expect.any()
+    assert stats.expect.shape == (T, 1)
+    full = vocab_partials(hidden, weight, targets, opts, backend)
+    both = merge_partials(SoftmaxStats(*(torch.stack([a, b]) for a, b in
+                                          ((full.lse, stats.lse), (full.target, stats.target),
+                                           (full.expect, stats.expect)))))
+    torch.testing.assert_close(both.lse, full.lse)
+    torch.testing.assert_close(both.expect, full.expect)
+    d_h, d_w = fused_linear_logprob_backward(hidden, empty.detach(), targets, stats, d_logp, d_aux, opts)
+    assert d_w.shape == (0, H) and not d_h.any()

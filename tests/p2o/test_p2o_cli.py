@@ -102,8 +102,8 @@ def test_data_arithmetic(capsys):
 def test_doctor_json():
     r = _p2o("doctor", "--json")
     assert r.returncode == 0
-    names = {c["name"]: c for c in json.loads(r.stdout)}
-    assert names["torch"]["available"] and "cuda" in names
+    names = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert names["torch"]["available"] and "gpu" in names
 
 
 def test_log_level_value_is_not_taken_for_the_command(capsys):

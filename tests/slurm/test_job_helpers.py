@@ -115,3 +115,33 @@ def test_summary_reason_quotes_the_error_not_the_launcher_footer(tmp_path):
                          capture_output=True, text=True, timeout=30).stdout.split("\n")
     assert out[0] == "megatron_bridge.hf_io.CheckpointError: step_000002/policy: does not match this model"
     assert out[1] == "service on http://0.0.0.0:1234"
+
+
+@pytest.mark.parametrize("state, usr1, action", [
+    ("CANCELLED", "USR1", "cancel"),      # scancel, even after a pre-emption warning
+    ("CANCELLED", "", "cancel"),
+    ("TIMEOUT", "USR1", "requeue_now"),   # the limit came before the trainer finished its checkpoint
+    ("TIMEOUT", "", "requeue_now"),       # the USR1 was lost (e.g. sent while the trainer started)
+    ("PREEMPTED", "", "requeue_now"),
+    ("RUNNING", "USR1", "requeue"),       # a TERM for the batch script only, after the warning
+    ("RUNNING", "", "cancel"),
+    ("", "USR1", "requeue"),              # scontrol unreachable: the signal order decides
+    ("", "", "cancel"),
+])
+def test_sigterm_after_sigusr1_requeues(state, usr1, action):
+    out = subprocess.run(["bash", "-c", f"source {LIB}/common.sh; source {LIB}/supervise.sh; source {LIB}/job.sh; "
+                          f"term_action '{state}' '{usr1}'"], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == action, out.stderr
+
+
+def test_compiler_caches_go_to_node_local_disk():
+    show = "set_cache_env; echo $TRITON_CACHE_DIR $TORCHINDUCTOR_CACHE_DIR $VLLM_CACHE_ROOT"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "VLLM_CACHE_ROOT", "SLURM_TMPDIR",
+                        "P2O_CACHE_ROOT")}
+    out = subprocess.run(["bash", "-c", f"source {LIB}/common.sh; {show}"], capture_output=True, text=True,
+                         timeout=30, env={**env, "SLURM_JOB_ID": "42", "USER": "alice"}).stdout.split()
+    assert out == ["/tmp/alice-42/triton", "/tmp/alice-42/inductor", "/tmp/alice-42/vllm"]
+    out = subprocess.run(["bash", "-c", f"source {LIB}/common.sh; {show}"], capture_output=True, text=True,
+                         timeout=30, env={**env, "SLURM_TMPDIR": "/local/job42", "TRITON_CACHE_DIR": "/mine"}).stdout
+    assert out.split() == ["/mine", "/local/job42/inductor", "/local/job42/vllm"]  # a set variable is kept

@@ -1,19 +1,23 @@
 """The real slurm/p2o_qwen3.sh on the local cluster with the tiny CPU config (configs/slurm_test_cpu.yaml):
 the heterogeneous job runs the trainer on one node and the GEPA service on the other, crosses an epoch
 boundary with a GEPA round and exits 0; a SIGUSR1 mid-run checkpoints, requeues and ends with the same
-final metrics and loop state as the uninterrupted run; a killed GEPA service or a bad config ends the job
-non-zero, in bounded time, with a summary naming the component.
+final metrics and loop state as the uninterrupted run, also when it arrives in the middle of a generation
+phase and Slurm's SIGTERM follows it before the trainer has stopped; a killed GEPA service or a bad config
+ends the job non-zero, in bounded time, with a summary naming the component.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import signal
 import stat
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.slurm.conftest import Submitted, _locked, _tail, submit, wait_for_path
@@ -23,12 +27,15 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group(name=
 needs_trainer = pytest.mark.skipif(importlib.util.find_spec("p2o.train.loop") is None,
                                    reason="p2o train not available")
 JOB_TIMEOUT_S = 420  # includes waiting in the queue behind another test's job (one job fits at a time)
+OVERRIDES = "rollout.max_new_tokens=512"
+"""Generation phases of about 5 s on this machine (the random model never stops early): long enough for a test to
+signal the trainer inside one."""
 
 
 def job_env(run_dir: Path, **extra: str) -> dict[str, str]:
     return {"CONFIG": "configs/slurm_test_cpu.yaml", "RUN_DIR": str(run_dir), "PYTHON": sys.executable,
             "GPUS_PER_NODE": "0", "GEPA_CPUS": "1", "STOP_TIMEOUT_S": "30",
-            "OVERRIDES": "", **extra}
+            "OVERRIDES": OVERRIDES, **extra}
 
 
 def finished(job: Submitted, timeout_s: float = JOB_TIMEOUT_S) -> int:
@@ -107,9 +114,11 @@ def final_state(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def uninterrupted(local_slurm, tmp_path_factory):
+def uninterrupted(local_slurm, tmp_path_factory, worker_id):
     """One complete run of the job, shared by all tests and test workers: (run_dir, job_id, exit code)."""
-    shared = tmp_path_factory.getbasetemp().parent  # common to all xdist workers of this session
+    shared = tmp_path_factory.getbasetemp()  # this session's; under xdist its parent is common to the workers
+    if worker_id != "master":
+        shared = shared.parent
     result = shared / "p2o_uninterrupted.json"
     with _locked(shared / "p2o_uninterrupted.lock"):
         if not result.exists():
@@ -192,6 +201,59 @@ def test_sigusr1_checkpoints_requeues_and_matches_the_uninterrupted_run(local_sl
     # Same final metrics and loop state (position, hard samples, assignment, torch RNG) as without the
     # interruption. The Python RNG state is left out: after a resume it currently ends elsewhere than in
     # the uninterrupted run although every metric agrees.
+    assert metric_records(tmp_path) == metric_records(full_dir)
+    resumed, reference = final_state(tmp_path), final_state(full_dir)
+    resumed.pop("python_rng")
+    reference.pop("python_rng")
+    assert resumed == reference
+
+
+def wait_for_line(path: Path, text: str, timeout_s: float, job: Submitted, poll_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (path.is_file() and text in path.read_text(errors="replace")):
+        assert job.proc.poll() is None, f"job {job.job_id} ended before {path.name} said {text!r}:\n{_tail(path)}"
+        assert time.monotonic() < deadline, f"{path.name} did not say {text!r} within {timeout_s} s:\n{_tail(path)}"
+        time.sleep(poll_s)
+
+
+def trainer_ranks(job_dir: Path) -> list[int]:
+    """PIDs of the trainer's rank processes (children of the torchrun agent each task recorded; same host here)."""
+    agents = [int(f.read_text()) for f in (job_dir / "pids").glob("trainer.*") if f.read_text().strip()]
+    ranks = [c.pid for a in agents for c in psutil.Process(a).children()]
+    assert ranks, f"no trainer ranks under {agents}"
+    return ranks
+
+
+@needs_trainer
+def test_signal_mid_generation_then_sigterm_requeues_and_redoes_the_step(local_slurm, submitted_jobs, uninterrupted,
+                                                                         tmp_path):
+    """The trainer gets SIGUSR1 while step 1 generates (sent to its ranks as soon as they announce their signal
+    handlers; the generation phase takes seconds), and the batch script gets Slurm's SIGUSR1 and then SIGTERM, as
+    when the time limit comes before the trainer has stopped. The trainer checkpoints the state before step 1 at
+    the end of the generation phase and exits 75; the script requeues the job instead of cancelling it; the next
+    attempt redoes step 1 and ends with the uninterrupted run's metrics and loop state."""
+    full_dir, _, full_rc, _ = uninterrupted
+    assert full_rc == 0
+    job = submit(local_slurm, "p2o_qwen3.sh", job_env(tmp_path), tmp_path / "job.out", JOB_TIMEOUT_S)
+    submitted_jobs.append(job)
+    job_dir = tmp_path / "slurm" / job.job_id
+    wait_for_line(job_dir / "trainer.log", "pre-emption: on SIGUSR1/SIGTERM", JOB_TIMEOUT_S, job)
+    for pid in trainer_ranks(job_dir):
+        os.kill(pid, signal.SIGUSR1)
+    assert local_slurm.run("scancel", "--signal=USR1", "--batch", job.job_id).returncode == 0
+    wait_for_line(job_dir / "job.log", "received SIGUSR1", 60, job)
+    assert local_slurm.run("scancel", "--signal=TERM", "--batch", job.job_id).returncode == 0
+    release_after_requeue(local_slurm, job)
+    assert finished_after_requeue(local_slurm, job, job_dir) == 0, _tail(job_dir / "job.log")
+    attempts = (job_dir / "summary.txt").read_text().splitlines()
+    assert len(attempts) == 2, attempts
+    assert "attempt 0: REQUEUED" in attempts[0] and "SIGTERM after SIGUSR1" in attempts[0], attempts[0]
+    assert "attempt 1: SUCCESS" in attempts[1]
+    trainer_log = (job_dir / "trainer.log").read_text(errors="replace")
+    assert "pre-empted during step 1: its rollouts are dropped" in trainer_log, _tail(job_dir / "trainer.log")
+    assert "step 1: reward_mean" not in trainer_log.split("pre-empted during step 1")[0]  # no step 1 before it
+    assert re.search(r"resumed from \S+step_000000 \(epoch 0, step 0, version 0\)", trainer_log), \
+        _tail(job_dir / "trainer.log")
     assert metric_records(tmp_path) == metric_records(full_dir)
     resumed, reference = final_state(tmp_path), final_state(full_dir)
     resumed.pop("python_rng")

@@ -71,7 +71,8 @@ def _trainer_step(model_dir: str, use_kernels: bool, ratio_low: float | None, ve
             return _f(*a, **kw)
         setattr(policy, attr, counted)
     rt = SimpleNamespace(train_problems=_problems(), policy=policy, is_rank0=True, verify=verify,
-                         progress=lambda desc, total: make_bar(desc, total, enabled=False))
+                         progress=lambda desc, total: make_bar(desc, total, enabled=False),
+                         any_rank=lambda flag: flag)
     t = Trainer(cfg, rt)
     rows = _rows()
     metrics = t._score_and_mine(rows, _problems())

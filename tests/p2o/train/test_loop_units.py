@@ -42,7 +42,7 @@ def _trainer(tiny_model_dir, verifier, overrides=(), reference=None):
                              "grpo.ppo_minibatches=1", "optim.lr=1e-3", *overrides])
     rt = SimpleNamespace(train_problems=PROBLEMS, policy=TorchPolicy(tiny_model_dir), is_rank0=True,
                          progress=lambda desc, total: make_bar(desc, total, enabled=False),
-                         verify=verifier.score_many, reference=reference)
+                         verify=verifier.score_many, reference=reference, any_rank=lambda flag: flag)
     return Trainer(cfg, rt)
 
 
