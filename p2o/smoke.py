@@ -232,7 +232,9 @@ def stage_parity(out: Path) -> str:
 def _policy_cfg(model_dir: str, tp: int, dtype: str, use_kernels: bool, engine: str = "hf"):
     from p2o.config import load_config
 
-    return load_config(None, [f"model.path={model_dir}", f"parallel.tp={tp}", f"model.dtype={dtype}", f"train.use_kernels={str(use_kernels).lower()}",
+    # a policy and its engine only: P2O off, so no reflection limits apply to the tiny model's 2048 positions
+    return load_config(None, [f"model.path={model_dir}", f"parallel.tp={tp}", f"model.dtype={dtype}",
+                              f"train.use_kernels={str(use_kernels).lower()}", "p2o.enabled=false",
                               f"rollout.engine={engine}", "rollout.vllm_gpu_memory_utilization=0.2",
                               "grpo.micro_batch_size=2", "optim.lr=1e-2", "optim.warmup_steps=0",
                               "optim.grad_clip=1.0"])

@@ -100,7 +100,8 @@ def _loop_scenario(tp: int, model_dir: str, ckpt: str, verify) -> dict:
     policy = MegatronPolicy.from_config(cfg, model_dir)
     reference = MegatronScorer.frozen(cfg, model_dir)
     rt = SimpleNamespace(train_problems=_problems(), policy=policy, reference=reference, is_rank0=True,
-                         verify=verify, progress=lambda desc, total: make_bar(desc, total, enabled=False))
+                         verify=verify, progress=lambda desc, total: make_bar(desc, total, enabled=False),
+                         any_rank=lambda flag: flag)
     t = Trainer(cfg, rt)
     rows = _loop_rows()
     on_x = SequenceBatch([r.train_prompt_ids for r in rows], [r.response_ids for r in rows])
