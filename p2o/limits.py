@@ -151,7 +151,7 @@ def resolve_limits(cfg: RunConfig, model_dir: str | Path | None = None) -> RunLi
         raise ConfigError("reflection.context_tokens", context,
                           f"at most {length} ({model}): Self-Ref reflection runs on the frozen initial model")
     budget = context - refl.max_tokens - PROMPT_MARGIN_TOKENS
-    if budget <= 0:
+    if gepa_on and budget <= 0:  # plain GRPO has no reflection model
         raise ConfigError("reflection.max_tokens", refl.max_tokens,
                           f"less than reflection.context_tokens - {PROMPT_MARGIN_TOKENS} = "
                           f"{context - PROMPT_MARGIN_TOKENS} (reflection.context_tokens = {context}; the "

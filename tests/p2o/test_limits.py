@@ -96,6 +96,11 @@ def test_reflection_context_derived_from_the_model_and_checked(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(None, ["reflection.context_tokens=2048", "reflection.max_tokens=2000"])
     assert info.value.key == "reflection.max_tokens" and "reflection.context_tokens = 2048" in str(info.value)
+    # plain GRPO has no reflection model: its settings are not held against a small model
+    grpo = load_config(None, [f"model.path={model_json(tmp_path, 2048)}", "p2o.enabled=false"])
+    assert resolve_limits(grpo).reflection_gateway is None
+    with pytest.raises(ConfigError):
+        load_config(None, [f"model.path={model_json(tmp_path, 2048)}"])
 
 
 def test_default_config_fits_the_default_model():
