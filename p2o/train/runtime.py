@@ -254,11 +254,12 @@ class Runtime:
             where = f"epoch {metrics['epoch']}" if kind != "step" and "epoch" in metrics else f"{kind} {step}"
             log.info("%s: %s", where, " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
-    def truncate_metrics(self, step: int) -> None:
+    def truncate_metrics(self, step: int, size_bytes: int = -1) -> None:
+        """Cut metrics.jsonl back to a checkpoint (its recorded size, else its step); see telemetry.metrics."""
         if self.is_rank0:
             from p2o.telemetry.metrics import truncate_metrics
             self.metrics.close()
-            truncate_metrics(self.run_dir, step)
+            truncate_metrics(self.run_dir, step, size_bytes)
             from p2o.telemetry.metrics import MetricsLogger
             self.metrics = MetricsLogger(self.run_dir, self.cfg.logging.tensorboard, self.cfg.logging.wandb)
 
