@@ -21,8 +21,9 @@
 #   REFLECTION_MODEL    model served for Self-Ref by component 2       [the config's model.path]
 #   REFLECTION_SERVER   p2o (`p2o serve`, OpenAI-compatible gateway) | vllm (`vllm serve`)   [p2o]
 #   REFLECTION_PORT     port of the reflection server on its node      [8000]
-#   GATEWAY_PORT        port of the trainer's policy gateway (jobs with a GEPA component; registered with
-#                       the GEPA service as its `policy` endpoint)     [8001]
+#   GATEWAY_PORT        port of the trainer's policy gateway when the gateway token variable
+#                       (rollout.gateway_token_env) is set: the GEPA service registers it as its `policy`
+#                       endpoint, the only URL it sends that key to    [8001]
 #   ENDPOINT_TIMEOUT_S  seconds a service may take to answer /health   [600]
 #   MAX_REQUEUES        give up requeueing after this many restarts    [20]
 #
@@ -219,13 +220,16 @@ run_training_job() {
     [[ -n $master_addr ]] || master_addr=$(first_host "$SLURM_JOB_NODELIST")
     master_port=${MASTER_PORT:-$((20000 + (SLURM_JOB_ID % 10000) + ${SLURM_RESTART_COUNT:-0}))}
 
-    # The reflection server comes up first: the GEPA service is started knowing both endpoints it may call
-    # with credentials (the trainer's gateway listens on GATEWAY_PORT of the first trainer node).
-    local groups=${SLURM_HET_SIZE:-1} gepa_url="" reflection_url="" gepa_args=()
+    # The reflection server comes up first: the GEPA service is started knowing the endpoints it may call
+    # with credentials. When the gateways need a key, the trainer's gateway is pinned to GATEWAY_PORT of the
+    # first trainer node so that the service can register it (without a key it keeps a free port).
+    local groups=${SLURM_HET_SIZE:-1} gepa_url="" reflection_url="" gepa_args=() policy_endpoint=""
+    if [[ -n $gateway_token_env && -n ${!gateway_token_env:-} ]]; then
+        policy_endpoint="http://$master_addr:$GATEWAY_PORT/v1"
+    fi
     if ((groups >= 3)); then start_reflection; await reflection; reflection_url=$AWAITED_URL; fi
     if ((groups >= 2)); then
-        mapfile -t gepa_args < <(gepa_endpoint_args "http://$master_addr:$GATEWAY_PORT/v1" "$reflection_url" \
-            "$gateway_token_env")
+        mapfile -t gepa_args < <(gepa_endpoint_args "$policy_endpoint" "$reflection_url" "$gateway_token_env")
         start_gepa "${gepa_args[@]}"
         await gepa; gepa_url=$AWAITED_URL
     fi
@@ -241,8 +245,8 @@ run_training_job() {
 EOF
 
     local train_args=(train --config "$CONFIG")
-    [[ -n $gepa_url ]] && train_args+=("gepa.service_url=$gepa_url" "rollout.gateway_host=$master_addr"
-        "rollout.gateway_port=$GATEWAY_PORT")
+    [[ -n $gepa_url ]] && train_args+=("gepa.service_url=$gepa_url" "rollout.gateway_host=$master_addr")
+    [[ -n $gepa_url && -n $policy_endpoint ]] && train_args+=("rollout.gateway_port=$GATEWAY_PORT")
     # The reflection component serves the frozen initial model: to the trainer it is an external endpoint.
     [[ -n $reflection_url ]] && train_args+=(reflection.mode=teacher "reflection.base_url=$reflection_url" reflection.model=reflection)
     train_args+=("${overrides[@]}" "logging.run_dir=$RUN_DIR")

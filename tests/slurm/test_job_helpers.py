@@ -115,3 +115,13 @@ def test_summary_reason_quotes_the_error_not_the_launcher_footer(tmp_path):
                          capture_output=True, text=True, timeout=30).stdout.split("\n")
     assert out[0] == "megatron_bridge.hf_io.CheckpointError: step_000002/policy: does not match this model"
     assert out[1] == "service on http://0.0.0.0:1234"
+
+
+def test_gepa_endpoint_flags_carry_a_key_variable_only_when_it_is_set():
+    job = f"source {LIB}/job.sh; "
+    out = bash(job + 'gepa_endpoint_args "http://n0:8001/v1" "http://n2:8000" GW_TOKEN', GW_TOKEN="t").stdout.split()
+    assert out == ["--endpoint", "policy=http://n0:8001/v1", "--endpoint-key-env", "policy=GW_TOKEN",
+                   "--endpoint", "reflection=http://n2:8000", "--endpoint-key-env", "reflection=GW_TOKEN"]
+    out = bash(job + 'gepa_endpoint_args "" "http://n2:8000" GW_TOKEN', GW_TOKEN="").stdout.split()
+    assert out == ["--endpoint", "reflection=http://n2:8000"]  # no key set: no key flag, no pinned policy port
+    assert bash(job + 'gepa_endpoint_args "" "" ""').stdout == ""
