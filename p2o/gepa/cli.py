@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
 
     from p2o.gepa.endpoints import Endpoints
     from p2o.gepa.jobs import JobManager
-    from p2o.gepa.service import DEFAULT_LIMITS, GEPAService
+    from p2o.gepa.service import HTTP_LIMITS, GEPAService
 
     if args.workers < 1:
         raise SystemExit(f"--workers: got {args.workers}; expected >= 1")
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     token = os.environ.get(args.token_env) or None
     for noisy in ("httpx", "httpx2"):  # one INFO line per scoring request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    limits = dataclasses.replace(DEFAULT_LIMITS, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    limits = dataclasses.replace(HTTP_LIMITS, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
     jobs = JobManager(Path(args.run_dir), workers=args.workers, endpoints=endpoints)
     try:
         service = GEPAService(jobs, token=token, host=args.host, limits=limits,

@@ -377,7 +377,8 @@ class JobManager:
 
         rec = self.store.read(job_id, "state", parse)
         with self._lock:
-            written = self._status[job_id].checkpoints
+            st = self._status[job_id]
+            written = st.checkpoints or (1 if st.metric_calls or st.iteration else 0)  # older statuses: progress
         if rec is None:
             if written:
                 raise CorruptRecord(self.store.path(job_id, "state"),

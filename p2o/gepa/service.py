@@ -41,7 +41,7 @@ from p2o.server import Guard, HTTPLimits, HTTPServer, RequestRejected, is_loopba
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIMITS = HTTPLimits(max_body_bytes=64 * 1024 * 1024, body_timeout_s=120.0)
+HTTP_LIMITS = HTTPLimits(max_body_bytes=64 * 1024 * 1024, body_timeout_s=120.0)
 """Jobs carry whole hard sets: a larger body and more time to send it than the gateway's requests."""
 
 
@@ -137,7 +137,7 @@ def build_app(jobs: JobManager, token: str | None, limits: HTTPLimits) -> Any:
 
 class GEPAService:
     def __init__(self, jobs: JobManager, token: str | None = None, host: str = "127.0.0.1",
-                 limits: HTTPLimits = DEFAULT_LIMITS, allow_no_token: bool = False):
+                 limits: HTTPLimits = HTTP_LIMITS, allow_no_token: bool = False):
         if not token and not is_loopback(host) and not allow_no_token:
             raise ValueError(f"refusing to serve the GEPA service on {host} without a token: set the token "
                              f"variable (gepa.token_env), bind to 127.0.0.1, or pass --allow-no-token")
