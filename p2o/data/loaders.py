@@ -1,12 +1,27 @@
 """Problem loaders for jsonl / json / parquet with a configurable field mapping, and deterministic shuffling.
 
     problems = load_problems("train.parquet", question_key="problem", answer_key="answer")
+    problems = load_problems("olympiad.jsonl", answer_key="final_answer[0]")     # an explicit list element
     order = epoch_order(len(problems), seed=0, epoch=3)
+
+Strict by design: a value of the wrong type is a `DataError` naming the file, the row and the field, never
+coerced. Field keys are dotted paths with optional list indices (`reward_model.ground_truth`,
+`final_answer[0]`); a list is used only through an explicit index. Accepted values:
+
+- question: a non-empty string;
+- answer: a non-empty string, or an integer / finite float written in decimal (`str(7)`, `repr(0.5)`);
+- id: a non-empty string or an integer (default: `<file stem>-<row - 1>`);
+- no lone surrogates (invalid Unicode) in any of them.
+
+A `.json` file holds a list of objects, or an object holding exactly one list (`{"data": [...]}`).
+Decode errors name the file and the line.
 """
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,12 +42,24 @@ def _rows_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
 
 
 def _rows_json(path: Path) -> Iterable[tuple[int, Any]]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: line {line} is not valid UTF-8 (byte {e.start}: {e.reason})") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    if isinstance(data, dict):  # {"data": [...]} or {"rows": [...]}
-        data = next((v for v in data.values() if isinstance(v, list)), None)
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from e
+    except (RecursionError, ValueError) as e:
+        raise DataError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
+    if isinstance(data, dict):  # {"data": [...]} or {"rows": [...]}: exactly one list
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise DataError(f"{path}: a JSON object holding {len(lists)} lists ({', '.join(map(repr, lists))}); "
+                            f"expected a list of objects, or an object holding exactly one list")
+        data = data[lists[0]]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects (or an object holding one)")
     return enumerate(data, 1)
@@ -65,23 +92,60 @@ def read_rows(path: str | Path) -> list[tuple[int, dict]]:
     return rows
 
 
+_PART = re.compile(r"^([^\[\]]+)((?:\[\d+\])*)$")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _field(record: dict, key: str) -> Any:
-    """Value of `key`, where 'a.b' reads a nested field and a list value yields its first element."""
+    """Value of `key`: 'a.b' reads a nested field, 'a[0]' an element of a list (KeyError when absent)."""
     value: Any = record
     for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
+        m = _PART.match(part)
+        if m is None:
             raise KeyError(key)
-        value = value[part]
-    if isinstance(value, list) and value:
-        value = value[0]
+        name, indices = m.group(1), m.group(2)
+        if not isinstance(value, dict) or name not in value:
+            raise KeyError(key)
+        value = value[name]
+        for index in re.findall(r"\d+", indices):
+            if not isinstance(value, list) or int(index) >= len(value):
+                raise KeyError(key)
+            value = value[int(index)]
     return value
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def _text(where: str, name: str, value: Any) -> str:
+    """The field's text under the module's rules (see the docstring); DataError naming `where` otherwise."""
+    if isinstance(value, str):
+        text = value
+    elif name in ("answer", "id") and isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    elif name == "answer" and isinstance(value, float) and math.isfinite(value):
+        text = repr(value)
+    else:
+        kinds = {"question": "a string", "answer": "a string or a finite number", "id": "a string or an integer"}
+        hint = f" (a list: name one element, e.g. data.{name}_key='<key>[0]')" if isinstance(value, list) else ""
+        raise DataError(f"{where}: expected {kinds[name]}, got {_describe(value)}{hint}")
+    if not text.strip():
+        raise DataError(f"{where} is empty")
+    m = _LONE_SURROGATE.search(text)
+    if m:
+        raise DataError(f"{where}: invalid Unicode (lone surrogate U+{ord(m.group()):04X} at character {m.start()})")
+    return text
 
 
 def load_problems(path: str | Path, question_key: str = "question", answer_key: str = "answer",
                   id_key: str = "", source: str | None = None, max_problems: int = 0) -> list[Problem]:
-    """Problems from a file with the given field mapping (nested keys as 'reward_model.ground_truth')."""
+    """Problems from a file with the given field mapping (nested keys as 'reward_model.ground_truth',
+    list elements as 'final_answer[0]'); see the module docstring for the accepted values."""
     p = Path(path).expanduser()
     problems: list[Problem] = []
+    rows_of: dict[str, int] = {}
     for n, record in read_rows(p):
         values = {}
         for name, key in (("question", question_key), ("answer", answer_key), ("id", id_key)):
@@ -89,22 +153,25 @@ def load_problems(path: str | Path, question_key: str = "question", answer_key: 
                 values["id"] = f"{p.stem}-{n - 1}"
                 continue
             try:
-                values[name] = _field(record, key)
+                value = _field(record, key)
             except KeyError:
                 raise DataError(f"{p}: row {n} has no field '{key}' (data.{name}_key); fields present: "
-                                f"{', '.join(sorted(record))}") from None
-            if values[name] is None or str(values[name]).strip() == "":
-                raise DataError(f"{p}: row {n} field '{key}' (data.{name}_key) is empty")
+                                f"{', '.join(sorted(map(str, record)))}") from None
+            if value is None:
+                raise DataError(f"{p}: row {n} field '{key}' (data.{name}_key) is empty (null)")
+            values[name] = _text(f"{p}: row {n} field '{key}' (data.{name}_key)", name, value)
         meta = {k: v for k, v in record.items() if k not in (question_key, answer_key, id_key)
-                and isinstance(v, (str, int, float, bool))}
-        problems.append(Problem(id=str(values["id"]), question=str(values["question"]), answer=str(values["answer"]),
+                and isinstance(v, (str, int, float, bool))
+                and not (isinstance(v, float) and not math.isfinite(v))
+                and not (isinstance(v, str) and _LONE_SURROGATE.search(v))}
+        if values["id"] in rows_of:
+            raise DataError(f"{p}: duplicate id '{values['id']}' in rows {rows_of[values['id']]} and {n} "
+                            f"(data.id_key = '{id_key}')")
+        rows_of[values["id"]] = n
+        problems.append(Problem(id=values["id"], question=values["question"], answer=values["answer"],
                                 source=source or p.stem, meta=meta))
         if max_problems and len(problems) >= max_problems:
             break
-    ids = [q.id for q in problems]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise DataError(f"{p}: duplicate id '{dup}' (data.id_key = '{id_key}')")
     return problems
 
 

@@ -4,6 +4,7 @@
     job_id = client.submit(spec)                       # idempotent by spec.idempotency_key
     status = client.wait(job_id, timeout_s=3600, poll_s=1.0, on_progress=lambda st: log.info("%s", st))
     result = client.result(job_id)                     # GEPAResult; result.assignment[pid] -> K templates
+    client.retry(job_id, restart=False)                # a failed/cancelled job again, from its last good state
 
 Errors from the service raise `GEPAServiceError` with the HTTP status and the service's message.
 Connection errors and 5xx while polling are retried until the wait's deadline (the service may be
@@ -56,6 +57,10 @@ class GEPAClient:
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def retry(self, job_id: str, restart: bool = False) -> dict[str, Any]:
+        """Run a failed or cancelled job again (from its last good state, or from the beginning)."""
+        return self._call("POST", f"/v1/jobs/{job_id}/retry", {"restart": restart})
 
     def wait(self, job_id: str, timeout_s: float = 3600.0, poll_s: float = 1.0,
              on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:

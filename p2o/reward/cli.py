@@ -1,10 +1,15 @@
-"""`p2o verify --jsonl IN [--out OUT]`: verdicts for (response, answer) pairs.
+"""`p2o verify --jsonl IN [--out OUT]`: verdicts for (response, answer) pairs, streamed as they are decided.
 
 Each input line is a JSON object with string fields "response" and "answer" (other fields are ignored).
-Each output line is `{"correct": bool, "extracted": str|null, "reason": str}`, in input order, written to
-OUT (atomically: temp file + rename) or to stdout. A malformed line stops the run before any scoring with
-an error naming the line number and the problem; the exit status is then 2. A summary (count, accuracy,
-reasons) goes to stderr.
+Each non-blank input line gets one output line, in input order: `{"correct": bool, "extracted": str|null,
+"reason": str}`. A malformed line (bad UTF-8 or JSON, not an object, a missing or non-string field, invalid
+Unicode such as a lone surrogate) gets `{"correct": false, "extracted": null, "reason": "bad_input",
+"error": "<file>:<line>: <what is wrong>"}` and the rest of the file is scored as usual.
+
+Verdicts are written in chunks as soon as a chunk is scored (flushed), to stdout or to `OUT.partial`,
+which is renamed to OUT once the whole input is done: an interrupted run keeps every verdict already
+decided. A summary (count, accuracy, reasons, malformed lines) goes to stderr. Exit status: 0, or 2 when
+the input file is missing or any line was malformed (every line still has its verdict).
 """
 from __future__ import annotations
 
@@ -12,11 +17,16 @@ import argparse
 import collections
 import json
 import os
+import re
 import sys
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 from p2o.config import RewardConfig
+from p2o.jsonl import scan_jsonl
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class InputError(ValueError):
@@ -34,41 +44,83 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hard time bound per pair in seconds (default: %(default)s)")
     parser.add_argument("--max-answer-chars", type=int, default=d.max_answer_chars,
                         help="longer extracted answers are rejected (default: %(default)s)")
+    parser.add_argument("--chunk", type=int, default=256, help="pairs scored (and written) together (default: 256)")
+
+
+def check_row(row: Any) -> tuple[str, str]:
+    """(response, answer) of a decoded line; InputError saying what is wrong."""
+    if not isinstance(row, dict):
+        raise InputError("expected a JSON object with 'response' and 'answer'")
+    for key in ("response", "answer"):
+        if key not in row:
+            raise InputError(f"missing field '{key}'")
+        if not isinstance(row[key], str):
+            raise InputError(f"field '{key}' must be a string, got {type(row[key]).__name__}")
+        m = _LONE_SURROGATE.search(row[key])
+        if m:
+            raise InputError(f"field '{key}' is not valid Unicode (lone surrogate U+{ord(m.group()):04X} at "
+                             f"character {m.start()})")
+    return row["response"], row["answer"]
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, tuple[str, str] | None, str]]:
+    """(line number, pair or None, error) for every non-blank line of `path`."""
+    for line in scan_jsonl(path):
+        if line.error:
+            yield line.lineno, None, f"{path}:{line.lineno}: {line.error}"
+            continue
+        try:
+            yield line.lineno, check_row(line.record), ""
+        except InputError as e:
+            yield line.lineno, None, f"{path}:{line.lineno}: {e}"
 
 
 def read_pairs(path: Path) -> list[tuple[str, str]]:
     """(response, answer) pairs of a jsonl file; raises InputError naming the first malformed line."""
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object with 'response' and 'answer'")
-            for key in ("response", "answer"):
-                if key not in row:
-                    raise InputError(f"{path}:{lineno}: missing field '{key}'")
-                if not isinstance(row[key], str):
-                    raise InputError(f"{path}:{lineno}: field '{key}' must be a string, "
-                                     f"got {type(row[key]).__name__}")
-            pairs.append((row["response"], row["answer"]))
+    for _, pair, error in read_lines(path):
+        if pair is None:
+            raise InputError(error)
+        pairs.append(pair)
     return pairs
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _line(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+
+
+def stream_verdicts(verifier: Any, path: Path, out: IO[bytes], chunk: int) -> collections.Counter:
+    """Score `path` chunk by chunk, writing each chunk's verdict lines (in input order) as soon as it is done.
+    Returns counts: 'lines', 'correct', 'malformed' and one per reason."""
+    from p2o.reward.verdict import BAD_INPUT
+
+    counts: collections.Counter = collections.Counter()
+    pending: list[tuple[tuple[str, str] | None, str]] = []
+
+    def flush() -> None:
+        pairs = [p for p, _ in pending if p is not None]
+        verdicts = iter(verifier.score_many(pairs) if pairs else [])
+        for pair, error in pending:
+            if pair is None:
+                record = {"correct": False, "extracted": None, "reason": BAD_INPUT, "error": error}
+                counts["malformed"] += 1
+            else:
+                record = next(verdicts).to_dict()
+            counts["lines"] += 1
+            counts["correct"] += bool(record["correct"])
+            counts["reason:" + record["reason"]] += 1
+            out.write(_line(record))
+        out.flush()
+        pending.clear()
+
+    for _, pair, error in read_lines(path):
+        pending.append((pair, error))
+        if error:
+            print(f"p2o verify: {error}", file=sys.stderr)
+        if len(pending) >= chunk:
+            flush()
+    flush()
+    return counts
 
 
 def main(args: argparse.Namespace) -> int:
@@ -78,10 +130,8 @@ def main(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"p2o verify: --jsonl: no such file: {path}", file=sys.stderr)
         return 2
-    try:
-        pairs = read_pairs(path)
-    except InputError as e:
-        print(f"p2o verify: {e}", file=sys.stderr)
+    if args.chunk < 1:
+        print(f"p2o verify: --chunk: got {args.chunk}; expected >= 1", file=sys.stderr)
         return 2
     cfg = RewardConfig(fallback=args.fallback, workers=args.workers, timeout_s=args.timeout_s,
                        max_answer_chars=args.max_answer_chars)
@@ -91,14 +141,20 @@ def main(args: argparse.Namespace) -> int:
         print(f"p2o verify: {e}", file=sys.stderr)
         return 2
     with verifier:
-        verdicts = verifier.score_many(pairs)
-    text = "".join(json.dumps(v.to_dict(), ensure_ascii=False) + "\n" for v in verdicts)
-    if args.out:
-        write_atomic(Path(args.out), text)
-    else:
-        sys.stdout.write(text)
-    reasons = collections.Counter(v.reason for v in verdicts)
-    acc = sum(v.correct for v in verdicts) / max(1, len(verdicts))
-    print(f"p2o verify: {len(verdicts)} pairs, accuracy {acc:.4f}, reasons "
-          + ", ".join(f"{k}={n}" for k, n in reasons.most_common()), file=sys.stderr)
-    return 0
+        if args.out:
+            final = Path(args.out)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            partial = final.with_name(final.name + ".partial")
+            with partial.open("wb") as f:
+                counts = stream_verdicts(verifier, path, f, args.chunk)
+                os.fsync(f.fileno())
+            os.replace(partial, final)
+        else:
+            counts = stream_verdicts(verifier, path, sys.stdout.buffer, args.chunk)
+    reasons = {k.split(":", 1)[1]: n for k, n in counts.most_common() if k.startswith("reason:")}
+    acc = counts["correct"] / max(1, counts["lines"])
+    print(f"p2o verify: {counts['lines']} pairs, accuracy {acc:.4f}, reasons "
+          + ", ".join(f"{k}={n}" for k, n in reasons.items())
+          + (f"; {counts['malformed']} malformed line(s) (bad_input verdicts with an 'error')"
+             if counts["malformed"] else ""), file=sys.stderr)
+    return 2 if counts["malformed"] else 0

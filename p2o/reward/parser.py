@@ -71,6 +71,9 @@ _CMD_OPS = {
 _UNICODE = {"π": "\\pi ", "∞": "\\infty ", "√": "\\sqrt ", "≤": "\\le ", "≥": "\\ge ", "≠": "\\ne ",
             "−": "-", "–": "-", "×": "*", "·": "*", "÷": "/", "∪": "\\cup ", "±": "\\pm ", "∈": "\\in ",
             "∅": "\\emptyset ", "⋅": "*"}
+_SUPERSCRIPTS = dict(zip("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁼⁽⁾", "0123456789+-=()", strict=True))
+_SUBSCRIPTS = dict(zip("₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎", "0123456789+-=()", strict=True))
+_SCRIPT_RUN = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁼⁽⁾]+|[₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎]+")
 _SINGLE = set("+-*/^_()[]{}|,;!=<>&:'")
 _WORD_SEPARATORS = {"and", "or"}
 _REPEATING = re.compile(r"(\d{0,30})\.(\d{0,30})\\overline\s*\{(\d{1,30})\}")
@@ -78,30 +81,41 @@ _E_NOTATION = re.compile(r"[eE]([+-]?)(\d{1,4})(?![\d.a-zA-Z])")
 _ENVS = {"pmatrix", "bmatrix", "vmatrix", "Bmatrix", "matrix", "smallmatrix", "array"}
 
 
+def _scripts(m: re.Match) -> str:
+    run = m.group()
+    if run[0] in _SUPERSCRIPTS:
+        return "^{" + "".join(_SUPERSCRIPTS[c] for c in run) + "}"
+    return "_{" + "".join(_SUBSCRIPTS[c] for c in run) + "}"
+
+
 def tokenize(s: str) -> list[Tok]:
-    """Tokens of a normalised answer; raises ParseError on characters outside the accepted alphabet."""
+    """Tokens of a normalised answer; raises ParseError on characters outside the accepted alphabet.
+
+    Unicode superscript / subscript runs are read as exponents / subscripts (x² = x^{2}, 10⁻³ = 10^{-3},
+    x₁ = x_{1}); digits are decimal digits only (other "digit" characters such as ① are refused)."""
     for k, v in _UNICODE.items():
         if k in s:
             s = s.replace(k, v)
+    s = _SCRIPT_RUN.sub(_scripts, s)
     toks: list[Tok] = []
     i, n = 0, len(s)
     while i < n:
         c = s[i]
         if c.isspace():
             i += 1
-        elif (c.isdigit() or c == ".") and (m := _REPEATING.match(s, i)):  # 0.1\overline{6} = 1/6
+        elif (c.isdecimal() or c == ".") and (m := _REPEATING.match(s, i)):  # 0.1\overline{6} = 1/6
             whole, fixed, rep = m.group(1) or "0", m.group(2), m.group(3)
             num = int(whole + fixed + rep) - int(whole + fixed)
             den = (10 ** len(rep) - 1) * 10 ** len(fixed)
             toks.extend([Tok("op", "("), Tok("num", str(num)), Tok("op", "/"), Tok("num", str(den)), Tok("op", ")")])
             i = m.end()
-        elif c.isdigit() or (c == "." and i + 1 < n and s[i + 1].isdigit()):
+        elif c.isdecimal() or (c == "." and i + 1 < n and s[i + 1].isdecimal()):
             j = i
-            while j < n and s[j].isdigit():
+            while j < n and s[j].isdecimal():
                 j += 1
-            if j < n and s[j] == "." and j + 1 < n and s[j + 1].isdigit():
+            if j < n and s[j] == "." and j + 1 < n and s[j + 1].isdecimal():
                 j += 1
-                while j < n and s[j].isdigit():
+                while j < n and s[j].isdecimal():
                     j += 1
             m = _E_NOTATION.match(s, j)
             if m:  # 5e-7, 1.2E3: scientific notation (a literal directly followed by e, sign, digits)

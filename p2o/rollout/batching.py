@@ -24,6 +24,12 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     seed: int
+    request: GenerationRequest | None = None
+    """The request it belongs to (engines check `request.cancelled` between decode steps)."""
+
+    @property
+    def cancelled(self) -> bool:
+        return self.request is not None and self.request.cancelled
 
 
 def expand(requests: list[GenerationRequest], rng: random.Random) -> list[Sequence]:
@@ -32,7 +38,7 @@ def expand(requests: list[GenerationRequest], rng: random.Random) -> list[Sequen
     for i, req in enumerate(requests):
         base = req.params.seed if req.params.seed is not None else rng.getrandbits(63)
         for j in range(req.params.n):
-            out.append(Sequence(i, j, list(req.prompt_ids), req.params, sequence_seed(base, j)))
+            out.append(Sequence(i, j, list(req.prompt_ids), req.params, sequence_seed(base, j), req))
     return out
 
 

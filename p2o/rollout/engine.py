@@ -18,6 +18,7 @@ Conventions every engine follows:
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -25,7 +26,7 @@ from typing import Protocol
 import torch
 
 WeightBucket = list[tuple[str, torch.Tensor]]
-FINISH_REASONS = ("stop", "length")
+FINISH_REASONS = ("stop", "length", "cancelled")
 
 
 @dataclass
@@ -74,6 +75,13 @@ class GenerationRequest:
     request_id: str = ""
     priority: int = 0
     """Smaller is served first (see `p2o.rollout.scheduler.PRIORITIES`)."""
+    cancel: threading.Event | None = field(default=None, repr=False, compare=False)
+    """Set when nobody wants the result any more (the client went away); engines that check it stop
+    decoding the request's sequences at the next step (their generations end with finish_reason 'cancelled')."""
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
@@ -90,7 +98,8 @@ class Generation:
     """Behaviour log-probs of `response_ids` (fp32 values, same length); see the module docstring."""
     text: str
     finish_reason: str
-    """'stop' (EOS or a stop string) or 'length' (max_new_tokens reached)."""
+    """'stop' (EOS or a stop string), 'length' (max_new_tokens reached) or 'cancelled' (`request.cancel` set:
+    the result is discarded)."""
     policy_version: int
 
 

@@ -217,6 +217,12 @@ class HFEngine:
         kv: PaddedKV | None = None
         logits: torch.Tensor | None = None
         while pending or rows:
+            for s in [s for s in pending if s.cancelled]:  # never started: nothing to decode
+                results[(s.request_index, s.sample_index)] = Generation(s.prompt_ids, [], [], "", "cancelled",
+                                                                        self.policy_version)
+            pending = [s for s in pending if not s.cancelled]
+            if not pending and not rows:
+                break
             free = self.max_batch_size - len(rows)
             if pending and free > 0 and (self.refill or not rows):
                 new, pending = pending[:free], pending[free:]
@@ -235,8 +241,9 @@ class HFEngine:
                 row.response.append(int(tokens[i]))
                 row.logprobs.append(float(lps[i]))
                 status = row.checker.check(row.response)
-                if status.finished:
-                    results[(row.seq.request_index, row.seq.sample_index)] = self._finish(row, status.reason)
+                if status.finished or row.seq.cancelled:
+                    reason = status.reason if status.finished else "cancelled"
+                    results[(row.seq.request_index, row.seq.sample_index)] = self._finish(row, reason)
                 else:
                     keep.append(i)
             if len(keep) < len(rows):

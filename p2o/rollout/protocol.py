@@ -1,13 +1,16 @@
 """Request bodies of the OpenAI-compatible gateway (pydantic) and its error type.
 
-Standard OpenAI fields are accepted as the `openai` client sends them; unknown fields are ignored.
-Extensions (send them with the client's `extra_body=`):
+Standard OpenAI fields are accepted as the `openai` client sends them; unknown fields are ignored, except
+`chat_template`, which is refused (400): the gateway renders prompts with its model's own template only.
+`model` must be the served model's name (404 `model_not_found` otherwise, as OpenAI answers); omitted, it
+is the served model. Extensions (send them with the client's `extra_body=`):
 - `priority`: 'training' | 'evaluation' | 'reflection' (default: the `X-Priority` header, else 'evaluation');
 - `min_policy_version`: wait until the served policy reaches this version (or time out with 504);
 - `timeout_s`: per-request deadline, capped by the gateway's own request timeout;
 - `top_k`: top-k sampling (0 or -1: off), as in vLLM;
 - `return_token_ids`: add `prompt_token_ids` / `token_ids` to each choice;
-- chat only: `chat_template_kwargs` (e.g. {"enable_thinking": false}) passed to the chat template.
+- chat only: `chat_template_kwargs`: only the keys in `TEMPLATE_KWARGS` (`enable_thinking`: bool), passed
+  to the chat template; any other key is refused (400) naming it.
 """
 from __future__ import annotations
 
@@ -15,16 +18,22 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+TEMPLATE_KWARGS: dict[str, type] = {"enable_thinking": bool}
+"""The chat-template variables a request may set, and their types."""
+
 
 class GatewayError(Exception):
-    """An error answered as OpenAI-style JSON `{"error": {...}}` with HTTP `status`."""
+    """An error answered as OpenAI-style JSON `{"error": {...}}` with HTTP `status` (`code`: the status, or a
+    string code such as 'model_not_found')."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.type, self.param = status, message, type, param
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code or self.status}}
 
 
 class _Sampling(BaseModel):
@@ -90,6 +99,23 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=0)
     chat_template_kwargs: dict[str, Any] | None = None
+    chat_template: Any = None
+    """Refused when given (see the module docstring); declared so that it is not silently ignored."""
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """The request's chat-template variables, checked against `TEMPLATE_KWARGS`; GatewayError(400) otherwise."""
+        if self.chat_template is not None:
+            raise GatewayError(400, "chat_template: client-supplied chat templates are not accepted; the gateway "
+                                    "renders with the served model's template", param="chat_template")
+        given = self.chat_template_kwargs or {}
+        for key, value in given.items():
+            if key not in TEMPLATE_KWARGS:
+                raise GatewayError(400, f"chat_template_kwargs.{key}: not accepted; allowed keys: "
+                                        f"{', '.join(TEMPLATE_KWARGS)}", param=f"chat_template_kwargs.{key}")
+            if not isinstance(value, TEMPLATE_KWARGS[key]):
+                raise GatewayError(400, f"chat_template_kwargs.{key}: expected {TEMPLATE_KWARGS[key].__name__}, "
+                                        f"got {type(value).__name__}", param=f"chat_template_kwargs.{key}")
+        return dict(given)
 
 
 def parse(model: type[BaseModel], body: Any) -> Any:

@@ -15,6 +15,9 @@ Semantics (what HTTP clients and the training loop can rely on):
 - Bounds: at most `max_queue` queued requests from bounded submitters (HTTP); beyond that `QueueFull`
   (HTTP 429). In-process `generate` is unbounded. A queued request past its deadline fails with
   `RequestTimeout` (HTTP 504). After `close()`, queued and new requests fail with `SchedulerClosed` (503).
+- Cancellation (`cancel(futures)`, e.g. the HTTP client went away): a queued request is dropped; a running
+  one has its `request.cancel` event set, and the engine stops decoding it at its next step (`HFEngine`;
+  an engine that does not check the event finishes the batch and the result is discarded).
 
     sched = Scheduler(engine, max_batch_sequences=64); sched.start()
     futures = sched.submit(requests, priority="training")       # non-blocking
@@ -107,6 +110,8 @@ class Scheduler:
         self._paused = False
         self._holds = 0
         self._running = False
+        self._batch: list[_Job] = []
+        """The batch the engine is serving (under `_cond`)."""
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -160,6 +165,9 @@ class Scheduler:
             if bounded and sum(j.bounded for j in self._queue) + len(requests) > self.max_queue:
                 self.counters["rejected_queue_full"] += 1
                 raise QueueFull(f"queue full ({self.max_queue} requests waiting); retry later")
+            for r in requests:
+                if r.cancel is None:
+                    r.cancel = threading.Event()
             jobs = [_Job(r, prio, min_policy_version, deadline, next(self._order), bounded, self._started)
                     for r in requests]
             self._queue.extend(jobs)
@@ -176,10 +184,17 @@ class Scheduler:
         return [f.result() for f in futures]
 
     def cancel(self, futures: list[Future]) -> None:
-        """Drop still-queued requests of these futures (a running batch is not interrupted)."""
+        """Cancel the requests of these futures: queued ones are dropped; running ones get their
+        `request.cancel` event set, and engines that check it stop decoding them at the next step."""
         targets = {id(f) for f in futures}
         with self._cond:
+            dropped = [j for j in self._queue if id(j.future) in targets]
             self._queue = [j for j in self._queue if id(j.future) not in targets]
+            running = [j for j in self._batch if id(j.future) in targets]
+            self.counters["cancelled"] += len(dropped) + len(running)
+        for job in running:
+            if job.request.cancel is not None:
+                job.request.cancel.set()
         for f in futures:
             f.cancel()
 
@@ -226,11 +241,13 @@ class Scheduler:
                     self._cond.wait(timeout=self._wait_s())
                     batch = self._next_batch()
                 self._running = True
+                self._batch = batch
             try:
                 self._run(batch)
             finally:
                 with self._cond:
                     self._running = False
+                    self._batch = []
                     self._cond.notify_all()
 
     def _wait_s(self) -> float:
@@ -293,7 +310,8 @@ class Scheduler:
         self.counters["batches"] += 1
         self.counters["generated_tokens"] += tokens
         for job, gens in zip(batch, results, strict=True):
-            job.future.set_result(gens)
+            if not job.future.done():
+                job.future.set_result(gens)
 
 
 def _name(priority: int) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+DROPPED_FILE = "metrics.dropped.jsonl"
+"""Records a resume cut from metrics.jsonl (work that is redone after the checkpoint)."""
 
 
 def _clean(value: Any) -> Any:
@@ -91,12 +93,46 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> Iterator[dict]
                 yield rec
 
 
-def truncate_metrics(run_dir: str | Path, keep_until_step: int) -> None:
-    """Drop records after `keep_until_step` (used on resume so the file matches the checkpoint)."""
+def metrics_size(run_dir: str | Path) -> int:
+    """Bytes in run_dir/metrics.jsonl (0 when absent); records are flushed one by one, so this is exact."""
+    path = Path(run_dir) / METRICS_FILE
+    return path.stat().st_size if path.is_file() else 0
+
+
+def truncate_metrics(run_dir: str | Path, keep_until_step: int, size_bytes: int = -1) -> int:
+    """Cut metrics.jsonl back to what it held at a checkpoint, so a resumed run writes no duplicate records.
+
+    `size_bytes >= 0` (the size recorded in the checkpoint) keeps exactly that prefix; otherwise records
+    with `step <= keep_until_step` are kept. A fresh start after a kill before any checkpoint is
+    `truncate_metrics(run_dir, 0, 0)`. Dropped records (and a torn last line) are appended to
+    metrics.dropped.jsonl, not lost. Returns the number of lines dropped.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
-        return
-    kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= keep_until_step]
+        return 0
+    data = path.read_bytes()
+    if 0 <= size_bytes <= len(data) and (size_bytes == 0 or data[size_bytes - 1:size_bytes] == b"\n"):
+        kept, dropped = data[:size_bytes], data[size_bytes:]
+    else:
+        keep, drop = [], []
+        for line in data.splitlines(keepends=True):
+            try:
+                rec = json.loads(line)
+                ok = line.endswith(b"\n") and isinstance(rec, dict) and rec.get("step", 0) <= keep_until_step
+            except ValueError:
+                ok = False
+            (keep if ok else drop).append(line)
+        kept, dropped = b"".join(keep), b"".join(drop)
+    if not dropped:
+        return 0
+    if not dropped.endswith(b"\n"):
+        dropped += b"\n"
+    n = dropped.count(b"\n")
+    with (path.parent / DROPPED_FILE).open("ab") as f:
+        f.write(dropped)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.write_bytes(kept)
     tmp.replace(path)
+    log.warning("metrics.jsonl: %d record(s) written after the resumed point (step %d) moved to %s", n,
+                keep_until_step, DROPPED_FILE)
+    return n

@@ -37,6 +37,25 @@ def _write_summary(run_dir: Path, summary: dict) -> None:
     tmp.replace(run_dir / "summary.json")
 
 
+def preflight(cfg) -> str | None:
+    """What stops the run before anything is built: an unusable logging.run_dir or checkpoint.resume."""
+    from p2o.train.checkpoint import CheckpointError, resume_candidates
+
+    run_dir = Path(cfg.logging.run_dir).expanduser()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return f"logging.run_dir: cannot create or write {str(run_dir)!r} ({e.strerror or type(e).__name__})"
+    try:
+        resume_candidates(cfg.checkpoint.resume, run_dir)
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     from p2o.config import ConfigError, load_config
 
@@ -47,6 +66,10 @@ def main(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"p2o train: {e}", file=sys.stderr)
+        return 2
+    problem = preflight(cfg)
+    if problem:
+        print(f"p2o train: {problem}", file=sys.stderr)
         return 2
     nproc = cfg.train.nproc or cfg.parallel.tp * cfg.parallel.pp
     if nproc > 1 and "RANK" not in os.environ:

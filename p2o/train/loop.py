@@ -94,33 +94,65 @@ class Trainer:
                  REQUEUE_EXIT_CODE)
 
     def resume(self) -> bool:
-        """Restore the latest complete checkpoint (checkpoint.resume = auto | path); True if resumed."""
+        """Restore the newest usable checkpoint (checkpoint.resume = auto | none | path); True if resumed.
+
+        With auto, a damaged latest checkpoint (manifest, state.json or policy load fails) is skipped with a
+        warning for the previous complete one; an explicit path is used or fails. metrics.jsonl is cut back
+        to the checkpoint (to nothing on a fresh start), so redone steps are not logged twice."""
         mode = self.cfg.checkpoint.resume
-        path = None if mode == "none" else (ckpt.latest_checkpoint(self.rt.run_dir) if mode == "auto" else mode)
-        if path is None:
-            return False
-        self.state = ckpt.load_state(path)
-        self.hard.load_dict(self.state.hard_store)
-        self.rt.policy.load(str(path) + "/policy")
-        self.state.restore_rng()
-        self.rt.sync_weights(self.state.policy_version)
-        self.rt.truncate_metrics(self.state.global_step)
-        log.info("resumed from %s (epoch %d, step %d, version %d)", path, self.state.epoch,
-                 self.state.step_in_epoch, self.state.policy_version)
-        return True
+        candidates, explicit = ckpt.resume_candidates(mode, self.rt.run_dir)
+        if self.rt.is_rank0:
+            ckpt.clean_staging(self.rt.run_dir)
+        failures: list[str] = []
+        for path in candidates:
+            try:
+                state = ckpt.load_state(path)
+                error = None
+            except ckpt.CheckpointError as e:
+                error = e
+            if error is None:
+                try:
+                    self.rt.policy.load(str(path) + "/policy")
+                except Exception as e:  # noqa: BLE001 - reported below, with the checkpoint's path
+                    error = ckpt.CheckpointError(f"{path / 'policy'}: could not be loaded ({type(e).__name__}: {e})")
+            if self.rt.any_rank(error is not None):
+                reason = str(error) if error is not None else f"{path}: another rank could not load it"
+                if explicit:
+                    raise error or ckpt.CheckpointError(reason)
+                log.warning("checkpoint %s is unusable (%s); trying the previous complete checkpoint", path, reason)
+                failures.append(reason)
+                continue
+            self.state = state
+            self.hard.load_dict(self.state.hard_store)
+            self.state.restore_rng()
+            self.rt.sync_weights(self.state.policy_version)
+            self.rt.truncate_metrics(self.state.global_step, self.state.metrics_bytes)
+            log.info("resumed from %s (epoch %d, step %d, version %d)%s", path, self.state.epoch,
+                     self.state.step_in_epoch, self.state.policy_version,
+                     f" after skipping {len(failures)} damaged checkpoint(s)" if failures else "")
+            return True
+        if failures:
+            raise ckpt.CheckpointError("no usable checkpoint in " + str(ckpt.checkpoint_root(self.rt.run_dir))
+                                       + ": " + "; ".join(failures) + " (checkpoint.resume=none starts over)")
+        self.rt.truncate_metrics(0, 0)  # records of an attempt killed before its first checkpoint are redone
+        return False
 
     def save(self) -> None:
         self.state.hard_store = self.hard.to_dict()
         self.state.capture_rng()
-        tmp = ckpt.staging_dir(self.rt.run_dir, self.state.global_step)
         if self.rt.is_rank0:
-            tmp.mkdir(parents=True, exist_ok=True)
-        self.rt.barrier()
-        self.rt.policy.save(str(tmp / "policy"))
-        self.rt.barrier()
-        if self.rt.is_rank0:
-            ckpt.commit(self.rt.run_dir, self.state.global_step, self.state, self.cfg.checkpoint.keep_last)
-        self.rt.barrier()
+            from p2o.telemetry.metrics import metrics_size
+
+            self.state.metrics_bytes = metrics_size(self.rt.run_dir)
+        with ckpt.saving(self.rt.run_dir, self.state.global_step, self.rt.is_rank0) as tmp:
+            if self.rt.is_rank0:
+                tmp.mkdir(parents=True, exist_ok=True)
+            self.rt.barrier()
+            self.rt.policy.save(str(tmp / "policy"))
+            self.rt.barrier()
+            if self.rt.is_rank0:
+                ckpt.commit(self.rt.run_dir, self.state.global_step, self.state, self.cfg.checkpoint.keep_last)
+            self.rt.barrier()
 
     def fit(self) -> dict:
         """Run to the configured number of epochs; returns the run summary."""

@@ -68,15 +68,17 @@ def plan_requests(cfg: RunConfig, tokenizer: Any, problems: list[Problem], assig
     train_on_generation_prompt = cfg.p2o.distill == "none"  # the "w/o context distillation" ablation
     planned: list[PlannedRequest] = []
 
-    def encode(question: str, template: str = "") -> list[int]:
-        msgs = prompts.messages(question, template or None, cfg.prompt.user_template, cfg.prompt.system)
+    def encode(problem: Problem, template: str = "") -> list[int]:
+        msgs = prompts.messages(problem.question, template or None, cfg.prompt.user_template, cfg.prompt.system)
         ids = prompts.encode(tokenizer, msgs, cfg.model.thinking)
         if len(ids) > r.max_prompt_tokens:
-            raise ValueError(f"problem prompt has {len(ids)} tokens > rollout.max_prompt_tokens = {r.max_prompt_tokens}")
+            raise ValueError(f"problem {problem.id!r} (source {problem.source or '?'}): its prompt"
+                             f"{' with a template' if template else ''} has {len(ids)} tokens > "
+                             f"rollout.max_prompt_tokens = {r.max_prompt_tokens}")
         return ids
 
     for group, problem in enumerate(problems):
-        x_ids = encode(problem.question)
+        x_ids = encode(problem)
         templates = assignment.get(problem.id) if cfg.p2o.enabled else None
         if templates:
             if len(templates) != r.n:
@@ -85,7 +87,7 @@ def plan_requests(cfg: RunConfig, tokenizer: Any, problems: list[Problem], assig
             for k, z in enumerate(templates):
                 params = SamplingParams(n=1, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                         max_new_tokens=r.max_new_tokens, seed=derive_seed(r.seed, step, group, k))
-                gen_ids = encode(problem.question, z) if z.strip() else x_ids
+                gen_ids = encode(problem, z) if z.strip() else x_ids
                 planned.append(PlannedRequest(group, problem, z.strip(), GenerationRequest(
                     gen_ids, params, f"s{step}-g{group}-k{k}", priority),
                     gen_ids if train_on_generation_prompt else x_ids))

@@ -168,16 +168,16 @@ class Runtime:
 
     # ------------------------------------------------------------------ GEPA (rank 0)
     def submit_gepa(self, hard, epoch: int, policy_version: int) -> dict:
-        from p2o.gepa.protocol import GEPAJobSpec
+        from p2o.gepa.protocol import DEFAULT_LIMITS, FAILED_RESPONSE_TAIL_CHARS, GEPAJobSpec
 
         cfg = self.cfg
         samples = list(hard.samples.values())
-        gepa = asdict(cfg.gepa)
+        gepa = {k: v for k, v in asdict(cfg.gepa).items() if k != "token_env"}  # credentials are the service's
+        tails = {s.problem.id: [r[-FAILED_RESPONSE_TAIL_CHARS:] for r in s.failed_responses]
+                 [:DEFAULT_LIMITS.max_responses_per_problem] for s in samples}
         spec = GEPAJobSpec(
-            problems=[s.problem for s in samples],
-            failed_responses={s.problem.id: list(s.failed_responses) for s in samples},
+            problems=[s.problem for s in samples], failed_responses=tails,
             policy_version=policy_version, policy_url=advertised_url(self.gateway.url) + "/v1", policy_model="policy",
-            policy_api_key_env=cfg.rollout.gateway_token_env if os.environ.get(cfg.rollout.gateway_token_env) else "",
             reflection=self._reflection_settings(), gepa=gepa, reward=asdict(cfg.reward), k=cfg.rollout.n,
             user_template=cfg.prompt.user_template, system=cfg.prompt.system, thinking=cfg.model.thinking,
             idempotency_key=f"{self.run_dir.resolve()}::epoch{epoch}",
@@ -192,12 +192,25 @@ class Runtime:
 
     def _reflection_settings(self) -> dict:
         r = asdict(self.cfg.reflection)
+        del r["api_key_env"]  # the service's endpoint table chooses the key (`gepa_endpoints`)
         if self.cfg.reflection.mode == "self":
             r["base_url"] = advertised_url(self.reflection_gateway.url) + "/v1"
             r["model"] = "reflection"
-            if os.environ.get(self.cfg.rollout.gateway_token_env):
-                r["api_key_env"] = self.cfg.rollout.gateway_token_env
         return r
+
+    def gepa_endpoints(self) -> list[str]:
+        """`p2o gepa-serve` flags registering this run's endpoints and the variables holding their keys."""
+        cfg, args = self.cfg, []
+        gateway_key = cfg.rollout.gateway_token_env if os.environ.get(cfg.rollout.gateway_token_env) else ""
+        named = [("policy", advertised_url(self.gateway.url) + "/v1", gateway_key)]
+        if self.reflection_gateway is not None:
+            named.append(("reflection", advertised_url(self.reflection_gateway.url) + "/v1", gateway_key))
+        elif cfg.reflection.base_url:
+            key = cfg.reflection.api_key_env if os.environ.get(cfg.reflection.api_key_env) else ""
+            named.append(("reflection", cfg.reflection.base_url, key))
+        for name, url, key in named:
+            args += ["--endpoint", f"{name}={url}"] + (["--endpoint-key-env", f"{name}={key}"] if key else [])
+        return args
 
     def collect_gepa(self, job: dict, block: bool) -> dict | None:
         """The finished job's outcome {"assignment", "metrics"}, or None while it runs (block=False)."""
@@ -248,11 +261,12 @@ class Runtime:
             where = f"epoch {metrics['epoch']}" if kind != "step" and "epoch" in metrics else f"{kind} {step}"
             log.info("%s: %s", where, " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
-    def truncate_metrics(self, step: int) -> None:
+    def truncate_metrics(self, step: int, size_bytes: int = -1) -> None:
+        """Cut metrics.jsonl back to a checkpoint (its recorded size, else its step); see telemetry.metrics."""
         if self.is_rank0:
             from p2o.telemetry.metrics import truncate_metrics
             self.metrics.close()
-            truncate_metrics(self.run_dir, step)
+            truncate_metrics(self.run_dir, step, size_bytes)
             from p2o.telemetry.metrics import MetricsLogger
             self.metrics = MetricsLogger(self.run_dir, self.cfg.logging.tensorboard, self.cfg.logging.wandb)
 
@@ -274,15 +288,16 @@ class Runtime:
 
 
 # ---------------------------------------------------------------------------- construction
-def _start_gepa_service(run_dir: Path, token_env: str) -> tuple[subprocess.Popen, str]:
-    """`p2o gepa-serve` as a child process on 127.0.0.1; returns (process, base URL)."""
+def _start_gepa_service(run_dir: Path, token_env: str, endpoint_args: list[str]) -> tuple[subprocess.Popen, str]:
+    """`p2o gepa-serve` as a child process on 127.0.0.1 (with this run's endpoints); returns (process, base URL)."""
     d = run_dir / "gepa_service"
     d.mkdir(parents=True, exist_ok=True)
     endpoint = d / "endpoint"
     endpoint.unlink(missing_ok=True)
     log_file = open(d / "service.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "p2o.cli", "gepa-serve", "--host", "127.0.0.1", "--port", "0",
-                             "--run-dir", str(d), "--endpoint-file", str(endpoint)],
+                             "--run-dir", str(d), "--endpoint-file", str(endpoint), "--token-env", token_env,
+                             *endpoint_args],
                             stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ))
     deadline = time.time() + 120
     while not endpoint.is_file() or not endpoint.read_text().strip():
@@ -378,6 +393,6 @@ def _build_rank0(rt: Runtime) -> None:
         os.environ[cfg.gepa.token_env] = token  # the child service reads the same variable
     url = cfg.gepa.service_url
     if not url:
-        rt.gepa_process, url = _start_gepa_service(rt.run_dir, cfg.gepa.token_env)
+        rt.gepa_process, url = _start_gepa_service(rt.run_dir, cfg.gepa.token_env, rt.gepa_endpoints())
         rt._closers.append(lambda: (rt.gepa_process.terminate(), rt.gepa_process.wait(timeout=30)))
     rt.gepa_client = GEPAClient(url, token)

@@ -6,7 +6,8 @@
 # Components by heterogeneous group: 0 = trainer (always), 1 = GEPA service (when the job has it),
 # 2 = Self-Ref reflection server (when the job has it). Each attempt (a requeue starts a new one):
 #   1. job directory $RUN_DIR/slurm/<job id>: job.log, config.yaml, sinfo.txt, scontrol_job.txt, token (0600)
-#   2. services on their nodes, port 0; wait for endpoints/<name>.url and GET /health -> endpoints.json
+#   2. services on their nodes (reflection first, then GEPA with its endpoint table); wait for
+#      endpoints/<name>.url and GET /health -> endpoints.json
 #   3. trainer on component 0 with gepa.service_url / reflection.base_url pointing at them
 #   4. watch every component; the first one to end decides, the rest are stopped (bounded)
 #   5. summary.json + a summary line; on "checkpointed" (exit 75, or a forwarded pre-emption signal)
@@ -26,6 +27,9 @@
 #   REFLECTION_MODEL    model served for Self-Ref by component 2       [the config's model.path]
 #   REFLECTION_SERVER   p2o (`p2o serve`, OpenAI-compatible gateway) | vllm (`vllm serve`)   [p2o]
 #   REFLECTION_PORT     port of the reflection server on its node      [8000]
+#   GATEWAY_PORT        port of the trainer's policy gateway when the gateway token variable
+#                       (rollout.gateway_token_env) is set: the GEPA service registers it as its `policy`
+#                       endpoint, the only URL it sends that key to    [8001]
 #   ENDPOINT_TIMEOUT_S  seconds a service may take to answer /health   [600]
 #   MAX_REQUEUES        give up requeueing after this many restarts    [20]
 #
@@ -35,6 +39,7 @@
 : "${MAX_REQUEUES:=20}"
 : "${REFLECTION_SERVER:=p2o}"
 : "${REFLECTION_PORT:=8000}"
+: "${GATEWAY_PORT:=8001}"
 
 PREEMPT_SIGNAL=""
 TERMINATED=0
@@ -119,7 +124,9 @@ finish() {
     exit "$code"
 }
 
-start_gepa() {  # het group 1
+# start_gepa [GEPA_SERVE_ARGS...]: het group 1; the extra arguments register the endpoints the service may
+# send credentials to (--endpoint / --endpoint-key-env): the service never takes a key from a job.
+start_gepa() {
     local node out
     node=$(first_host "$SLURM_JOB_NODELIST_HET_GROUP_1")
     out=$JOB_DIR/endpoints/gepa.url
@@ -129,7 +136,18 @@ start_gepa() {  # het group 1
     mapfile -t prefix < <(container_exec_prefix)
     start_component gepa "$JOB_DIR/gepa.log" "$node" \
         srun --het-group=1 --nodes=1 --ntasks=1 --export=ALL "${cargs[@]}" "${prefix[@]}" \
-        "$PYTHON" -m p2o.cli gepa-serve --host 0.0.0.0 --port 0 --run-dir "$GEPA_RUN_DIR" --endpoint-file "$out"
+        "$PYTHON" -m p2o.cli gepa-serve --host 0.0.0.0 --port 0 --run-dir "$GEPA_RUN_DIR" --endpoint-file "$out" "$@"
+}
+
+# gepa_endpoint_args POLICY_URL REFLECTION_URL GATEWAY_TOKEN_ENV: the endpoint flags of start_gepa, one per line.
+gepa_endpoint_args() {
+    local policy=$1 reflection=$2 key_env=$3 name url
+    for name in policy reflection; do
+        [[ $name == policy ]] && url=$policy || url=$reflection
+        [[ -n $url ]] || continue
+        printf '%s\n' --endpoint "$name=$url"
+        if [[ -n $key_env && -n ${!key_env:-} ]]; then printf '%s\n' --endpoint-key-env "$name=$key_env"; fi
+    done
 }
 
 start_reflection() {  # het group 2: the frozen initial model behind an OpenAI-compatible server
@@ -200,7 +218,8 @@ run_training_job() {
     local values=() err
     err=$(mktemp)
     mapfile -t values < <(p2o_python "$P2O_SLURM_DIR/lib/config_query.py" "$CONFIG" "${overrides[@]}" \
-        --get logging.run_dir parallel.tp parallel.pp model.path gepa.token_env p2o.enabled 2>"$err"; echo "rc=$?")
+        --get logging.run_dir parallel.tp parallel.pp model.path gepa.token_env p2o.enabled \
+        rollout.gateway_token_env 2>"$err"; echo "rc=$?")
     if [[ ${values[-1]} != rc=0 ]]; then
         local why
         why="invalid run config $CONFIG (OVERRIDES=${OVERRIDES:-}): $(grep -v '^[[:space:]]*$' "$err" | tail -n 1)"
@@ -211,7 +230,7 @@ run_training_job() {
         finish failed config "$why" 2
     fi
     rm -f "$err"
-    local tp=${values[1]} pp=${values[2]} token_env=${values[4]} p2o_enabled=${values[5]}
+    local tp=${values[1]} pp=${values[2]} token_env=${values[4]} p2o_enabled=${values[5]} gateway_token_env=${values[6]}
     RUN_DIR=$(abspath "${RUN_DIR:-${values[0]}}")
     : "${GEPA_RUN_DIR:=$RUN_DIR/gepa_service}"
     : "${REFLECTION_MODEL:=${values[3]}}"
@@ -236,14 +255,27 @@ run_training_job() {
     # Per-job token, shared with the services and the trainer through the environment only.
     export "${token_env}=$(ensure_token "$JOB_DIR/token")"
 
-    local groups=${SLURM_HET_SIZE:-1} gepa_url="" reflection_url=""
-    if ((groups >= 2)); then start_gepa; fi
-    if ((groups >= 3)); then start_reflection; fi
+    local master_addr master_port
+    master_addr=$(first_host "$SLURM_JOB_NODELIST_HET_GROUP_0")
+    [[ -n $master_addr ]] || master_addr=$(first_host "$SLURM_JOB_NODELIST")
+    master_port=${MASTER_PORT:-$((20000 + (SLURM_JOB_ID % 10000) + ${SLURM_RESTART_COUNT:-0}))}
+
+    # The reflection server comes up first: the GEPA service is started knowing the endpoints it may call
+    # with credentials. When the gateways need a key, the trainer's gateway is pinned to GATEWAY_PORT of the
+    # first trainer node so that the service can register it (without a key it keeps a free port).
+    local groups=${SLURM_HET_SIZE:-1} gepa_url="" reflection_url="" gepa_args=() policy_endpoint=""
+    if [[ -n $gateway_token_env && -n ${!gateway_token_env:-} ]]; then
+        policy_endpoint="http://$master_addr:$GATEWAY_PORT/v1"
+    fi
+    if ((groups >= 3)); then start_reflection; await reflection; reflection_url=$AWAITED_URL; fi
+    if ((groups >= 2)); then
+        mapfile -t gepa_args < <(gepa_endpoint_args "$policy_endpoint" "$reflection_url" "$gateway_token_env")
+        start_gepa "${gepa_args[@]}"
+        await gepa; gepa_url=$AWAITED_URL
+    fi
     if ((groups < 2)) && [[ $p2o_enabled == True ]]; then
         log "warning: P2O is on but the job has no GEPA component; the trainer will start its own service"
     fi
-    if ((groups >= 2)); then await gepa; gepa_url=$AWAITED_URL; fi
-    if ((groups >= 3)); then await reflection; reflection_url=$AWAITED_URL; fi
     [[ -n $PREEMPT_SIGNAL ]] && finish requeued "" "pre-empted (SIG$PREEMPT_SIGNAL) before the trainer started" 0
     if ((TERMINATED)); then
         [[ $(term_action "$(job_state)" "") == requeue_now ]] &&
@@ -251,10 +283,6 @@ run_training_job() {
         finish cancelled "" "cancelled before the trainer started" 143
     fi
 
-    local master_addr master_port
-    master_addr=$(first_host "$SLURM_JOB_NODELIST_HET_GROUP_0")
-    [[ -n $master_addr ]] || master_addr=$(first_host "$SLURM_JOB_NODELIST")
-    master_port=${MASTER_PORT:-$((20000 + (SLURM_JOB_ID % 10000) + ${SLURM_RESTART_COUNT:-0}))}
     export MASTER_ADDR=$master_addr MASTER_PORT=$master_port
     atomic_write "$JOB_DIR/endpoints.json" <<EOF
 {"gepa": $(json_str "$gepa_url"), "reflection": $(json_str "$reflection_url"), "trainer_rendezvous": $(json_str "$master_addr:$master_port")}
@@ -262,6 +290,7 @@ EOF
 
     local train_args=(train --config "$CONFIG")
     [[ -n $gepa_url ]] && train_args+=("gepa.service_url=$gepa_url" "rollout.gateway_host=$master_addr")
+    [[ -n $gepa_url && -n $policy_endpoint ]] && train_args+=("rollout.gateway_port=$GATEWAY_PORT")
     # The reflection component serves the frozen initial model: to the trainer it is an external endpoint.
     [[ -n $reflection_url ]] && train_args+=(reflection.mode=teacher "reflection.base_url=$reflection_url" reflection.model=reflection)
     train_args+=("${overrides[@]}" "logging.run_dir=$RUN_DIR")

@@ -145,3 +145,13 @@ def test_compiler_caches_go_to_node_local_disk():
     out = subprocess.run(["bash", "-c", f"source {LIB}/common.sh; {show}"], capture_output=True, text=True,
                          timeout=30, env={**env, "SLURM_TMPDIR": "/local/job42", "TRITON_CACHE_DIR": "/mine"}).stdout
     assert out.split() == ["/mine", "/local/job42/inductor", "/local/job42/vllm"]  # a set variable is kept
+
+
+def test_gepa_endpoint_flags_carry_a_key_variable_only_when_it_is_set():
+    job = f"source {LIB}/job.sh; "
+    out = bash(job + 'gepa_endpoint_args "http://n0:8001/v1" "http://n2:8000" GW_TOKEN', GW_TOKEN="t").stdout.split()
+    assert out == ["--endpoint", "policy=http://n0:8001/v1", "--endpoint-key-env", "policy=GW_TOKEN",
+                   "--endpoint", "reflection=http://n2:8000", "--endpoint-key-env", "reflection=GW_TOKEN"]
+    out = bash(job + 'gepa_endpoint_args "" "http://n2:8000" GW_TOKEN', GW_TOKEN="").stdout.split()
+    assert out == ["--endpoint", "reflection=http://n2:8000"]  # no key set: no key flag, no pinned policy port
+    assert bash(job + 'gepa_endpoint_args "" "" ""').stdout == ""

@@ -29,8 +29,10 @@ def test_jsonl_with_mapping_and_nested_keys(tmp_path):
 def test_parquet_and_list_answers(tmp_path):
     f = tmp_path / "d.parquet"
     pq.write_table(pa.table({"question": ["q1", "q2"], "final_answer": [["7"], ["8"]]}), f)
-    ps = load_problems(f, answer_key="final_answer")
+    ps = load_problems(f, answer_key="final_answer[0]")  # a list element is named explicitly
     assert [p.answer for p in ps] == ["7", "8"] and ps[0].id == "d-0"
+    with pytest.raises(DataError, match=r"row 1 field 'final_answer'.*got list.*final_answer\[0\]|<key>\[0\]"):
+        load_problems(f, answer_key="final_answer")
 
 
 def test_round_trip_jsonl(tmp_path):
@@ -71,7 +73,7 @@ def test_corrupt_parquet(tmp_path):
 
 def test_duplicate_ids(tmp_path):
     f = _write_jsonl(tmp_path / "d.jsonl", [{"question": "a", "answer": "1", "id": 1}, {"question": "b", "answer": "2", "id": 1}])
-    with pytest.raises(DataError, match="duplicate id '1'"):
+    with pytest.raises(DataError, match="duplicate id '1' in rows 1 and 2"):
         load_problems(f, id_key="id")
 
 

@@ -48,7 +48,13 @@ def test_malformed_lines_name_line_and_field(tmp_path, capsys, rows, message):
     src = tmp_path / "in.jsonl"
     _write(src, rows)
     assert main(["verify", "--jsonl", str(src), "--workers", "1"]) == 2
-    assert message in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert message in captured.err
+    verdicts = [json.loads(line) for line in captured.out.splitlines()]
+    assert len(verdicts) == len(rows)  # every line has its verdict; the malformed ones say why
+    bad = [v for v in verdicts if v["reason"] == "bad_input"]
+    assert len(bad) == 1 and message in bad[0]["error"] and bad[0]["correct"] is False
+    assert all(v["reason"] == "equal_string" for v in verdicts if v not in bad)
 
 
 def test_missing_input_file(tmp_path, capsys):

@@ -124,3 +124,14 @@ def test_reward_package_never_evaluates_text():
         hits = [m.group(0) for m in banned.finditer(code) if not m.group(0).startswith("re.compile")]
         hits = [h for h in hits if not (h.startswith("compile") and "re." in code[max(0, code.find(h) - 3):code.find(h)])]
         assert not hits, f"{path.name}: {hits}"
+
+
+@pytest.mark.parametrize("pred, gold, correct", [
+    ("x²", "x^2", True), ("2³", "8", True), ("10⁻³", "0.001", True), ("x₁", "x_1", True), ("1²", "1", True),
+    ("²", "2", False), ("①", "1", False), ("H₂O", "H2O", False),
+])
+def test_superscript_and_subscript_digits_are_exponents_not_internal_errors(pred, gold, correct):
+    from p2o.reward.grade import compare_answers
+
+    ok, reason = compare_answers(pred, gold)
+    assert ok is correct and reason != "internal_error"
