@@ -50,6 +50,12 @@ CREDENTIAL_FIELDS = {"reflection.api_key_env", "gepa.token_env"}
 """Config fields naming credentials: refused in a job (the service's endpoint table chooses keys)."""
 
 
+def job_section(name: str, section: Any) -> dict[str, Any]:
+    """A config section (`reflection`, `gepa`, `reward`) as a job spec field: its field dict without the fields
+    that name credentials (`CREDENTIAL_FIELDS`), which a job may not carry."""
+    return {k: v for k, v in dataclasses.asdict(section).items() if f"{name}.{k}" not in CREDENTIAL_FIELDS}
+
+
 @dataclass(frozen=True)
 class JobLimits:
     """What one job may ask of the service; larger values are a `SpecError` (HTTP 400) naming the field."""

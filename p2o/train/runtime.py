@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -168,17 +168,17 @@ class Runtime:
 
     # ------------------------------------------------------------------ GEPA (rank 0)
     def submit_gepa(self, hard, epoch: int, policy_version: int) -> dict:
-        from p2o.gepa.protocol import DEFAULT_LIMITS, FAILED_RESPONSE_TAIL_CHARS, GEPAJobSpec
+        from p2o.gepa.protocol import DEFAULT_LIMITS, FAILED_RESPONSE_TAIL_CHARS, GEPAJobSpec, job_section
 
         cfg = self.cfg
         samples = list(hard.samples.values())
-        gepa = {k: v for k, v in asdict(cfg.gepa).items() if k != "token_env"}  # credentials are the service's
         tails = {s.problem.id: [r[-FAILED_RESPONSE_TAIL_CHARS:] for r in s.failed_responses]
                  [:DEFAULT_LIMITS.max_responses_per_problem] for s in samples}
         spec = GEPAJobSpec(
             problems=[s.problem for s in samples], failed_responses=tails,
             policy_version=policy_version, policy_url=advertised_url(self.gateway.url) + "/v1", policy_model="policy",
-            reflection=self._reflection_settings(), gepa=gepa, reward=asdict(cfg.reward), k=cfg.rollout.n,
+            reflection=self._reflection_settings(), gepa=job_section("gepa", cfg.gepa),
+            reward=job_section("reward", cfg.reward), k=cfg.rollout.n,
             user_template=cfg.prompt.user_template, system=cfg.prompt.system, thinking=cfg.model.thinking,
             idempotency_key=f"{self.run_dir.resolve()}::epoch{epoch}",
             same_template_in_group=cfg.p2o.same_template_in_group,
@@ -191,8 +191,9 @@ class Runtime:
                 "hard_ids": [s.problem.id for s in samples], "submitted_at": time.time()}
 
     def _reflection_settings(self) -> dict:
-        r = asdict(self.cfg.reflection)
-        del r["api_key_env"]  # the service's endpoint table chooses the key (`gepa_endpoints`)
+        from p2o.gepa.protocol import job_section
+
+        r = job_section("reflection", self.cfg.reflection)  # the service's endpoint table chooses keys
         if self.cfg.reflection.mode == "self":
             r["base_url"] = advertised_url(self.reflection_gateway.url) + "/v1"
             r["model"] = "reflection"

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from p2o.config import load_config, to_dict
+from p2o.config import load_config
 from p2o.data.problem import Problem
+from p2o.gepa.endpoints import Endpoints
 from p2o.gepa.evaluate import EvalItem, RequestRefused
 from p2o.gepa.jobs import default_evaluator, default_reflector
-from p2o.gepa.protocol import GEPAJobSpec
+from p2o.gepa.protocol import GEPAJobSpec, job_section
 from p2o.gepa.reflect import ReflectionExample, ReflectionRequest
 from p2o.limits import reflection_rollout, resolve_limits
 from p2o.prompts import AUTHORS_USER_TEMPLATE, user_text
@@ -65,9 +66,11 @@ def problems() -> list[Problem]:
 
 def job_spec(cfg, policy_url: str, reflection_url: str) -> GEPAJobSpec:
     """What `Runtime.submit_gepa` sends for this config (Self-Ref: the reflection gateway, model 'reflection')."""
-    reflection = {**to_dict(cfg.reflection), "base_url": reflection_url + "/v1", "model": "reflection"}
+    reflection = {**job_section("reflection", cfg.reflection), "base_url": reflection_url + "/v1",
+                  "model": "reflection"}
     return GEPAJobSpec(problems=problems(), policy_url=policy_url + "/v1", policy_model="policy", policy_version=0,
-                       reflection=reflection, gepa=to_dict(cfg.gepa), reward=to_dict(cfg.reward), k=cfg.rollout.n,
+                       reflection=reflection, gepa=job_section("gepa", cfg.gepa),
+                       reward=job_section("reward", cfg.reward), k=cfg.rollout.n,
                        user_template=cfg.prompt.user_template, system=cfg.prompt.system, thinking=cfg.model.thinking)
 
 
@@ -87,7 +90,7 @@ def test_paper_config_gepa_scoring_and_reflection_through_the_real_gateways(path
         spec = job_spec(cfg, policy_gw.url, reflection_gw.url)
         gepa, reflection, reward = spec.configs()
         # one scoring wave, as the search sends it: the parent "" and a child on the same minibatch
-        evaluator = default_evaluator(spec, gepa, reward)
+        evaluator = default_evaluator(spec, gepa, reward, Endpoints())
         try:
             p3, p7, q7 = spec.problems
             outs = evaluator.evaluate([EvalItem("", p3), EvalItem("", p7), EvalItem("", q7),
@@ -101,7 +104,7 @@ def test_paper_config_gepa_scoring_and_reflection_through_the_real_gateways(path
         assert sum(child) > sum(parent)  # the search's acceptance rule: this child would be accepted
         assert policy_gw.scheduler.counters["requests_evaluation"] == 6
         # one reflection call: the meta-prompt on the parent's failures, through the reflection gateway
-        reflector = default_reflector(spec, gepa, reflection)
+        reflector = default_reflector(spec, gepa, reflection, Endpoints())
         assert reflector.budget_tokens == limits.reflection_prompt_budget == 32768 - 2048 - 64
         examples = [ReflectionExample(user_text(p.question, spec.user_template), o.response, p.answer,
                                       o.score >= 1.0, o.extracted, o.reason, o.score)
@@ -129,7 +132,7 @@ def test_the_old_fixed_gateway_limit_refuses_the_paper_scoring(tiny_qwen3_policy
     try:
         spec = job_spec(cfg, gw.url, "http://127.0.0.1:9")
         gepa, _, reward = spec.configs()
-        evaluator = default_evaluator(spec, gepa, reward)
+        evaluator = default_evaluator(spec, gepa, reward, Endpoints())
         try:
             with pytest.raises(RequestRefused, match="max_tokens 12288 exceeds the gateway limit 4096"):
                 evaluator.evaluate([EvalItem("Work carefully.", spec.problems[1])])

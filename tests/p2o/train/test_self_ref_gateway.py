@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from p2o.gepa.reflect import META_PROMPT_HEAD, META_PROMPT_MIDDLE, META_PROMPT_TAIL
+from p2o.gepa.store import read_record
 
 pytestmark = [pytest.mark.slow]
 
@@ -38,7 +39,7 @@ def test_reflection_calls_are_served_past_the_policy_prompt_limit(tmp_path, tiny
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "ok"
     (result_file,) = (run / "gepa_service" / "jobs").glob("*/result.json")
-    result = json.loads(result_file.read_text())
+    result = read_record(result_file, lambda data: data).value
     statuses = [rec["status"] for rec in result["log"]]
     assert statuses and "reflection_failed" not in statuses, result["log"]
     assert result["counters"].get("reflection_failed", 0) == 0
