@@ -133,7 +133,7 @@ def run_summary(lr: float, records: list[dict], out: Path, initial: dict | None)
         return statistics.fmean(vals) if vals else None
 
     last_epoch = max((r.get("epoch", 0) for r in steps), default=0)
-    row = {"lr": lr, "steps": len(steps), "epochs": len(epochs),
+    row = {"lr": lr, "finished": runs.run_finished(out / run_name(lr)), "steps": len(steps), "epochs": len(epochs),
            "reward_first_epoch": mean([r for r in steps if r.get("epoch", 0) == 0], "reward_mean"),
            "reward_last_epoch": mean([r for r in steps if r.get("epoch", 0) == last_epoch], "reward_mean"),
            "signal_frac": (1 - mean(steps, "zero_adv_frac")) if steps else None,
@@ -177,7 +177,7 @@ def _cell(row: dict, key: str, initial: dict | None, epochs: int) -> str:
             return "-"
         return f"{row[key]:+.3f} [{row[key + '_low']:+.3f}, {row[key + '_high']:+.3f}]"
     if key == "lr":
-        return f"{row['lr']:g}"
+        return f"{row['lr']:g}" + ("" if row.get("finished") else " (unfinished)")
     return _f(row.get(key), 1 if key in ("response_len_last_epoch", "step_s") else 3)
 
 

@@ -90,7 +90,10 @@ def test_summary_compares_the_last_epoch_with_the_initial_policy(tmp_path):
     assert row["delta_greedy_low"] <= 0.5 <= row["delta_greedy_high"]
     assert (row["signal_frac"], row["greedy_e1"], row["reward_first_epoch"]) == (0.75, 0.75, 0.5)
     md = lr_study.summary_markdown([row], lr_study.Settings(epochs=1), initial)
-    assert "| 1e-05 | 1 | 0.25, 0.75 | 0.25, 0.38 | +0.500 [" in md
+    assert "| 1e-05 (unfinished) | 1 | 0.25, 0.75 | 0.25, 0.38 | +0.500 [" in md  # no summary.json
+    (d / "summary.json").write_text(json.dumps({"status": "ok"}))
+    assert "| 1e-05 | 1 |" in lr_study.summary_markdown([lr_study.run_summary(1e-5, recs, tmp_path, initial)],
+                                                         lr_study.Settings(epochs=1), initial)
 
 
 @pytest.mark.slow
