@@ -62,6 +62,8 @@ ARMS = {a.name: a for a in (
     Arm("grpo-k4", "GRPO (K=4)", ("p2o.enabled=false", "rollout.n=4")),
     Arm("grpo-k8", "GRPO 2x rollouts (K=8)", ("p2o.enabled=false", "rollout.n=8")),
     Arm("p2o-k4", "P2O Self-Ref (K=4)", ("p2o.enabled=true", "rollout.n=4", "reflection.mode=self")),
+    # An ablation is one more line: the P2O arm's overrides plus the switch, e.g. the arm without context
+    # distillation (templated rollouts trained on x+z) once `p2o.distill` has that mode.
 )}
 DEFAULT_ARMS = ["grpo-k4", "grpo-k8", "p2o-k4"]
 
@@ -83,13 +85,16 @@ class Settings:
     seed: int = 1234
     """Problem generator seed (not a training seed: see `seeds`)."""
     levels: list[int] = field(default_factory=lambda: [0, 1])
-    """[]: `binary_problems` (a op b, the vs-TRL set); else `arithmetic.generate` with these difficulty levels."""
+    """[]: `binary_problems` (a op b, the vs-TRL set); else `arithmetic.generate` with these difficulty levels.
+    0 and 1: plain GRPO learns level 0 within an epoch (the learning-rate study), level 1 keeps hard samples."""
     epochs: int = 3
+    """3 x 5 steps: all arms x 3 seeds in about 3 hours of the 2-core CPU (docs/results.md)."""
     steps_per_epoch: int = 5
     save_every_steps: int = 5
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
     seeds: int = 1
     lr: float = 1e-5
+    """The lowest rate at which plain GRPO learned within the learning-rate study's budget (docs/results.md)."""
     task: list[str] = field(default_factory=lambda: list(TASK))
     overrides: list[str] = field(default_factory=list)
     compare: str = "p2o-k4"
