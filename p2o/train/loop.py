@@ -346,9 +346,10 @@ class Trainer:
         self.save()
 
     def _templated_this_epoch(self) -> list:
-        """This epoch's problems rolled out with templates: last epoch's hard samples with an assignment that
-        came up in this epoch's steps (sync GEPA; in async mode, those with an assignment at the epoch end)."""
-        assigned = self._active_assignment()
+        """This epoch's problems rolled out with templates: last epoch's hard samples assigned at least one
+        non-empty template (set cover may assign only the empty one) that came up in this epoch's steps (sync
+        GEPA; in async mode, those with such an assignment at the epoch end)."""
+        assigned = {pid for pid, z in self._active_assignment().items() if any(t.strip() for t in z)}
         if not assigned:
             return []
         order = epoch_order(len(self.problems), self.cfg.data.shuffle_seed, self.state.epoch)
