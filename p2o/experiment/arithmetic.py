@@ -234,14 +234,14 @@ SUMMARY_COLUMNS = [("signal_frac", "groups with signal"), ("reward_first_epoch",
                    ("hard_plain_before", "plain success when mined (hard)"),
                    ("hard_plain_after_greedy", "plain after, greedy (hard)"),
                    ("hard_plain_after_sampled", "plain after, sampled (hard)"), ("mask_rate", "mask rate"),
-                   ("gepa_rounds", "GEPA rounds"), ("assigned", "hard samples assigned"),
+                   ("gepa_rounds", "GEPA rounds"), ("templated_problems", "hard samples rolled out with templates"),
                    ("gepa_tokens", "GEPA eval tokens"), ("gepa_wall_s", "GEPA s"), ("tokens", "tokens"),
                    ("step_s", "s/step")]
 
 
 def _cell(vals: list, key: str) -> str:
     m, lo, hi = _interval(vals)
-    digits = 0 if key in ("gepa_tokens", "tokens", "gepa_wall_s", "gepa_rounds", "assigned") else 3
+    digits = 0 if key in ("gepa_tokens", "tokens", "gepa_wall_s", "gepa_rounds", "templated_problems") else 3
     if key == "step_s":
         digits = 1
     return fmt_interval(m, lo, hi, digits)
