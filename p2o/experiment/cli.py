@@ -2,6 +2,8 @@
 and `main(args) -> int` and is imported only when run.
 
     p2o experiment arithmetic --out runs/arithmetic      # GRPO K=4, GRPO K=8, P2O Self-Ref K=4 (resumable)
+    p2o experiment pass-rate --levels 0                  # is there any GRPO signal before training?
+    p2o experiment lr-study --out runs/lr_study          # plain GRPO at 1e-6, 1e-5, 3e-5, 1e-4 (resumable)
 """
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ import importlib
 EXPERIMENTS: dict[str, tuple[str, str]] = {
     "arithmetic": ("p2o.experiment.arithmetic",
                    "GRPO (K=4), GRPO 2x rollouts (K=8) and P2O Self-Ref (K=4) on the same arithmetic problems"),
+    "lr-study": ("p2o.experiment.lr_study",
+                 "plain GRPO at several learning rates on one arithmetic setting (resumable; table and curves)"),
+    "pass-rate": ("p2o.experiment.pass_rate",
+                  "the initial policy's plain pass rate (greedy, sampled, groups with signal) for a task setting"),
 }
 
 

@@ -3,7 +3,8 @@
 Plots: training reward (P2O vs a baseline run when given), hard samples per epoch, templated-rollout success
 vs the plain prompt, mask rate / zero-advantage groups, held-out accuracy, and the step-time breakdown.
 Tables (from the saved rollouts, `logging.save_rollouts`): per epoch, the templated rollouts' success next to
-the same problems' success with the plain prompt one epoch earlier; per template, its rollouts and successes.
+the same problems' success with the plain prompt before (one epoch earlier, when mined as hard) and after the
+templated epoch (the trainer's `hard_plain_*` epoch evaluation); per template, its rollouts and successes.
 Written at the end of `p2o train` and on demand by `p2o report RUN_DIR [--baseline RUN_DIR]`.
 """
 from __future__ import annotations
@@ -96,12 +97,15 @@ def _read_rollouts(run: Path, steps: list[dict]) -> list[dict]:
     return rows
 
 
-def template_tables(rollouts: list[dict]) -> tuple[list[dict], list[dict]]:
+def template_tables(rollouts: list[dict], epochs: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
     """(per epoch, per template) success tables over rollouts [{epoch, problem_id, template, reward}].
 
-    Per epoch with templated rollouts: their count and success, and the success of the same problems' plain
-    (untemplated) rollouts in the previous epoch, i.e. when they were mined as hard. Per template: rollouts,
-    distinct problems and success, most used first."""
+    Per epoch with templated rollouts: their count and success, the success of the same problems' plain
+    (untemplated) rollouts in the previous epoch, i.e. when they were mined as hard ("before"), and, from that
+    epoch's record in `epochs` (`hard_plain_*`, written by the trainer at the epoch end), their plain-prompt
+    success after the epoch's training: greedy and sampled at the rollout temperature ("after"). Per template:
+    rollouts, distinct problems and success, most used first."""
+    after = {e.get("epoch"): e for e in epochs or [] if "hard_plain_size" in e}
     per_epoch = []
     for e in sorted({r["epoch"] for r in rollouts if r["template"] and r["epoch"] is not None}):
         templ = [r for r in rollouts if r["epoch"] == e and r["template"]]
@@ -112,7 +116,10 @@ def template_tables(rollouts: list[dict]) -> tuple[list[dict], list[dict]]:
             "templated_correct": int(sum(r["reward"] > 0 for r in templ)),
             "templated_success": sum(r["reward"] > 0 for r in templ) / len(templ),
             "plain_rollouts_prev_epoch": len(before),
-            "plain_success_prev_epoch": (sum(r["reward"] > 0 for r in before) / len(before)) if before else None})
+            "plain_success_prev_epoch": (sum(r["reward"] > 0 for r in before) / len(before)) if before else None,
+            "plain_after_problems": after.get(e, {}).get("hard_plain_size"),
+            "plain_after_greedy": after.get(e, {}).get("hard_plain_greedy"),
+            "plain_after_sampled": after.get(e, {}).get("hard_plain_avg4")})
     per_template = []
     for t in {r["template"] for r in rollouts if r["template"]}:
         mine = [r for r in rollouts if r["template"] == t]
@@ -146,12 +153,13 @@ def write_report(run_dir: str | Path, baseline_dir: str | Path | None = None) ->
                        ("masked tokens (templated rows)", *_series(steps, "mask_rate"))]))
     if any("heldout_greedy" in e for e in epochs):
         figs.append(_plot(run / "heldout.png", "Held-out accuracy (no templates)", "accuracy",
-                          [("greedy", [e["epoch"] for e in epochs if "heldout_greedy" in e],
-                            [e["heldout_greedy"] for e in epochs if "heldout_greedy" in e])], xlabel="epoch"))
+                          [(label, [e["epoch"] for e in epochs if key in e], [e[key] for e in epochs if key in e])
+                           for label, key in (("greedy", "heldout_greedy"), ("sampled (avg@4)", "heldout_avg4"))],
+                          xlabel="epoch"))
     figs.append(_time_breakdown(run / "time_breakdown.png", steps))
     imgs = "".join(f'<img src="{f}" alt="{f}">' for f in figs if f)
     config = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else ""
-    per_epoch, per_template = template_tables(_read_rollouts(run, steps))
+    per_epoch, per_template = template_tables(_read_rollouts(run, steps), epochs)
     summary = {}
     if (run / "summary.json").is_file():
         summary = json.loads((run / "summary.json").read_text())
@@ -164,8 +172,10 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
 <h2>Epochs</h2>{_table(epochs, sorted({k for e in epochs for k in e if k not in ("kind", "time")}))}
 <h2>GEPA rounds</h2>{_table(gepa, sorted({k for g in gepa for k in g if k not in ("kind", "time")}))}
 <h2>Templated rollouts on hard samples</h2>
-<p>Success of the rollouts generated with templates (x+z), next to the same problems' plain-prompt rollouts
-one epoch earlier, when they were mined as hard.</p>{_table(per_epoch, list(per_epoch[0]) if per_epoch else [])}
+<p>Success of the rollouts generated with templates (x+z), next to the same problems' success with the plain
+prompt x: before, their rollouts one epoch earlier, when they were mined as hard (sampled at the rollout
+temperature); after, an evaluation at the end of the templated epoch, once context distillation trained on them
+(greedy, and 4 samples at the rollout temperature; <code>plain_after_*</code>).</p>{_table(per_epoch, list(per_epoch[0]) if per_epoch else [])}
 <h2>Templates used</h2>{_table(per_template, ["template", "rollouts", "problems", "correct", "success"])}
 <h2>Config</h2><pre>{html.escape(config)}</pre></body></html>"""
     out = run / "report.html"

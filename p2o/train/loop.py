@@ -435,7 +435,9 @@ class Trainer:
         """Held-out evaluation, the GEPA round for this epoch's hard samples, then a checkpoint."""
         cfg, st, rt = self.cfg, self.state, self.rt
         epoch_metrics: dict[str, Any] = {"epoch": st.epoch, "hard_count": len(self.hard)}
-        epoch_metrics.update(rt.evaluate_heldout() if rt.is_rank0 else {})
+        epoch_metrics.update(rt.evaluate_heldout(st.epoch) if rt.is_rank0 else {})
+        if rt.is_rank0:  # the hard samples trained with templates this epoch, now with the plain prompt x
+            epoch_metrics.update(rt.evaluate_plain(self._templated_this_epoch(), "hard_plain", st.epoch))
         last_epoch = st.epoch + 1 >= cfg.train.epochs  # templates found now could never be used
         if cfg.p2o.enabled and st.gepa_job is None and not last_epoch:
             job: dict | None = None
@@ -456,6 +458,17 @@ class Trainer:
         st.step_in_epoch = 0
         st.epoch_done = False
         self.save()
+
+    def _templated_this_epoch(self) -> list:
+        """This epoch's problems rolled out with templates: last epoch's hard samples assigned at least one
+        non-empty template (set cover may assign only the empty one) that came up in this epoch's steps (sync
+        GEPA; in async mode, those with such an assignment at the epoch end)."""
+        assigned = {pid for pid, z in self._active_assignment().items() if any(t.strip() for t in z)}
+        if not assigned:
+            return []
+        order = epoch_order(len(self.problems), self.cfg.data.shuffle_seed, self.state.epoch)
+        seen = order[: self.steps_per_epoch * self.cfg.rollout.prompts_per_step]
+        return [self.problems[i] for i in seen if self.problems[i].id in assigned]
 
     def _poll_gepa(self, block: bool) -> None:
         """Collect a finished GEPA job's assignment (rank 0 polls, every rank receives the outcome)."""

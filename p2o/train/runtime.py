@@ -138,9 +138,19 @@ class Runtime:
             for _ in stream:
                 pass
 
-    def evaluate_heldout(self) -> dict[str, float]:
-        """Held-out accuracy without templates: greedy, and avg@4 at the rollout temperature."""
-        if not self.eval_problems:
+    def evaluate_heldout(self, epoch: int | None = None) -> dict[str, float]:
+        """Held-out accuracy without templates: greedy, and avg@4 at the rollout temperature (`evaluate_plain`)."""
+        return self.evaluate_plain(self.eval_problems, "heldout", epoch) if self.eval_problems else {}
+
+    def evaluate_plain(self, problems: list[Problem], name: str, epoch: int | None = None,
+                       samples: int = 4) -> dict[str, float]:
+        """Accuracy on `problems` with the plain prompt x (no template), served by the scheduler at evaluation
+        priority (rank 0): one greedy response and `samples` at the rollout temperature per problem.
+
+        Returns `{name}_greedy` and `{name}_avg{samples}` (fractions correct) and `{name}_size` (problems); with
+        an `epoch`, also writes the per-problem results to evals/{name}_epoch{epoch:03d}.jsonl, one
+        {"id", "greedy": 0|1, "correct": correct samples, "n": samples} line per problem."""
+        if not problems:
             return {}
         from p2o import prompts
         from p2o.rollout.engine import GenerationRequest, SamplingParams
@@ -148,23 +158,34 @@ class Runtime:
         cfg = self.cfg
         ids = [prompts.encode(self.tokenizer, prompts.messages(p.question, None, cfg.prompt.user_template,
                                                                cfg.prompt.system), cfg.model.thinking)
-               for p in self.eval_problems]
+               for p in problems]
         greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.max_new_tokens)
-        sampled = SamplingParams(n=4, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                 top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.rollout.seed)
-        reqs = [GenerationRequest(i, greedy, f"eval-g{j}") for j, i in enumerate(ids)]
-        reqs += [GenerationRequest(i, sampled, f"eval-s{j}") for j, i in enumerate(ids)]
+        sampled = SamplingParams(n=samples, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                 top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
+                                 seed=cfg.rollout.seed)
+        reqs = [GenerationRequest(i, greedy, f"{name}-g{j}") for j, i in enumerate(ids)]
+        reqs += [GenerationRequest(i, sampled, f"{name}-s{j}") for j, i in enumerate(ids)]
         futures = self.scheduler.submit(reqs, priority="evaluation")
         self.scheduler.resume()
-        gens = self._collect(futures, "held-out eval")
+        gens = self._collect(futures, f"{name} eval")
         self.scheduler.pause()
         n = len(ids)
-        pairs = [(g.text, p.answer) for gl, p in zip(gens[:n], self.eval_problems, strict=False) for g in gl]
-        pairs += [(g.text, p.answer) for gl, p in zip(gens[n:], self.eval_problems, strict=False) for g in gl]
+        pairs = [(gl[0].text, p.answer) for gl, p in zip(gens[:n], problems, strict=True)]
+        pairs += [(g.text, p.answer) for gl, p in zip(gens[n:], problems, strict=True) for g in gl]
         verdicts = self.verify(pairs)
-        greedy_acc = sum(v.correct for v in verdicts[:n]) / n
-        avg4 = sum(v.correct for v in verdicts[n:]) / (4 * n)
-        return {"heldout_greedy": greedy_acc, "heldout_avg4": avg4, "heldout_size": n}
+        per = [{"id": p.id, "greedy": int(verdicts[j].correct),
+                "correct": sum(v.correct for v in verdicts[n + j * samples: n + (j + 1) * samples]), "n": samples}
+               for j, p in enumerate(problems)]
+        if epoch is not None:
+            import json
+
+            d = self.run_dir / "evals"
+            d.mkdir(exist_ok=True)
+            tmp = d / f"{name}_epoch{epoch:03d}.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in per))
+            tmp.replace(d / f"{name}_epoch{epoch:03d}.jsonl")
+        return {f"{name}_greedy": sum(r["greedy"] for r in per) / n,
+                f"{name}_avg{samples}": sum(r["correct"] for r in per) / (samples * n), f"{name}_size": n}
 
     # ------------------------------------------------------------------ GEPA (rank 0)
     def submit_gepa(self, hard, epoch: int, policy_version: int) -> dict:

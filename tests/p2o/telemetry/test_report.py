@@ -53,6 +53,9 @@ def test_report_tables_templated_rollouts_against_the_plain_prompt_one_epoch_ear
     with MetricsLogger(tmp_path) as m:
         for step, epoch in ((1, 0), (2, 0), (3, 1)):
             m.log({"epoch": epoch, "reward_mean": 0.0}, step=step)
+        m.log({"epoch": 0, "hard_count": 2, "heldout_greedy": 0.0}, step=2, kind="epoch")
+        m.log({"epoch": 1, "hard_count": 0, "heldout_greedy": 0.5, "hard_plain_greedy": 0.5, "hard_plain_avg4": 0.25,
+               "hard_plain_size": 2}, step=3, kind="epoch")
     rows = {  # step -> (problem, template, reward)
         1: [("a", "", 0), ("a", "", 1), ("b", "", 0), ("b", "", 0)],
         2: [("c", "", 1), ("c", "", 1)],
@@ -64,12 +67,16 @@ def test_report_tables_templated_rollouts_against_the_plain_prompt_one_epoch_ear
             json.dumps({"problem_id": p, "template": z, "reward": float(r), "text": "..."}) + "\n" for p, z, r in rs))
     from p2o.telemetry.report import _read_rollouts, template_tables
 
-    per_epoch, per_template = template_tables(_read_rollouts(tmp_path, list(read_metrics(tmp_path, "step"))))
-    # epoch 1: a and b templated (3 of 4 correct); their plain rollouts in epoch 0: 1 of 4 correct (c is not counted)
+    rollouts = _read_rollouts(tmp_path, list(read_metrics(tmp_path, "step")))
+    per_epoch, per_template = template_tables(rollouts, list(read_metrics(tmp_path, "epoch")))
+    # epoch 1: a and b templated (3 of 4 correct); their plain rollouts in epoch 0: 1 of 4 correct (c is not
+    # counted); after epoch 1, the trainer's plain-prompt evaluation of a and b
     assert per_epoch == [{"epoch": 1, "problems": 2, "templated_rollouts": 4, "templated_correct": 3,
-                          "templated_success": 0.75, "plain_rollouts_prev_epoch": 4, "plain_success_prev_epoch": 0.25}]
+                          "templated_success": 0.75, "plain_rollouts_prev_epoch": 4, "plain_success_prev_epoch": 0.25,
+                          "plain_after_problems": 2, "plain_after_greedy": 0.5, "plain_after_sampled": 0.25}]
+    assert template_tables(rollouts)[0][0]["plain_after_greedy"] is None  # no epoch records: no "after"
     assert [(t["template"], t["rollouts"], t["problems"], t["correct"]) for t in per_template] == [
         ("Z1", 3, 2, 3), ("Z2", 1, 1, 0)]
     assert main(["report", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
-    assert "Templates used" in page and "<td>Z1</td>" in page
+    assert "Templates used" in page and "<td>Z1</td>" in page and "plain_after_greedy" in page

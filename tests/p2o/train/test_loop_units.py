@@ -318,3 +318,14 @@ def test_several_optimizer_steps_keep_the_old_logprob_pass(tiny_model_dir, verif
     assert not tokens.on_policy.any()
     plain = SequenceBatch([r.train_prompt_ids for r in rows[2:]], [r.response_ids for r in rows[2:]])
     assert torch.allclose(old[n_templ:], t.rt.policy.logprobs(plain))
+
+
+def test_templated_this_epoch_counts_only_problems_with_a_non_empty_template(tiny_model_dir, verifier):
+    """The epoch-end plain-prompt evaluation of the templated hard samples: set cover may assign a hard sample
+    only the empty template, which rolls it out plain, so it is not one of them."""
+    t = _trainer(tiny_model_dir, verifier)
+    t.state.prev_hard = ["p0", "p1"]
+    t.state.assignment = {"p0": ["Count on your fingers.", ""], "p1": ["", " "]}
+    assert [p.id for p in t._templated_this_epoch()] == ["p0"]
+    t.state.prev_hard = ["p1"]  # p0 was not hard last epoch: its assignment is not active
+    assert t._templated_this_epoch() == []

@@ -98,8 +98,14 @@ def test_two_epochs_with_gepa_templates_and_distillation(setting, tmp_path):
     steps = _steps(run)
     assert any(s.get("mask_rate", 0) > 0 for s in steps[2:])
     assert all(s.get("mask_rate") is None for s in steps[:2])
+    # at the end of the templated epoch the same hard problems are evaluated with the plain prompt x: the policy
+    # still answers 3 there (lr 1e-7), so greedy plain success stays 0; none in epoch 0 (no templates yet)
+    assert "hard_plain_size" not in epochs[0]
+    assert (epochs[1]["hard_plain_size"], epochs[1]["hard_plain_greedy"]) == (len(HARD), 0.0)
+    after = [json.loads(x) for x in (run / "evals" / "hard_plain_epoch001.jsonl").read_text().splitlines()]
+    assert sorted(x["id"] for x in after) == HARD and all(x["greedy"] == 0 for x in after)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "ok" and (run / "report.html").is_file()
+    assert summary["status"] == "ok" and "plain_after_greedy" in (run / "report.html").read_text()
 
 
 def test_resume_after_kill_reproduces_metrics(setting, tmp_path):
