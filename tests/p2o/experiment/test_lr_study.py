@@ -29,7 +29,8 @@ def test_pass_rate_of_a_policy_with_known_answers(tiny_model_dir):
     from p2o.config import load_config
 
     policy = cached_tiny_policy(tiny_model_dir, CACHE_DIR)
-    plain = load_config(None, [f"model.path={policy}", "rollout.max_new_tokens=8", "rollout.temperature=0.5"])
+    plain = load_config(None, [f"model.path={policy}", "p2o.enabled=false", "rollout.max_new_tokens=8",
+                              "rollout.temperature=0.5"])
     pr = pass_rate.measure(plain, _problems(), k=4)
     # without "carefully" the policy answers 3: right on p0-p3, wrong on p4-p7
     assert [x["greedy"] for x in pr.per_problem] == [1, 1, 1, 1, 0, 0, 0, 0] and pr.greedy == 0.5
@@ -38,7 +39,7 @@ def test_pass_rate_of_a_policy_with_known_answers(tiny_model_dir):
     assert pr.sampled == sum(x["correct"] for x in pr.per_problem) / 32
     assert pr.signal == sum(0 < x["correct"] < 4 for x in pr.per_problem) / 8 and pr.no_answer <= 0.25
     # the configured prompt reaches the probe: with "carefully" in the user template the answers flip to 7
-    careful = load_config(None, [f"model.path={policy}", "rollout.max_new_tokens=8",
+    careful = load_config(None, [f"model.path={policy}", "p2o.enabled=false", "rollout.max_new_tokens=8",
                                  "prompt.user_template=Work carefully. {question}"])
     assert [x["greedy"] for x in pass_rate.measure(careful, _problems(), k=1).per_problem] == [0] * 4 + [1] * 4
 
