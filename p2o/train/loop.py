@@ -14,7 +14,8 @@ computed for a policy more than `p2o.max_staleness` versions old).
 
 Distributed layout: every rank of the Megatron job runs this loop; rank 0 owns the rollout side (engine,
 scheduler, gateway, verifier, GEPA client) and broadcasts the step's rows, every rank takes part in the
-backend's collective calls. The runtime objects come from `p2o.train.runtime.build_runtime`.
+backend's collective calls and in the generation phases (with vLLM every rank's engine generates a share).
+The runtime objects come from `p2o.train.runtime.build_runtime`.
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ class Trainer:
         self._poll_gepa(block=False)
 
         t = time.time()
-        rows = rt.rollouts(problems, self._active_assignment(), step) if rt.is_rank0 else None
+        rows = rt.rollouts(problems, self._active_assignment(), step)  # a generation phase: every rank calls it
         times["time_generate_s"] = time.time() - t
         t = time.time()
         metrics = self._score_and_mine(rows, problems) if rt.is_rank0 else None
@@ -321,7 +322,7 @@ class Trainer:
         """Held-out evaluation, the GEPA round for this epoch's hard samples, then a checkpoint."""
         cfg, st, rt = self.cfg, self.state, self.rt
         epoch_metrics: dict[str, Any] = {"epoch": st.epoch, "hard_count": len(self.hard)}
-        epoch_metrics.update(rt.evaluate_heldout() if rt.is_rank0 else {})
+        epoch_metrics.update(rt.evaluate_heldout())  # a generation phase: every rank calls it
         last_epoch = st.epoch + 1 >= cfg.train.epochs  # templates found now could never be used
         if cfg.p2o.enabled and st.gepa_job is None and not last_epoch:
             job: dict | None = None
@@ -348,7 +349,7 @@ class Trainer:
         st = self.state
         if not st.gepa_job:
             return
-        outcome = self.rt.collect_gepa(st.gepa_job, block) if self.rt.is_rank0 else None
+        outcome = self.rt.collect_gepa(st.gepa_job, block)  # every rank (blocking: a generation phase)
         outcome = self.rt.broadcast(outcome)
         if outcome is None:
             return
