@@ -165,9 +165,9 @@ class RolloutConfig:
     vllm_kv_cache_bytes: int = 0
     """vLLM KV-cache bytes per engine, >= 0 (0: vLLM sizes it from vllm_gpu_memory_utilization on GPUs; 1 GiB on
     CPUs, where that fraction would be of host RAM; the VLLM_CPU_KVCACHE_SPACE variable overrides it there)."""
-    vllm_enforce_eager: str = "auto"
-    """vLLM without torch.compile / CUDA graphs: on | off | auto (on on CPUs, where compiling adds ~80 s of
-    start-up, off on GPUs)."""
+    vllm_execution: str = "auto"
+    """How vLLM runs the model: eager (no torch.compile, no CUDA graphs) | compiled | auto (eager on CPUs, where
+    compiling adds ~80 s of start-up to a run; compiled with CUDA graphs on GPUs)."""
     device: str = "auto"
     """HF engine device: auto (cuda when available, else cpu) | cpu | cuda."""
     gateway_request_timeout_s: float = 600.0
@@ -423,7 +423,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "reward.fallback": ("none", "last_number", "answer_is"),
     "rollout.engine": ("hf", "vllm"),
     "rollout.device": ("auto", "cpu", "cuda"),
-    "rollout.vllm_enforce_eager": ("auto", "on", "off"),
+    "rollout.vllm_execution": ("auto", "eager", "compiled"),
     "grpo.adv_norm": ("group", "batch", "none"),
     "grpo.loss_agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"),
     "grpo.kl_type": ("k1", "k3"),

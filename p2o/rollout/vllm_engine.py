@@ -113,7 +113,7 @@ class VLLMEngine:
     """`RolloutEngine` over an in-process `vllm.LLM` (see the module docstring). One caller at a time."""
 
     def __init__(self, model_path: str | Path, tp: int = 1, sleep_level: int = 1,
-                 gpu_memory_utilization: float = 0.5, kv_cache_bytes: int = 0, enforce_eager: str | bool = "auto",
+                 gpu_memory_utilization: float = 0.5, kv_cache_bytes: int = 0, execution: str = "auto",
                  dtype: str = "bfloat16", max_model_len: int | None = None, seed: int = 0,
                  max_prompt_tokens: int | None = None, **llm_kwargs: Any):
         if sleep_level not in (1, 2):
@@ -136,10 +136,9 @@ class VLLMEngine:
         self.sleep_level = sleep_level
         self.can_sleep = bool(current_platform.is_sleep_mode_available())
         self.on_cpu = bool(current_platform.is_cpu())
-        if enforce_eager == "auto":
-            enforce_eager = self.on_cpu
-        elif isinstance(enforce_eager, str):
-            enforce_eager = {"on": True, "off": False}[enforce_eager]
+        if execution not in ("auto", "eager", "compiled"):
+            raise ValueError(f"rollout.vllm_execution: got {execution!r}; expected auto, eager or compiled")
+        enforce_eager = self.on_cpu if execution == "auto" else execution == "eager"
         if not kv_cache_bytes and self.on_cpu:
             kv_cache_bytes = CPU_DEFAULT_KV_CACHE_BYTES
         self.max_prompt_tokens = max_prompt_tokens
@@ -157,11 +156,11 @@ class VLLMEngine:
             extra["kv_cache_memory_bytes"] = int(kv_cache_bytes)
         self.llm = LLM(model=str(self.model_path), tensor_parallel_size=tp,
                        gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, max_model_len=max_model_len,
-                       seed=seed, enable_sleep_mode=self.can_sleep, enforce_eager=bool(enforce_eager),
+                       seed=seed, enable_sleep_mode=self.can_sleep, enforce_eager=enforce_eager,
                        distributed_executor_backend="external_launcher", logprobs_mode="processed_logprobs",
                        **extra)
         log.info("vLLM engine: %s, tp=%d, %s, eager=%s, sleep mode %s, KV cache %s", self.model_path.name, tp, dtype,
-                 bool(enforce_eager), f"level {sleep_level}" if self.can_sleep else "unavailable (flag only)",
+                 enforce_eager, f"level {sleep_level}" if self.can_sleep else "unavailable (flag only)",
                  f"{kv_cache_bytes / 2**30:.2f} GiB" if kv_cache_bytes else f"{gpu_memory_utilization:.0%} of memory")
 
     # ------------------------------------------------------------------------------------------ protocol
