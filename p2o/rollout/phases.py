@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
@@ -36,6 +37,8 @@ from p2o.rollout.engine import EngineAsleep, Generation, GenerationRequest
 log = logging.getLogger(__name__)
 
 _GENERATE, _END = "generate", "end"
+PHASE_TIMEOUT = timedelta(days=1)
+"""Timeout of the phase messages' gloo group (a phase lasts as long as the GEPA round in it)."""
 
 
 @dataclass
@@ -58,7 +61,8 @@ class PhaseGroup:
         self.replicas = self.world // tp
         self.replica = self.rank // tp
         self.is_leader = self.rank % tp == 0
-        self.group = dist.new_group(backend="gloo")
+        # followers wait in a phase as long as rank 0 waits for its GEPA round: far beyond the default 30 min
+        self.group = dist.new_group(backend="gloo", timeout=PHASE_TIMEOUT)
 
     def split(self, seqs: list[Sequence]) -> list[list[Sequence]]:
         """Contiguous, nearly equal shares, one per replica (a request's samples stay together where possible)."""
