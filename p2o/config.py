@@ -161,7 +161,8 @@ class RolloutConfig:
     vllm_sleep_level: int = 1
     """vLLM sleep level: 1 keeps weights in host memory, 2 discards them."""
     vllm_tp: int = 1
-    """vLLM tensor-parallel size (independent of the trainer's; a divisor of the number of ranks)."""
+    """vLLM tensor-parallel size (independent of the trainer's; must divide the job's number of ranks, checked when
+    the engines are built: a multi-node job's world size is known only then)."""
     vllm_kv_cache_bytes: int = 0
     """vLLM KV-cache bytes per engine, >= 0 (0: vLLM sizes it from vllm_gpu_memory_utilization on GPUs; 1 GiB on
     CPUs, where that fraction would be of host RAM; the VLLM_CPU_KVCACHE_SPACE variable overrides it there)."""
@@ -498,10 +499,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise ConfigError("grpo.clip_low", cfg.grpo.clip_low, "a number in [0, 1)")
     if cfg.grpo.dual_clip and cfg.grpo.dual_clip <= 1:
         raise ConfigError("grpo.dual_clip", cfg.grpo.dual_clip, "0 (off) or a number > 1")
-    ranks = cfg.train.nproc or cfg.parallel.tp * cfg.parallel.pp
-    if cfg.rollout.engine == "vllm" and ranks % cfg.rollout.vllm_tp:
-        raise ConfigError("rollout.vllm_tp", cfg.rollout.vllm_tp,
-                          f"a divisor of the number of ranks (train.nproc, else parallel.tp x parallel.pp = {ranks})")
     if cfg.parallel.sequence_parallel and cfg.parallel.tp == 1:
         raise ConfigError("parallel.sequence_parallel", True, "false when parallel.tp = 1")
     if cfg.parallel.vpp > 1 and cfg.parallel.pp == 1:
