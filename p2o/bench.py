@@ -13,7 +13,7 @@ from p2o.cli import _load
 # name -> (module, one-line help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "verifier": ("p2o.reward.bench", "verdicts/s of the answer verifier, single process and pooled"),
-    "rollout": ("p2o.rollout.bench", "HF engine tokens/s and gateway latency under concurrent load"),
+    "rollout": ("p2o.rollout.bench", "HF engine vs vLLM on the demo workload; HF tokens/s and gateway latency"),
     "kernels": ("kernels.bench.run", "fused log-prob / GRPO loss / dual-context kernels vs baselines"),
     "loop": ("p2o.train.bench", "plain GRPO vs P2O step-time breakdown on the same tiny setting"),
     "vs-trl": ("p2o.experiment.vs_trl", "our GRPO step vs TRL's GRPOTrainer on identical work (CPU)"),

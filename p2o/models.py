@@ -5,6 +5,7 @@
   safetensors under `<cache_dir>/smollm2-135m/`.
 - `tiny-qwen3`: a small random-initialised Qwen3 (seeded), with SmolLM2's tokenizer when available. Its
   context (max_position_embeddings 40960) is the Qwen3 family's, so a paper config's limits fit it.
+- `tiny-qwen3-hd32`: the same with head_dim 32 (hidden 128), the smallest shape vLLM's CPU attention runs.
 - a directory with config.json (+ weights), or a config.json alone (random init from `init_seed`).
 
     path = resolve_model_dir("smollm2-135m", cache_dir="~/.cache/p2o")
@@ -32,6 +33,9 @@ TINY_QWEN3 = dict(
 )
 TINY_QWEN3_VERSION = "v2"
 """Part of the cache directory name: bumped when TINY_QWEN3 changes (v2: the family's 40960 positions)."""
+# vLLM's CPU attention kernels need head_dim >= 32; otherwise as TINY_QWEN3.
+TINY_QWEN3_HD32 = {**TINY_QWEN3, "hidden_size": 128, "intermediate_size": 256, "head_dim": 32}
+TINY_MODELS = {"tiny-qwen3": TINY_QWEN3, "tiny-qwen3-hd32": TINY_QWEN3_HD32}
 
 
 def smollm2_gguf_dir() -> Path:
@@ -80,12 +84,12 @@ def _convert_smollm2(out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def _write_tiny_qwen3(out: Path, seed: int) -> None:
+def _write_tiny_qwen3(out: Path, seed: int, shape: dict = TINY_QWEN3) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.for_model(**{k: v for k, v in TINY_QWEN3.items() if k not in ("architectures",)})
-    cfg.architectures = TINY_QWEN3["architectures"]
+    cfg = AutoConfig.for_model(**{k: v for k, v in shape.items() if k not in ("architectures",)})
+    cfg.architectures = shape["architectures"]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     model.save_pretrained(out, safe_serialization=True)
@@ -105,9 +109,9 @@ def resolve_model_dir(path: str, cache_dir: str | Path = "~/.cache/p2o", init_se
     cache = Path(os.path.expanduser(str(cache_dir)))
     if path == "smollm2-135m":
         return ensure_smollm2(cache)
-    if path == "tiny-qwen3":
-        return _atomic_dir(cache / f"tiny-qwen3-{TINY_QWEN3_VERSION}-seed{init_seed}",
-                           lambda out: _write_tiny_qwen3(out, init_seed))
+    if path in TINY_MODELS:
+        return _atomic_dir(cache / f"{path}-{TINY_QWEN3_VERSION}-seed{init_seed}",
+                           lambda out: _write_tiny_qwen3(out, init_seed, TINY_MODELS[path]))
     p = Path(os.path.expanduser(path))
     if p.is_dir() and (p / "config.json").is_file():
         return p
@@ -117,7 +121,7 @@ def resolve_model_dir(path: str, cache_dir: str | Path = "~/.cache/p2o", init_se
         return _atomic_dir(cache / f"random-{p.stem}-{digest}-seed{init_seed}",
                            lambda out: _write_random_from_config(out, cfg, init_seed))
     raise FileNotFoundError(f"model.path '{path}': expected an HF model directory with config.json, a config.json "
-                            "file, or one of: smollm2-135m, tiny-qwen3")
+                            "file, or one of: smollm2-135m, " + ", ".join(TINY_MODELS))
 
 
 def _write_random_from_config(out: Path, cfg_dict: dict, seed: int) -> None:

@@ -42,6 +42,17 @@ def expand(requests: list[GenerationRequest], rng: random.Random) -> list[Sequen
     return out
 
 
+def check_prompt(req: GenerationRequest, max_prompt_tokens: int | None, vocab_size: int) -> None:
+    """Raise ValueError naming the request if its prompt is longer than `max_prompt_tokens` or has a token id
+    outside [0, vocab_size)."""
+    n = len(req.prompt_ids)
+    if max_prompt_tokens is not None and n > max_prompt_tokens:
+        raise ValueError(f"request {req.request_id!r}: prompt has {n} tokens; max_prompt_tokens is {max_prompt_tokens}")
+    bad = [t for t in req.prompt_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"request {req.request_id!r}: token id {bad[0]} outside the vocabulary [0, {vocab_size})")
+
+
 def decode_batches(seqs: list[Sequence], max_batch_size: int) -> Iterator[list[Sequence]]:
     """Chunks of at most `max_batch_size` sequences, prompts of similar length together (less padding)."""
     if max_batch_size < 1:

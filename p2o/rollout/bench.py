@@ -1,6 +1,21 @@
-"""`p2o bench rollout`: HF engine tokens/s by batch size, and gateway latency / tokens/s under concurrent clients.
+"""`p2o bench rollout`: the HF engine against vLLM on the demo workload (`--engines hf,vllm`), or HF engine tokens/s
+by batch size and gateway latency / tokens/s under concurrent clients (the default).
 
-Protocol (fixed, so numbers are comparable across machines):
+Engine comparison (`--engines hf,vllm [--config configs/demo_cpu.yaml]`): the run config's workload, i.e. its
+model and dtype, one step's rollouts (`rollout.prompts_per_step` training problems, chat-formatted with the run's
+prompt, `rollout.n` samples each at the rollout temperature / top-p / top-k, `rollout.max_new_tokens`), each engine
+in a fresh process of its own (vLLM binds threads and patches torch; RSS is per engine) with `--threads` torch /
+OpenMP threads:
+- load_s: building the engine (imports included);
+- sampled / greedy tokens/s: generated tokens / wall time of one `generate` over the step's requests (greedy: the
+  same prompts, n=1, temperature 0), after one warm-up call, median of `--repeats`;
+- ttft_s: time to first token of that batch (`max_new_tokens=1`), and of one request alone (x=1);
+- weight_sync_s: sleep -> load the model's full weights from a stream of `rollout.weight_bucket_bytes` buckets ->
+  wake, median of `--repeats` (what every training step pays);
+- peak_rss_mb: the engine process's peak resident memory (ru_maxrss) at the end.
+CSV mode = the engine (hf | vllm), x = sequences per call (1 for the single-request TTFT).
+
+Sweep protocol (fixed, so numbers are comparable across machines):
 - prompts: chat-formatted synthetic arithmetic questions (`p2o.data` generator, seed 0, the default user
   template), one distinct prompt per sequence;
 - engine: `generate` on `batch` requests (n=1, temperature 1, seed = request index, `max_new_tokens`),
@@ -39,6 +54,11 @@ class Row:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engines", default="", help="compare these engines on the run config's workload "
+                        "(e.g. hf,vllm); empty: the HF engine sweep below")
+    parser.add_argument("--config", default="configs/demo_cpu.yaml", help="run config of the engine comparison")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override of the engine comparison (repeatable)")
     parser.add_argument("--models", default="tiny-qwen3,smollm2-135m", help="comma-separated model.path values")
     parser.add_argument("--batches", default="1,16,64", help="engine batch sizes")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens generated per sequence")
@@ -165,28 +185,131 @@ def _device_name(device: str) -> str:
     return f"cpu x{torch.get_num_threads()} threads ({os.cpu_count()} cores)"
 
 
+# ---------------------------------------------------------------------------------------------- engine comparison
+def _median_s(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_engine(engine_name: str, config: str | None, overrides: list[str], repeats: int,
+                   threads: int) -> list[Row]:
+    """The comparison protocol (module docstring) for one engine, in the calling process (run it in a fresh one)."""
+    import os
+    import resource
+    from contextlib import nullcontext
+
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+    from megatron_bridge.launch import single_rank_world
+    from p2o import prompts
+    from p2o.config import load_config
+    from p2o.data import load_train_problems
+    from p2o.models import resolve_model_dir
+    from p2o.rollout.engine import GenerationRequest, SamplingParams
+    from p2o.rollout.factory import build_engine
+    from p2o.rollout.weights import iter_buckets
+
+    cfg = load_config(config, [*overrides, f"rollout.engine={engine_name}"])
+    r = cfg.rollout
+    model_dir = resolve_model_dir(cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
+    model_name = cfg.model.path
+    needs_world = engine_name == "vllm" and "RANK" not in os.environ
+    with single_rank_world() if needs_world else nullcontext():
+        start = time.perf_counter()
+        engine = build_engine(r, cfg.model, model_dir)
+        load_s = time.perf_counter() - start
+        tok = engine.tokenizer
+        problems = load_train_problems(cfg.data)[:r.prompts_per_step]
+        ids = [prompts.encode(tok, prompts.messages(p.question, None, cfg.prompt.user_template, cfg.prompt.system),
+                              cfg.model.thinking) for p in problems]
+        sampled = [GenerationRequest(x, SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                                       max_new_tokens=r.max_new_tokens, seed=i))
+                   for i, x in enumerate(ids)]
+        greedy = [GenerationRequest(x, SamplingParams(temperature=0.0, max_new_tokens=r.max_new_tokens))
+                  for x in ids for _ in range(r.n)]
+        first = [GenerationRequest(q.prompt_ids, SamplingParams(temperature=0.0, max_new_tokens=1)) for q in greedy]
+        seqs = len(greedy)
+        rows = [Row(model_name, engine_name, "load_s", seqs, load_s)]
+        for metric, reqs in (("sampled_tokens_per_s", sampled), ("greedy_tokens_per_s", greedy)):
+            engine.generate(reqs)  # warm-up
+            rates = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                gens = engine.generate(reqs)
+                rates.append(sum(len(g.response_ids) for per in gens for g in per) / (time.perf_counter() - start))
+            rows.append(Row(model_name, engine_name, metric, seqs, statistics.median(rates)))
+        rows.append(Row(model_name, engine_name, "ttft_s", seqs, _median_s(lambda: engine.generate(first), repeats)))
+        rows.append(Row(model_name, engine_name, "ttft_s", 1, _median_s(lambda: engine.generate(first[:1]), repeats)))
+        from transformers import AutoModelForCausalLM
+
+        new = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        weights = [(n, p.detach()) for n, p in new.named_parameters()]
+        versions = iter(range(1, repeats + 1))
+
+        def sync() -> None:
+            engine.sleep()
+            engine.load_weights(iter_buckets(weights, r.weight_bucket_bytes), next(versions))
+            engine.wake_up()
+
+        rows.append(Row(model_name, engine_name, "weight_sync_s", seqs, _median_s(sync, repeats)))
+        rows.append(Row(model_name, engine_name, "peak_rss_mb", seqs,
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    return rows
+
+
+def compare_engines(args: argparse.Namespace) -> list[Row]:
+    """`measure_engine` for each of `--engines`, one after the other, each in a fresh spawned process."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    rows: list[Row] = []
+    for name in [e for e in args.engines.split(",") if e]:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows += pool.submit(measure_engine, name, args.config, list(args.set), args.repeats, args.threads).result()
+    return rows
+
+
+def print_comparison(rows: list[Row]) -> None:
+    engines = list(dict.fromkeys(r.mode for r in rows))
+    keys = list(dict.fromkeys((r.metric, r.x) for r in rows))
+    value = {(r.mode, r.metric, r.x): r.value for r in rows}
+    print(f"{'metric':22s} {'x':>4s} " + " ".join(f"{e:>10s}" for e in engines))
+    for metric, x in keys:
+        print(f"{metric:22s} {x:4d} " + " ".join(f"{value.get((e, metric, x), float('nan')):10.3f}" for e in engines))
+
+
+# ---------------------------------------------------------------------------------------------- entry point
 def main(args: argparse.Namespace) -> int:
     from p2o.models import resolve_model_dir
     from p2o.rollout.factory import resolve_device
     from p2o.rollout.hf_engine import HFEngine
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    batches = [int(b) for b in args.batches.split(",") if b]
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     rows: list[Row] = []
-    for name in [m for m in args.models.split(",") if m]:
-        engine = HFEngine.from_pretrained(resolve_model_dir(name, args.cache_dir), device=device, dtype=dtype)
-        rows += engine_rows(name, engine, batches, args.max_new_tokens, args.repeats)
-        if args.baseline:
-            rows += generate_baseline_rows(name, engine, batches, args.max_new_tokens, args.repeats)
-        if args.clients > 0:
-            rows += gateway_rows(name, engine, max(batches), args.clients, args.requests_per_client,
-                                 args.max_new_tokens)
-    print(f"{'model':14s} {'mode':11s} {'metric':14s} {'x':>5s} {'value':>10s}")
-    for r in rows:
-        print(f"{r.model:14s} {r.mode:11s} {r.metric:14s} {r.x:5d} {r.value:10.3f}")
+    if args.engines:
+        rows = compare_engines(args)
+        print_comparison(rows)
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        batches = [int(b) for b in args.batches.split(",") if b]
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+        for name in [m for m in args.models.split(",") if m]:
+            engine = HFEngine.from_pretrained(resolve_model_dir(name, args.cache_dir), device=device, dtype=dtype)
+            rows += engine_rows(name, engine, batches, args.max_new_tokens, args.repeats)
+            if args.baseline:
+                rows += generate_baseline_rows(name, engine, batches, args.max_new_tokens, args.repeats)
+            if args.clients > 0:
+                rows += gateway_rows(name, engine, max(batches), args.clients, args.requests_per_client,
+                                     args.max_new_tokens)
+        print(f"{'model':14s} {'mode':11s} {'metric':14s} {'x':>5s} {'value':>10s}")
+        for r in rows:
+            print(f"{r.model:14s} {r.mode:11s} {r.metric:14s} {r.x:5d} {r.value:10.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.exists()

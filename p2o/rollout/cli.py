@@ -3,12 +3,15 @@
     p2o serve --model smollm2-135m --host 127.0.0.1 --port 8000
     p2o serve --config configs/demo_cpu.yaml --model runs/demo/hf_export rollout.max_batch_size=32
 
-The same command serves the frozen initial model as the Self-Ref reflection model.
+The same command serves the frozen initial model as the Self-Ref reflection model. With rollout.engine=vllm
+the process is a one-rank torch.distributed world of its own (vLLM's external launcher needs one).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+from contextlib import nullcontext
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from megatron_bridge.launch import single_rank_world
     from p2o.config import ConfigError, load_config
     from p2o.limits import resolve_limits
     from p2o.models import resolve_model_dir
@@ -41,9 +45,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"p2o serve: {e}")
         return 2
     model_dir = resolve_model_dir(cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
-    engine = build_engine(cfg.rollout, cfg.model, model_dir)
-    gateway = build_gateway(engine, engine.tokenizer, cfg.rollout, args.served_model_name or cfg.model.path,
-                            thinking=cfg.model.thinking, size=resolve_limits(cfg, model_dir).policy_gateway)
-    gateway.serve_forever(ready=lambda url: print(f"p2o serve: {cfg.model.path} ({cfg.rollout.engine} engine) "
-                                                  f"listening on {url} -- Ctrl-C to stop", flush=True))
+    # vLLM's external launcher needs a torch.distributed world: this process alone, unless under torchrun
+    alone = cfg.rollout.engine == "vllm" and "RANK" not in os.environ
+    with single_rank_world() if alone else nullcontext():
+        engine = build_engine(cfg.rollout, cfg.model, model_dir)
+        gateway = build_gateway(engine, engine.tokenizer, cfg.rollout, args.served_model_name or cfg.model.path,
+                                thinking=cfg.model.thinking, size=resolve_limits(cfg, model_dir).policy_gateway)
+        gateway.serve_forever(ready=lambda url: print(f"p2o serve: {cfg.model.path} ({cfg.rollout.engine} engine) "
+                                                      f"listening on {url} -- Ctrl-C to stop", flush=True))
     return 0

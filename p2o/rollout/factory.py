@@ -32,8 +32,9 @@ def build_engine(rollout: RolloutConfig, model: ModelConfig, model_dir: str | Pa
         if rollout.vllm_sleep_level not in (1, 2):
             raise ValueError(f"rollout.vllm_sleep_level: got {rollout.vllm_sleep_level}; expected 1 or 2")
         return VLLMEngine(str(model_dir), tp=rollout.vllm_tp, sleep_level=rollout.vllm_sleep_level,
-                          gpu_memory_utilization=rollout.vllm_gpu_memory_utilization, dtype=model.dtype,
-                          seed=rollout.seed, **kwargs)
+                          gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
+                          kv_cache_bytes=rollout.vllm_kv_cache_bytes, execution=rollout.vllm_execution,
+                          dtype=model.dtype, seed=rollout.seed, max_prompt_tokens=rollout.max_prompt_tokens, **kwargs)
     from p2o.rollout.hf_engine import HFEngine
 
     return HFEngine.from_pretrained(model_dir, device=resolve_device(rollout.device), dtype=_DTYPES[model.dtype],

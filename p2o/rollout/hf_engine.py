@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from p2o.rollout.batching import Sequence, expand, regroup
+from p2o.rollout.batching import Sequence, check_prompt, expand, regroup
 from p2o.rollout.engine import EngineAsleep, Generation, GenerationRequest, WeightBucket
 from p2o.rollout.kv import PaddedKV, supports_refill
 from p2o.rollout.sampling import process_logits, sample
@@ -188,8 +188,9 @@ class HFEngine:
         if self._sleeping:
             raise EngineAsleep("HFEngine.generate called while asleep; call wake_up() first")
         self.check_weights()
+        vocab = self.model.config.get_text_config(decoder=True).vocab_size
         for req in requests:
-            self._check_prompt(req)
+            check_prompt(req, self.max_prompt_tokens, vocab)
         seqs = sorted(expand(requests, self._rng), key=lambda s: len(s.prompt_ids))
         results: dict[tuple[int, int], Generation] = {}
         if self.refill:
@@ -200,16 +201,6 @@ class HFEngine:
         return regroup(requests, results)
 
     # ------------------------------------------------------------------------------------------ decoding
-    def _check_prompt(self, req: GenerationRequest) -> None:
-        n = len(req.prompt_ids)
-        if self.max_prompt_tokens is not None and n > self.max_prompt_tokens:
-            raise ValueError(f"request {req.request_id!r}: prompt has {n} tokens; max_prompt_tokens is "
-                             f"{self.max_prompt_tokens}")
-        vocab = self.model.config.get_text_config(decoder=True).vocab_size
-        bad = [t for t in req.prompt_ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"request {req.request_id!r}: token id {bad[0]} outside the vocabulary [0, {vocab})")
-
     def _decode(self, pending: list[Sequence], results: dict[tuple[int, int], Generation]) -> None:
         """Decode `pending` in slots of max_batch_size, refilling freed slots when `self.refill`."""
         pending = list(pending)
@@ -280,7 +271,7 @@ class HFEngine:
         ids, mask = ids.to(self._device), mask.to(self._device)
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         kv, logits = PaddedKV(cache, mask), out.logits[:, -1, :].float()
         if len(prompts) < len(seqs):
@@ -292,7 +283,7 @@ class HFEngine:
     def _step(self, kv: PaddedKV, tokens: torch.Tensor) -> torch.Tensor:
         mask, positions = kv.step_inputs()
         out = self.model(input_ids=tokens[:, None].to(self._device), attention_mask=mask, position_ids=positions,
-                         cache=kv.cache, use_cache=True, logits_to_keep=1)   # the cache grows in place
+                         past_key_values=kv.cache, use_cache=True, logits_to_keep=1)   # the cache grows in place
         kv.append_step()
         return out.logits[:, -1, :].float()
 

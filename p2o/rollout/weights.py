@@ -5,7 +5,8 @@ The stream is an iterator of buckets, each a list of `(hf_name, full_tensor)` pa
 (`model.layers.0.self_attn.q_proj.weight`); engines map them onto their own parameters:
 
 - the HF engine copies each tensor into the parameter of the same name (`HFWeightLoader`);
-- vLLM's `model.load_weights` takes HF names itself and fuses q/k/v and gate/up on the fly.
+- vLLM's in-place reload takes HF names itself and fuses q/k/v and gate/up on the fly; it needs every tensor of
+  the checkpoint in every update (`checkpoint_tensor_names` is what it checks against).
 
 Shared rules: wrapper prefixes (`module.`, `_orig_mod.`) are stripped; `lm_head.weight` of a model with
 tied embeddings is the embedding matrix and is copied once; an unknown name or a shape mismatch is an
@@ -14,8 +15,10 @@ sleep level 2) must write every parameter, and `WeightCoverage` says which ones 
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -66,6 +69,24 @@ def normalize_name(name: str) -> str:
             if name.startswith(prefix):
                 name, changed = name[len(prefix):], True
     return name
+
+
+def checkpoint_tensor_names(model_dir: str | Path) -> set[str]:
+    """Tensor names of an HF safetensors checkpoint (`model.safetensors` or its sharded index), without reading data."""
+    model_dir = Path(model_dir)
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return set(json.loads(index.read_text())["weight_map"])
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"model directory '{model_dir}': no *.safetensors checkpoint")
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for f in files:
+        with safe_open(f, framework="pt") as st:
+            names.update(st.keys())
+    return names
 
 
 @dataclass

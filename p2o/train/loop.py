@@ -16,7 +16,8 @@ computed for a policy more than `p2o.max_staleness` versions old).
 
 Distributed layout: every rank of the Megatron job runs this loop; rank 0 owns the rollout side (engine,
 scheduler, gateway, verifier, GEPA client) and broadcasts the step's rows, every rank takes part in the
-backend's collective calls. The runtime objects come from `p2o.train.runtime.build_runtime`.
+backend's collective calls and in the generation phases (with vLLM every rank's engine generates a share).
+The runtime objects come from `p2o.train.runtime.build_runtime`.
 """
 from __future__ import annotations
 
@@ -201,7 +202,7 @@ class Trainer:
         self._poll_gepa(block=False)
 
         t = time.time()
-        rows = rt.rollouts(problems, self._active_assignment(), step) if rt.is_rank0 else None
+        rows = rt.rollouts(problems, self._active_assignment(), step)  # a generation phase: every rank calls it
         times["time_generate_s"] = time.time() - t
         self._check_preempt()
         t = time.time()
@@ -435,9 +436,10 @@ class Trainer:
         """Held-out evaluation, the GEPA round for this epoch's hard samples, then a checkpoint."""
         cfg, st, rt = self.cfg, self.state, self.rt
         epoch_metrics: dict[str, Any] = {"epoch": st.epoch, "hard_count": len(self.hard)}
-        epoch_metrics.update(rt.evaluate_heldout(st.epoch) if rt.is_rank0 else {})
-        if rt.is_rank0:  # the hard samples trained with templates this epoch, now with the plain prompt x
-            epoch_metrics.update(rt.evaluate_plain(self._templated_this_epoch(), "hard_plain", st.epoch))
+        # generation phases: every rank calls them (rank 0 returns the metrics); the templated hard samples of this
+        # epoch are evaluated again with the plain prompt x
+        epoch_metrics.update(rt.evaluate_heldout(st.epoch))
+        epoch_metrics.update(rt.evaluate_plain(self._templated_this_epoch(), "hard_plain", st.epoch))
         last_epoch = st.epoch + 1 >= cfg.train.epochs  # templates found now could never be used
         if cfg.p2o.enabled and st.gepa_job is None and not last_epoch:
             job: dict | None = None
@@ -475,7 +477,7 @@ class Trainer:
         st = self.state
         if not st.gepa_job:
             return
-        outcome = self.rt.collect_gepa(st.gepa_job, block) if self.rt.is_rank0 else None
+        outcome = self.rt.collect_gepa(st.gepa_job, block)  # every rank (blocking: a generation phase)
         outcome = self.rt.broadcast(outcome)
         if outcome is None:
             return

@@ -1,14 +1,22 @@
 """The objects a training run needs, built once from the config (`build_runtime`) and closed at the end.
 
-Rank 0 owns the rollout side: the HF engine (vLLM on GPU) behind the scheduler and the OpenAI-compatible
-gateway (which the GEPA service uses to score candidates with the current policy), the frozen initial
-model behind a second gateway for Self-Ref reflection, the verifier, the GEPA client (and, when
+Rank 0 owns the rollout side: the scheduler and the OpenAI-compatible gateway in front of the policy's engine
+(which the GEPA service uses to score candidates with the current policy), the frozen initial model behind a
+second gateway for Self-Ref reflection (an HF engine), the verifier, the GEPA client (and, when
 `gepa.service_url` is empty, the GEPA service as a child process on 127.0.0.1), and the metrics sinks.
 Every rank holds its part of the Megatron policy. Small Python objects move between ranks with
 `broadcast` (torch.distributed object broadcast over the default group).
+
+Engines: `rollout.engine=hf` is one engine on rank 0. `rollout.engine=vllm` is an engine on *every* rank (vLLM's
+`external_launcher` needs every rank to build it together), in replicas of `rollout.vllm_tp` ranks; rank 0's
+scheduler drives them all through `p2o.rollout.phases`. Every method that generates (`rollouts`,
+`evaluate_heldout`, a blocking `collect_gepa`) is then a *generation phase* that every rank calls: rank 0 serves
+the scheduler, the others `follow` until rank 0 ends the phase. With one engine (hf, or a single rank) the other
+ranks return at once. Every rank loads the exported weights into its own engine (`sync_weights`).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -16,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +62,10 @@ class Runtime:
     gepa_process: subprocess.Popen | None = None
     metrics: Any = None
     gpu: Any = None
+    engine: Any = None
+    """This rank's policy engine (rank 0: what the scheduler drives; others: a vLLM engine or None)."""
+    phases: Any = None
+    """`p2o.rollout.phases.PhaseGroup` when every rank holds an engine and there are several ranks, else None."""
     _closers: list = field(default_factory=list)
 
     # ------------------------------------------------------------------ collectives
@@ -84,13 +97,37 @@ class Runtime:
     def scheduler(self):
         return self.gateway.scheduler
 
+    def follow(self) -> None:
+        """A non-zero rank's side of a generation phase: its engine serves rank 0's calls until the phase ends
+        (returns at once when rank 0 holds the only engine)."""
+        if self.phases is not None and not self.is_rank0:
+            from p2o.rollout.phases import follow
+
+            follow(self.engine, self.phases)
+
+    @contextmanager
+    def _phase(self):
+        """Rank 0's side of a generation phase: the body resumes and pauses the scheduler; at the end the
+        followers are released (also when the body raises, so no rank waits forever)."""
+        try:
+            yield
+        finally:
+            if self.phases is not None:
+                self.scheduler.pause()
+                self.engine.end_phase()
+
     def rollouts(self, problems: list[Problem], assignment: dict[str, list[str]], step: int):
-        """A generation phase: wake the engine, serve this step's rollouts (batched with queued requests), sleep."""
-        planned = plan_requests(self.cfg, self.tokenizer, problems, assignment, step)
-        futures = self.scheduler.submit([p.request for p in planned], priority="training")
-        self.scheduler.resume()
-        generations = self._collect(futures, f"step {step} generate")
-        self.scheduler.pause()
+        """A generation phase (every rank): wake the engine, serve this step's rollouts (batched with queued
+        requests), sleep. Rank 0 returns the rows, the others None."""
+        if not self.is_rank0:
+            self.follow()
+            return None
+        with self._phase():
+            planned = plan_requests(self.cfg, self.tokenizer, problems, assignment, step)
+            futures = self.scheduler.submit([p.request for p in planned], priority="training")
+            self.scheduler.resume()
+            generations = self._collect(futures, f"step {step} generate")
+            self.scheduler.pause()
         return to_rows(planned, generations)
 
     def _collect(self, futures, desc: str) -> list:
@@ -124,7 +161,8 @@ class Runtime:
         return self.verifier.score_many(pairs)
 
     def sync_weights(self, version: int) -> None:
-        """Collective: every rank streams its weights; rank 0 loads them into the engine at `version`.
+        """Collective: every rank streams its weights; every rank that holds an engine loads them at `version`
+        (rank 0 through the scheduler, between batches).
 
         With `rollout.share_weights` and the HF engine, the stream hands out views of the policy's parameters
         where layouts allow and the engine adopts them instead of keeping its own copy; it refuses to generate
@@ -134,6 +172,8 @@ class Runtime:
             stream.views = True
         if self.is_rank0:
             self.scheduler.update_weights(stream, version)
+        elif self.engine is not None:
+            self.engine.load_weights(stream, version)
         else:
             for _ in stream:
                 pass
@@ -145,12 +185,16 @@ class Runtime:
     def evaluate_plain(self, problems: list[Problem], name: str, epoch: int | None = None,
                        samples: int = 4) -> dict[str, float]:
         """Accuracy on `problems` with the plain prompt x (no template), served by the scheduler at evaluation
-        priority (rank 0): one greedy response and `samples` at the rollout temperature per problem.
+        priority: one greedy response and `samples` at the rollout temperature per problem. A generation phase
+        (every rank calls it with the same problems; rank 0 returns the metrics, the others {}).
 
         Returns `{name}_greedy` and `{name}_avg{samples}` (fractions correct) and `{name}_size` (problems); with
         an `epoch`, also writes the per-problem results to evals/{name}_epoch{epoch:03d}.jsonl, one
         {"id", "greedy": 0|1, "correct": correct samples, "n": samples} line per problem."""
         if not problems:
+            return {}
+        if not self.is_rank0:
+            self.follow()
             return {}
         from p2o import prompts
         from p2o.rollout.engine import GenerationRequest, SamplingParams
@@ -165,10 +209,11 @@ class Runtime:
                                  seed=cfg.rollout.seed)
         reqs = [GenerationRequest(i, greedy, f"{name}-g{j}") for j, i in enumerate(ids)]
         reqs += [GenerationRequest(i, sampled, f"{name}-s{j}") for j, i in enumerate(ids)]
-        futures = self.scheduler.submit(reqs, priority="evaluation")
-        self.scheduler.resume()
-        gens = self._collect(futures, f"{name} eval")
-        self.scheduler.pause()
+        with self._phase():
+            futures = self.scheduler.submit(reqs, priority="evaluation")
+            self.scheduler.resume()
+            gens = self._collect(futures, f"{name} eval")
+            self.scheduler.pause()
         n = len(ids)
         pairs = [(gl[0].text, p.answer) for gl, p in zip(gens[:n], problems, strict=True)]
         pairs += [(g.text, p.answer) for gl, p in zip(gens[n:], problems, strict=True) for g in gl]
@@ -235,24 +280,31 @@ class Runtime:
         return args
 
     def collect_gepa(self, job: dict, block: bool) -> dict | None:
-        """The finished job's outcome {"assignment", "metrics"}, or None while it runs (block=False)."""
+        """The finished job's outcome {"assignment", "metrics"}, or None while it runs (block=False). Blocking,
+        it is a generation phase (every rank; the others return None): the engines serve GEPA's candidate
+        evaluations while rank 0 waits."""
+        if not self.is_rank0:
+            if block:
+                self.follow()
+            return None
         client = self.gepa_client
         if block:
             from p2o.telemetry.progress import progress
 
-            self.scheduler.resume()  # the engine serves GEPA's candidate evaluations while we wait
-            with progress(f"GEPA {job['job_id']}", total=None, enabled=self.cfg.logging.progress,
-                          unit="call") as bar:
-                def on_progress(st: dict) -> None:
-                    bar.total = st.get("budget_total") or bar.total
-                    bar.n = st.get("budget_used") or 0
-                    bar.set_postfix_str(_progress_line(st), refresh=True)
-                    log.debug("GEPA %s: %s", job["job_id"], _progress_line(st))
+            with self._phase():
+                self.scheduler.resume()
+                with progress(f"GEPA {job['job_id']}", total=None, enabled=self.cfg.logging.progress,
+                              unit="call") as bar:
+                    def on_progress(st: dict) -> None:
+                        bar.total = st.get("budget_total") or bar.total
+                        bar.n = st.get("budget_used") or 0
+                        bar.set_postfix_str(_progress_line(st), refresh=True)
+                        log.debug("GEPA %s: %s", job["job_id"], _progress_line(st))
 
-                status = client.wait(job["job_id"], timeout_s=float("inf"), poll_s=self.cfg.gepa.poll_interval_s,
-                                     on_progress=on_progress)
-            log.info("GEPA %s: %s", job["job_id"], _progress_line(status))
-            self.scheduler.pause()
+                    status = client.wait(job["job_id"], timeout_s=float("inf"), poll_s=self.cfg.gepa.poll_interval_s,
+                                         on_progress=on_progress)
+                log.info("GEPA %s: %s", job["job_id"], _progress_line(status))
+                self.scheduler.pause()
         else:
             status = client.status(job["job_id"])
         state = status.get("state")
@@ -374,10 +426,31 @@ def build_runtime(cfg: RunConfig) -> Runtime:
                  model_dir=model_dir, reference=reference, train_problems=train_problems,
                  eval_problems=eval_problems)
     rt._closers.append(lambda: policy.close() if hasattr(policy, "close") else None)
+    if cfg.rollout.engine == "vllm":
+        _build_engines(rt)
     if rank != 0:
         return rt
     _build_rank0(rt)
     return rt
+
+
+def _build_engines(rt: Runtime) -> None:
+    """Collective: every rank builds its vLLM engine (together, as vLLM's external launcher requires); with several
+    ranks, rank 0's becomes a `CollectiveEngine` over all of them (`p2o.rollout.phases`)."""
+    from p2o.rollout.factory import build_engine
+    from p2o.rollout.phases import CollectiveEngine, PhaseGroup
+
+    cfg = rt.cfg
+    if rt.world_size % cfg.rollout.vllm_tp:
+        raise ValueError(f"rollout.vllm_tp: got {cfg.rollout.vllm_tp}; expected a divisor of the number of ranks "
+                         f"({rt.world_size})")
+    rt.engine = build_engine(cfg.rollout, cfg.model, rt.model_dir)
+    if rt.world_size > 1:
+        rt.phases = PhaseGroup(cfg.rollout.vllm_tp)
+        if rt.is_rank0:
+            rt.engine = CollectiveEngine(rt.engine, rt.phases, seed=cfg.rollout.seed)
+    log.info("rank %d: vLLM engine ready (%d replica(s) of vllm_tp=%d)", rt.rank, rt.world_size // cfg.rollout.vllm_tp,
+             cfg.rollout.vllm_tp)
 
 
 def _build_rank0(rt: Runtime) -> None:
@@ -394,15 +467,18 @@ def _build_rank0(rt: Runtime) -> None:
     rt.verifier = Verifier(cfg.reward)
     rt._closers.append(rt.verifier.close)
     limits = resolve_limits(cfg, rt.model_dir)
-    engine = build_engine(cfg.rollout, cfg.model, rt.model_dir)
-    rt.gateway = build_gateway(engine, rt.tokenizer, cfg.rollout, "policy", cfg.model.thinking,
+    if rt.engine is None:
+        rt.engine = build_engine(cfg.rollout, cfg.model, rt.model_dir)
+    rt.gateway = build_gateway(rt.engine, rt.tokenizer, cfg.rollout, "policy", cfg.model.thinking,
                                limits.policy_gateway).start()
     rt._closers.append(rt.gateway.stop)
     rt.gateway.scheduler.pause()
     if not cfg.p2o.enabled:
         return
     if cfg.reflection.mode == "self":  # Self-Ref: the frozen initial model behind a second gateway
-        frozen_rollout = reflection_rollout(cfg, limits)  # a free port; prompts up to the reflection context
+        # a free port, prompts up to the reflection context; always an HF engine on rank 0: it never receives
+        # weight updates, and a second vLLM engine would have to be built by every rank and driven in phases too
+        frozen_rollout = dataclasses.replace(reflection_rollout(cfg, limits), engine="hf")
         frozen = build_engine(frozen_rollout, cfg.model, rt.model_dir)
         rt.reflection_gateway = build_gateway(frozen, rt.tokenizer, frozen_rollout, "reflection", cfg.model.thinking,
                                               limits.reflection_gateway).start()

@@ -91,7 +91,7 @@ def test_compare_cli(tmp_path, capsys):
     (["--data-dir", str(FIXTURES), "--model", "{tmp}/megatron"], "Megatron-LM training checkpoint"),
     (["--data-dir", str(FIXTURES), "--model", "{tmp}/step_000004"], "pass --hf-config"),
     (["--data-dir", str(FIXTURES), "--override", "model.thinking=maybe"], "model.thinking"),
-    (["--data-dir", str(FIXTURES), "--engine", "vllm"], "the vLLM engine needs CUDA"),
+    (["--data-dir", str(FIXTURES), "--engine", "vllm"], "needs the torch.distributed environment"),
     (["--data-dir", str(FIXTURES), "--device", "cuda"], "CUDA is not available"),
 ])
 def test_eval_cli_errors(tmp_path, capsys, argv, message):

