@@ -218,7 +218,8 @@ class GEPAJobSpec:
             ("gepa.pause_poll_s", gepa.pause_poll_s, 0, lim.max_seconds),
             ("reflection.concurrency", reflection.concurrency, 1, lim.max_concurrency),
             ("reflection.max_tokens", reflection.max_tokens, 1, lim.max_reflection_tokens),
-            ("reflection.context_tokens", reflection.context_tokens, 1, lim.max_reflection_tokens),
+            # 0: not derived by the submitter; the service uses its default (`jobs.default_reflector`)
+            ("reflection.context_tokens", reflection.context_tokens, 0, lim.max_reflection_tokens),
             ("reflection.retries", reflection.retries, 0, lim.max_retries),
             ("reflection.timeout_s", reflection.timeout_s, 0, lim.max_seconds),
             ("reflection.backoff_base_s", reflection.backoff_base_s, 0, lim.max_seconds),

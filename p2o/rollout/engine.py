@@ -87,6 +87,11 @@ class GenerationRequest:
         if not self.prompt_ids:
             raise ValueError(f"GenerationRequest {self.request_id!r}: prompt_ids is empty")
 
+    def __getstate__(self) -> dict:
+        """Pickled without `cancel`: the event belongs to this process (generation phases send requests to the
+        other ranks' engines, which are driven, and cancelled, from here)."""
+        return {**self.__dict__, "cancel": None}
+
 
 @dataclass
 class Generation:

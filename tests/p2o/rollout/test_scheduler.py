@@ -60,3 +60,17 @@ def test_priority_names():
     assert priority_value("training") == 0 < priority_value("evaluation") < priority_value("reflection")
     with pytest.raises(ValueError, match="priority"):
         priority_value("urgent")
+
+
+def test_a_request_travels_to_other_ranks_without_its_cancel_event():
+    """Generation phases pickle requests for the other ranks' engines; the cancel event stays in this process."""
+    import pickle
+    import threading
+
+    event = threading.Event()
+    req = GenerationRequest([1, 2, 3], SamplingParams(n=2, max_new_tokens=4), "r1", priority=1, cancel=event)
+    copy = pickle.loads(pickle.dumps(req))
+    assert (copy.prompt_ids, copy.params, copy.request_id, copy.priority) == ([1, 2, 3], req.params, "r1", 1)
+    assert copy.cancel is None and req.cancel is event
+    event.set()
+    assert req.cancelled and not copy.cancelled
