@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from p2o.train.policy import SequenceBatch
+from p2o.policy_api import SequenceBatch
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`MegatronPolicy`: the Megatron-Core training backend behind `p2o.train.policy.PolicyBackend`.
+"""`MegatronPolicy`: the Megatron-Core training backend behind `p2o.policy_api.PolicyBackend`.
 
 Construction (every rank of the job, inside torch.distributed; `init_parallel` creates Megatron's groups from
 `cfg.parallel` if they do not exist yet):
@@ -64,7 +64,7 @@ from megatron_bridge.parallel import ParallelLayout, init_parallel
 from megatron_bridge.provider import GPTProvider, ModelBridge, bridge_for
 from megatron_bridge.weights import load_hf_checkpoint
 from p2o.algo.grpo import GRPOLoss, old_logprobs
-from p2o.train.policy import LossFn, SequenceBatch, StepMetrics
+from p2o.policy_api import LossFn, SequenceBatch, StepMetrics
 
 log = logging.getLogger(__name__)
 

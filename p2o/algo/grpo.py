@@ -1,6 +1,6 @@
 """GRPO: group advantages, the clipped (dual-clip) policy-gradient loss and its aggregation.
 
-Shapes: N rollouts, T packed response tokens (see p2o/train/policy.py). Everything is a pure function of
+Shapes: N rollouts, T packed response tokens (see p2o/policy_api.py). Everything is a pure function of
 tensors; no distributed or global state.
 
 Advantage (Shao et al., 2024):  A_i = (r_i - mean_g r) / (std_g r + eps) for rollout i in group g;
@@ -130,7 +130,7 @@ def old_logprobs(logprobs: torch.Tensor, inputs: dict[str, torch.Tensor]) -> tor
 
 @dataclass(frozen=True)
 class GRPOLoss:
-    """The loop's `p2o.train.policy.LossFn`: the clipped (dual-clip) surrogate plus an optional KL penalty.
+    """The loop's `p2o.policy_api.LossFn`: the clipped (dual-clip) surrogate plus an optional KL penalty.
 
     token inputs, each [T]: ``old_logprobs``, ``advantages``, ``weights`` (the aggregation weight with the step's
     global normaliser, the context-ratio mask and the row scale already folded in; see `token_weights`),
@@ -180,5 +180,5 @@ class GRPOLoss:
 
 
 def make_loss_fn(cfg: GRPOConfig) -> GRPOLoss:
-    """The `GRPOLoss` for ``cfg`` (a `p2o.train.policy.LossFn`)."""
+    """The `GRPOLoss` for ``cfg`` (a `p2o.policy_api.LossFn`)."""
     return GRPOLoss.from_config(cfg)

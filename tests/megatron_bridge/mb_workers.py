@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from p2o.train.policy import SequenceBatch
+from p2o.policy_api import SequenceBatch
 
 VOCAB_LIMIT = 500  # token ids used by the synthetic batch (below every test model's vocabulary)
 

@@ -7,7 +7,7 @@ import os
 import torch
 from mb_workers import make_cfg, pg_loss, save_on_rank0
 
-from p2o.train.policy import SequenceBatch
+from p2o.policy_api import SequenceBatch
 
 
 def ragged_batch() -> tuple[SequenceBatch, dict[str, torch.Tensor]]:

@@ -64,7 +64,7 @@ def _run(tp: int, pp: int, use_kernels: bool, model_dir: str) -> dict:
 
     from megatron_bridge.policy import MegatronPolicy
     from p2o.algo.grpo import GRPOLoss
-    from p2o.train.policy import SequenceBatch
+    from p2o.policy_api import SequenceBatch
 
     if ps.model_parallel_is_initialized() and (ps.get_tensor_model_parallel_world_size(),
                                                ps.get_pipeline_model_parallel_world_size()) != (tp, pp):
