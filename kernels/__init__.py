@@ -10,7 +10,6 @@ from kernels.fused_linear_logprob import FusedLinearLogprob, fused_linear_logpro
 from kernels.grpo_loss import (
                                FusedLinearGRPOLoss,
                                GRPOLossOutput,
-                               GRPOLossParams,
                                fused_linear_grpo_loss,
                                grouped_advantages,
                                grpo_token_loss,
@@ -18,5 +17,5 @@ from kernels.grpo_loss import (
 )
 
 __all__ = ["DualContextLogprob", "DualContextOutput", "FusedLinearGRPOLoss", "FusedLinearLogprob", "GRPOLossOutput",
-           "GRPOLossParams", "dual_context_logprob", "fused_linear_grpo_loss", "fused_linear_logprob",
+           "dual_context_logprob", "fused_linear_grpo_loss", "fused_linear_logprob",
            "grouped_advantages", "grpo_token_loss", "token_advantages"]

@@ -2,12 +2,14 @@
 
     adv = grouped_advantages(rewards, group_ids, adv_norm="group")          # [N] per sequence
     adv_tok = token_advantages(adv, seq_ids)                                # [T] packed tokens
-    out = fused_linear_grpo_loss(hidden, weight, targets, old_logp, adv_tok, mask, normaliser=n_tokens_global)
+    out = fused_linear_grpo_loss(hidden, weight, targets, old_logp, adv_tok, weights, clip_low=0.2, clip_high=0.2,
+                                 dual_clip=3.0, kl_coef=0.0, kl_type="k3")
     out.loss.backward()                                                     # one autograd node from hidden states
 
-Option names follow `p2o.config.GRPOConfig` (adv_norm, loss_agg, kl_type, clip_low, clip_high, dual_clip,
-kl_coef); `GRPOLossParams.from_config(cfg.grpo)` builds the loss knobs from a config. The formulas and
-conventions are in `kernels.ops.grpo_loss`.
+These are backends of the one definition in `p2o.algo.grpo`: `GRPOLoss` holds (and validates) the loss's
+parameters and calls `fused_linear_grpo_loss` with them as plain numbers (`GRPOLoss.loss_from_hidden`);
+`weights` [T] are the per-token aggregation weights of `p2o.algo.grpo.token_weights` (global normaliser and
+masks folded in). Option names follow `p2o.config.GRPOConfig`; the formulas are in `kernels.ops.grpo_loss`.
 """
 from __future__ import annotations
 
@@ -17,15 +19,9 @@ import torch
 from torch import nn
 
 from kernels.ops.fused_linear_logprob import LogprobOptions
-from kernels.ops.grpo_loss import (
-    FusedLinearGRPOLossFunction,
-    GRPOLossParams,
-    GRPOTokenLossFunction,
-    aggregation_weights,
-    grouped_advantages_forward,
-)
+from kernels.ops.grpo_loss import FusedLinearGRPOLossFunction, GRPOTokenLossFunction, grouped_advantages_forward
 
-__all__ = ["GRPOLossOutput", "GRPOLossParams", "FusedLinearGRPOLoss", "fused_linear_grpo_loss", "grouped_advantages",
+__all__ = ["GRPOLossOutput", "FusedLinearGRPOLoss", "fused_linear_grpo_loss", "grouped_advantages",
            "grpo_token_loss", "token_advantages"]
 
 
@@ -56,11 +52,11 @@ class GRPOLossOutput:
     """Result of one loss call."""
 
     loss: torch.Tensor
-    """Scalar, already divided by the global normaliser; differentiable."""
+    """Scalar sum_t w_t l_t (the weights carry the global normaliser); differentiable."""
     per_token_loss: torch.Tensor
     """[T] w_t * l_t (detached): the loss's per-token contributions."""
     clip_fraction: torch.Tensor
-    """Scalar: share of tokens with mask > 0 whose gradient was zeroed by (dual) clipping."""
+    """Scalar: share of tokens with weight > 0 whose gradient was zeroed by (dual) clipping."""
     kl: torch.Tensor | None
     """[T] per-token KL estimate to the reference (detached), when kl_coef != 0."""
     logprobs: torch.Tensor | None = None
@@ -69,36 +65,32 @@ class GRPOLossOutput:
     """[T] bool: the token's gradient was zeroed by (dual) clipping (whatever its mask)."""
 
 
-def _output(mask: torch.Tensor, loss, weighted, clipped, kl: torch.Tensor | None, logprobs=None) -> GRPOLossOutput:
-    live = mask > 0
+def _output(weights: torch.Tensor, loss, weighted, clipped, kl: torch.Tensor | None, logprobs=None) -> GRPOLossOutput:
+    live = weights > 0
     frac = (clipped * live).sum() / live.sum().clamp(min=1)
     return GRPOLossOutput(loss, weighted, frac, kl, logprobs, clipped.bool())
 
 
 def grpo_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, normaliser: float, *, seq_ids: torch.Tensor | None = None,
-                    ref_logprobs: torch.Tensor | None = None, params: GRPOLossParams | None = None,
-                    backend: str = "auto") -> GRPOLossOutput:
-    """The clipped GRPO loss from per-token log-probs [T] (differentiable w.r.t. ``logprobs`` only).
+                    weights: torch.Tensor, *, clip_low: float, clip_high: float, dual_clip: float, kl_coef: float,
+                    kl_type: str, ref_logprobs: torch.Tensor | None = None, backend: str = "auto") -> GRPOLossOutput:
+    """The clipped GRPO loss sum_t w_t l_t from per-token log-probs [T] (differentiable w.r.t. ``logprobs`` only).
 
-    ``mask`` [T] multiplies each token's loss (response mask x context-ratio mask); ``normaliser`` is the
-    GLOBAL denominator of the step (tokens for token-mean, sequences for seq-mean-token-mean, sequences x
-    max length for seq-mean-token-sum-norm); ``seq_ids`` [T] is needed for seq-mean-token-mean.
+    ``weights`` [T] are the aggregation weights with the step's GLOBAL normaliser and any mask folded in
+    (`p2o.algo.grpo.token_weights`); ``clip_low, clip_high, dual_clip, kl_coef, kl_type`` are the fields of
+    `p2o.algo.grpo.GRPOLoss` (dual_clip 0: off; kl_coef 0: no KL term, ``ref_logprobs`` [T] needed otherwise).
     """
-    params = params or GRPOLossParams()
-    w = aggregation_weights(mask, normaliser, params.loss_agg, seq_ids)
-    loss, weighted, clipped, kl = GRPOTokenLossFunction.apply(logprobs, old_logprobs, advantages, w, ref_logprobs,
-                                                              params, backend)
-    return _output(mask, loss, weighted, clipped, kl if params.kl_coef != 0 else None)
+    loss, weighted, clipped, kl = GRPOTokenLossFunction.apply(logprobs, old_logprobs, advantages, weights, ref_logprobs,
+                                                              clip_low, clip_high, dual_clip, kl_coef, kl_type, backend)
+    return _output(weights, loss, weighted, clipped, kl if kl_coef != 0 else None)
 
 
 def fused_linear_grpo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                           old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                           normaliser: float, *, seq_ids: torch.Tensor | None = None,
-                           ref_logprobs: torch.Tensor | None = None, params: GRPOLossParams | None = None,
-                           temperature: float = 1.0, tp_group=None, vocab_start: int = 0, backend: str = "auto",
-                           split_v: int | None = None, vocab_chunk: int | None = None,
-                           on_policy: torch.Tensor | None = None) -> GRPOLossOutput:
+                           old_logprobs: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor, *,
+                           clip_low: float, clip_high: float, dual_clip: float, kl_coef: float, kl_type: str,
+                           ref_logprobs: torch.Tensor | None = None, temperature: float = 1.0, tp_group=None,
+                           vocab_start: int = 0, backend: str = "auto", split_v: int | None = None,
+                           vocab_chunk: int | None = None, on_policy: torch.Tensor | None = None) -> GRPOLossOutput:
     """GRPO loss straight from hidden states [T, H] and LM-head rows [V_local, H]: one autograd node.
 
     Same arguments as `grpo_token_loss` plus those of `fused_linear_logprob` (targets, temperature,
@@ -106,27 +98,26 @@ def fused_linear_grpo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: 
     (optional bool [T]) marks tokens whose old log-prob is the current one from this same pass (their
     ``old_logprobs`` entries are ignored; ratio exactly 1): the update needs no separate old-log-prob pass.
     """
-    params = params or GRPOLossParams()
-    w = aggregation_weights(mask, normaliser, params.loss_agg, seq_ids)
     opts = LogprobOptions(temperature=temperature, vocab_start=vocab_start, tp_group=tp_group, backend=backend,
                           split_v=split_v, vocab_chunk=vocab_chunk)
     loss, logp, weighted, clipped, kl = FusedLinearGRPOLossFunction.apply(
-        hidden, weight, targets, old_logprobs, advantages, w, ref_logprobs, params, opts, on_policy)
-    return _output(mask, loss, weighted, clipped, kl if params.kl_coef != 0 else None, logp)
+        hidden, weight, targets, old_logprobs, advantages, weights, ref_logprobs, clip_low, clip_high, dual_clip,
+        kl_coef, kl_type, opts, on_policy)
+    return _output(weights, loss, weighted, clipped, kl if kl_coef != 0 else None, logp)
 
 
 class FusedLinearGRPOLoss(nn.Module):
-    """Module form of `fused_linear_grpo_loss` holding the loss knobs (e.g. from ``GRPOConfig``)."""
+    """Module form of `fused_linear_grpo_loss` holding the loss's numbers and the LM-head settings."""
 
-    def __init__(self, params: GRPOLossParams | None = None, temperature: float = 1.0, tp_group=None,
-                 vocab_start: int = 0, backend: str = "auto"):
+    def __init__(self, *, clip_low: float, clip_high: float, dual_clip: float, kl_coef: float, kl_type: str,
+                 temperature: float = 1.0, tp_group=None, vocab_start: int = 0, backend: str = "auto"):
         super().__init__()
-        self.params = params or GRPOLossParams()
+        self.knobs = dict(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip, kl_coef=kl_coef,
+                          kl_type=kl_type)
         self.temperature, self.tp_group, self.vocab_start, self.backend = temperature, tp_group, vocab_start, backend
 
-    def forward(self, hidden, weight, targets, old_logprobs, advantages, mask, normaliser, seq_ids=None,
-                ref_logprobs=None) -> GRPOLossOutput:
-        return fused_linear_grpo_loss(hidden, weight, targets, old_logprobs, advantages, mask, normaliser,
-                                      seq_ids=seq_ids, ref_logprobs=ref_logprobs, params=self.params,
-                                      temperature=self.temperature, tp_group=self.tp_group,
-                                      vocab_start=self.vocab_start, backend=self.backend)
+    def forward(self, hidden, weight, targets, old_logprobs, advantages, weights, ref_logprobs=None,
+                on_policy=None) -> GRPOLossOutput:
+        return fused_linear_grpo_loss(hidden, weight, targets, old_logprobs, advantages, weights, **self.knobs,
+                                      ref_logprobs=ref_logprobs, temperature=self.temperature, tp_group=self.tp_group,
+                                      vocab_start=self.vocab_start, backend=self.backend, on_policy=on_policy)

@@ -34,7 +34,8 @@ What it does:
   (`logprobs`), so a resumed run rebuilds it from `model.path`.
 - kernels (`train.use_kernels`, backend `train.kernel_backend`), on the last pipeline stage, vocabulary split
   over the TP group:
-  * loss: a `p2o.algo.grpo.GRPOLoss` is computed by `kernels.fused_linear_grpo_loss` from the hidden states (one
+  * loss: a loss that declares the `p2o.policy_api.HiddenStateLoss` capability (e.g. `p2o.algo.grpo.GRPOLoss`,
+    through `kernels.fused_linear_grpo_loss`) is computed from the hidden states and the LM-head rows (one
     autograd node, no separate log-prob pass); any other `LossFn` gets the fused log-probs.
   * dual context: `dual_logprobs` runs both contexts hidden-only and scores them with one
     `kernels.dual_context_logprob` call (each LM-head tile read once for both); without kernels it is two
@@ -42,7 +43,6 @@ What it does:
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -63,8 +63,7 @@ from megatron_bridge.hf_io import read_config
 from megatron_bridge.parallel import ParallelLayout, init_parallel
 from megatron_bridge.provider import GPTProvider, ModelBridge, bridge_for
 from megatron_bridge.weights import load_hf_checkpoint
-from p2o.algo.grpo import GRPOLoss, old_logprobs
-from p2o.policy_api import LossFn, SequenceBatch, StepMetrics
+from p2o.policy_api import HiddenStateLoss, LossFn, SequenceBatch, StepMetrics
 
 log = logging.getLogger(__name__)
 
@@ -327,12 +326,14 @@ class MegatronPolicy(MegatronScorer):
         mbs, seq_len = self._micro_batches(batch)
         scale = len(mbs) * self.layout.dp
 
-        fused = self.use_kernels and isinstance(loss_fn, GRPOLoss)
+        from_hidden = self.use_kernels and isinstance(loss_fn, HiddenStateLoss)
 
         def loss_func(mb: MicroBatch, output: torch.Tensor):
             inputs = {k: v[mb.token_slice] for k, v in token_inputs.items()}
-            if fused:
-                loss, stats = self._fused_grpo_loss(mb, output, loss_fn, inputs)
+            if from_hidden:
+                weight, tp_kw = self._lm_head()
+                loss, stats = loss_fn.loss_from_hidden(self._response_hidden(mb, output).to(weight.dtype), weight,
+                                                       mb.targets, inputs, temperature=self.temperature, **tp_kw)
             else:
                 loss, stats = loss_fn(self._response_logprobs(mb, output), inputs)
             return loss * scale, {"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}}
@@ -349,28 +350,6 @@ class MegatronPolicy(MegatronScorer):
         self.step += 1
         self.version += 1
         return self._step_metrics(reports, grad_norm, lr, n_tokens)
-
-    def _fused_grpo_loss(self, mb: MicroBatch, output: torch.Tensor, loss_fn: GRPOLoss,
-                         inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """`loss_fn`'s loss and metrics for one micro-batch, by `kernels.fused_linear_grpo_loss` from hidden states.
-
-        The caller's ``weights`` already are the aggregation weights, so they go in as the kernel's mask with
-        normaliser 1 under ``token-mean``: the kernel's weight mask / 1 is then exactly w_t.
-        """
-        from kernels import GRPOLossParams, fused_linear_grpo_loss
-
-        weight, tp_kw = self._lm_head()
-        params = GRPOLossParams(**dataclasses.asdict(loss_fn), loss_agg="token-mean")
-        w = inputs["weights"]
-        out = fused_linear_grpo_loss(self._response_hidden(mb, output).to(weight.dtype), weight, mb.targets,
-                                     inputs["old_logprobs"], inputs["advantages"], w, 1.0,
-                                     ref_logprobs=inputs.get("ref_logprobs"), params=params,
-                                     temperature=self.temperature, on_policy=inputs.get("on_policy"), **tp_kw)
-        pg_loss = out.per_token_loss.sum()
-        if out.kl is not None:
-            pg_loss = pg_loss - loss_fn.kl_coef * (out.kl * w).sum()
-        return out.loss, loss_fn.report(float(pg_loss), out.clipped, out.kl, out.logprobs,
-                                        old_logprobs(out.logprobs, inputs), inputs)
 
     def _step_metrics(self, reports: list, grad_norm, lr: float, n_tokens: int) -> StepMetrics:
         """Sum the micro-batch losses (and DP ranks), average the extras; broadcast from the last stage."""

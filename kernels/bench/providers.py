@@ -160,7 +160,8 @@ def setup_grpo_fused(c: Case) -> LossFn:
     mask = torch.ones(c.T, device=c.hidden.device)
 
     def loss():
-        return fused_linear_grpo_loss(c.hidden, c.weight, c.targets, old, c.d_logp, mask, float(c.T),
+        return fused_linear_grpo_loss(c.hidden, c.weight, c.targets, old, c.d_logp, mask / c.T, clip_low=0.2,
+                                      clip_high=0.2, dual_clip=3.0, kl_coef=0.0, kl_type="k3",
                                       temperature=TEMPERATURE).loss
     return loss
 

@@ -1,4 +1,8 @@
-"""GRPO advantages and the clipped policy-gradient loss, alone or fused with the linear log-prob kernel.
+"""Backends of GRPO's advantages and clipped policy-gradient loss (the definition: `p2o.algo.grpo`).
+
+The formulas, their parameters and the loss aggregation are defined once, in `p2o.algo.grpo` (this package
+imports nothing from `p2o`); these kernels compute the same quantities in Triton (and a torch twin for CPU),
+taking the parameters as plain numbers. `tests/kernels/test_grpo_loss.py` holds an independent fp64 reference.
 
 Advantages (`_group_advantage_kernel`, one program per group over rewards sorted by group):
 
@@ -18,13 +22,11 @@ Per-token loss (`_grpo_token_loss_kernel`, elementwise over the packed tokens), 
          (verl's kl_penalty "low_var_kl"; the gradient is 0 where a clamp is active)
     loss = sum_t w_t l_t
 
-The aggregation weight w_t folds the mask and the GLOBAL normaliser (passed in, computed over the whole
-optimizer step by the caller): token-mean and seq-mean-token-sum-norm use mask_t / normaliser (the caller
-passes the global token count, or sequences x max length); seq-mean-token-mean uses
-mask_t / (len(seq_t) * normaliser) with the global sequence count, len counting every packed token of the
-sequence (masked ones stay in the denominator, like verl's response mask). The kernel also returns
-coef_t = w_t dl_t/dlogp_t, which is all the backward needs: fused with the log-prob kernel the loss is
-one autograd node from hidden states, and rows with coef = 0 (masked, zero advantage, clipped) are skipped.
+w_t is the caller's aggregation weight (`p2o.algo.grpo.token_weights`: the loss aggregation with the GLOBAL
+normaliser of the optimizer step, times any mask), so the kernels know nothing about aggregation modes. The
+kernel also returns coef_t = w_t dl_t/dlogp_t, which is all the backward needs: fused with the log-prob kernel
+the loss is one autograd node from hidden states, and rows with coef = 0 (masked, zero advantage, clipped) are
+skipped.
 """
 from __future__ import annotations
 
@@ -39,7 +41,6 @@ from kernels.ops.fused_linear_logprob import LogprobOptions, fused_linear_logpro
 from kernels.ops.vocab_stats import SoftmaxStats
 
 ADV_NORMS = ("group", "batch", "none")
-LOSS_AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_TYPES = ("k1", "k3")
 LOG_RATIO_CLAMP = 20.0
 K3_CLAMP = 10.0
@@ -181,48 +182,6 @@ def _group_advantage_torch(r: torch.Tensor, gid: torch.Tensor, counts: torch.Ten
 
 
 # ----------------------------------------------------------------------------- token loss (host)
-@dataclass(frozen=True)
-class GRPOLossParams:
-    """The loss knobs, named exactly as `p2o.config.GRPOConfig`."""
-
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float = 3.0
-    loss_agg: str = "token-mean"
-    kl_coef: float = 0.0
-    kl_type: str = "k3"
-
-    def __post_init__(self) -> None:
-        if self.loss_agg not in LOSS_AGGS:
-            raise ValueError(f"loss_agg: got {self.loss_agg!r}; expected one of {', '.join(LOSS_AGGS)}")
-        if self.kl_type not in KL_TYPES:
-            raise ValueError(f"kl_type: got {self.kl_type!r}; expected one of {', '.join(KL_TYPES)}")
-        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
-            raise ValueError(f"clip_low must be in [0, 1) and clip_high >= 0; got {self.clip_low}, {self.clip_high}")
-        if self.dual_clip != 0 and self.dual_clip <= 1:
-            raise ValueError(f"dual_clip must be 0 (off) or > 1; got {self.dual_clip}")
-
-    @classmethod
-    def from_config(cls, cfg) -> GRPOLossParams:
-        """From a `GRPOConfig` (or anything with the same attribute names)."""
-        return cls(**{f: getattr(cfg, f) for f in cls.__dataclass_fields__})
-
-
-def aggregation_weights(mask: torch.Tensor, normaliser: float, loss_agg: str,
-                        seq_ids: torch.Tensor | None) -> torch.Tensor:
-    """w [T] fp32 such that loss = sum_t w_t l_t implements ``loss_agg`` with the global ``normaliser``."""
-    if not normaliser > 0:
-        raise ValueError(f"normaliser must be > 0 (the global token / sequence count); got {normaliser}")
-    w = mask.float() / normaliser
-    if loss_agg == "seq-mean-token-mean":
-        if seq_ids is None:
-            raise ValueError("loss_agg 'seq-mean-token-mean' needs seq_ids [T] (sequence index of each token)")
-        _check_1d("seq_ids", seq_ids, mask.shape[0])
-        lengths = torch.bincount(seq_ids)  # tokens per sequence, masked ones included
-        w = w / lengths[seq_ids].float()
-    return w.contiguous()
-
-
 @dataclass
 class TokenLossTerms:
     """Per-token outputs of the loss kernel, each [T] fp32: w*l, w*dl/dlogp, clip flag (0/1), KL or None."""
@@ -234,12 +193,15 @@ class TokenLossTerms:
 
 
 def grpo_token_terms(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, weight: torch.Tensor,
-                     ref_logp: torch.Tensor | None, params: GRPOLossParams, backend: str = "auto") -> TokenLossTerms:
-    """Run the per-token loss (Triton, or the same formulas in torch)."""
+                     ref_logp: torch.Tensor | None, clip_low: float, clip_high: float, dual_clip: float,
+                     kl_coef: float, kl_type: str, backend: str = "auto") -> TokenLossTerms:
+    """Run the per-token loss (Triton, or the same formulas in torch); all tensors [T], weight = w_t."""
     T = logp.shape[0]
-    for name, t in (("old_logprobs", old_logp), ("advantages", adv), ("mask", weight)):
+    for name, t in (("old_logprobs", old_logp), ("advantages", adv), ("weights", weight)):
         _check_1d(name, t, T)
-    has_kl = params.kl_coef != 0
+    if kl_type not in KL_TYPES:
+        raise ValueError(f"kl_type: got {kl_type!r}; expected one of {', '.join(KL_TYPES)}")
+    has_kl = kl_coef != 0
     if has_kl:
         if ref_logp is None:
             raise ValueError("kl_coef != 0 needs ref_logprobs [T] (reference-policy log-probs)")
@@ -247,32 +209,33 @@ def grpo_token_terms(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tens
     f32 = [x.detach().float().contiguous() for x in (logp, old_logp, adv, weight)]
     ref = ref_logp.detach().float().contiguous() if has_kl else None
     if resolve_backend(backend, logp.device) == "torch":
-        return _grpo_token_terms_torch(*f32, ref, params)
+        return _grpo_token_terms_torch(*f32, ref, clip_low, clip_high, dual_clip, kl_coef, kl_type)
     out = [torch.full((T,), float("nan"), dtype=torch.float32, device=logp.device) for _ in range(4)]
     if T:
         _grpo_token_loss_kernel[(triton.cdiv(T, 1024),)](
-            *f32, ref if has_kl else f32[0], *out, T, params.clip_low, params.clip_high, params.dual_clip,
-            params.kl_coef, HAS_KL=has_kl, K3=params.kl_type == "k3", BLOCK=1024)
+            *f32, ref if has_kl else f32[0], *out, T, float(clip_low), float(clip_high), float(dual_clip),
+            float(kl_coef), HAS_KL=has_kl, K3=kl_type == "k3", BLOCK=1024)
     return TokenLossTerms(out[0], out[1], out[2], out[3] if has_kl else None)
 
 
-def _grpo_token_terms_torch(logp, old, adv, w, ref, params: GRPOLossParams) -> TokenLossTerms:
+def _grpo_token_terms_torch(logp, old, adv, w, ref, clip_low: float, clip_high: float, dual_clip: float,
+                            kl_coef: float, kl_type: str) -> TokenLossTerms:
     """Torch twin of `_grpo_token_loss_kernel` (CPU production path)."""
     delta = logp - old
     ratio = torch.exp(delta.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     d_ratio = torch.where(delta.abs() <= LOG_RATIO_CLAMP, ratio, torch.zeros_like(ratio))
     pg1 = -adv * ratio
-    pg2 = -adv * ratio.clamp(1 - params.clip_low, 1 + params.clip_high)
+    pg2 = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
     pg = torch.maximum(pg1, pg2)
     d_pg = torch.where(pg1 >= pg2, -adv * d_ratio, torch.zeros_like(ratio))
     clipped = pg2 > pg1
-    pg3 = -adv * params.dual_clip
-    dual = (adv < 0) & (pg3 < pg) if params.dual_clip > 0 else torch.zeros_like(clipped)
+    pg3 = -adv * dual_clip
+    dual = (adv < 0) & (pg3 < pg) if dual_clip > 0 else torch.zeros_like(clipped)
     pg = torch.where(dual, pg3, pg)
     d_pg = torch.where(dual, torch.zeros_like(d_pg), d_pg)
     kl = None
     if ref is not None:
-        if params.kl_type == "k3":
+        if kl_type == "k3":
             d = ref - logp
             dc = d.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
             kl = torch.exp(dc) - dc - 1
@@ -280,7 +243,7 @@ def _grpo_token_terms_torch(logp, old, adv, w, ref, params: GRPOLossParams) -> T
             kl, d_kl = kl.clamp(max=K3_CLAMP), torch.where(live, 1 - torch.exp(dc), torch.zeros_like(dc))
         else:
             kl, d_kl = logp - ref, torch.ones_like(logp)
-        pg, d_pg = pg + params.kl_coef * kl, d_pg + params.kl_coef * d_kl
+        pg, d_pg = pg + kl_coef * kl, d_pg + kl_coef * d_kl
     return TokenLossTerms(w * pg, w * d_pg, (clipped | dual).float(), kl)
 
 
@@ -293,35 +256,43 @@ def _outputs(ctx, loss: torch.Tensor, terms: TokenLossTerms, *extra: torch.Tenso
 
 
 class GRPOTokenLossFunction(torch.autograd.Function):
-    """Autograd node: logp [T] -> (loss, w*l [T], clipped [T], kl [T] or empty); only loss is differentiable."""
+    """Autograd node: logp [T] -> (loss, w*l [T], clipped [T], kl [T] or empty); only loss is differentiable.
+
+    Positional arguments: logp, old_logp, adv, weight, ref_logp (or None), clip_low, clip_high, dual_clip, kl_coef,
+    kl_type, backend.
+    """
 
     @staticmethod
-    def forward(ctx, logp, old_logp, adv, weight, ref_logp, params: GRPOLossParams, backend: str):
-        terms = grpo_token_terms(logp, old_logp, adv, weight, ref_logp, params, backend)
+    def forward(ctx, logp, old_logp, adv, weight, ref_logp, clip_low, clip_high, dual_clip, kl_coef, kl_type, backend):
+        terms = grpo_token_terms(logp, old_logp, adv, weight, ref_logp, clip_low, clip_high, dual_clip, kl_coef,
+                                 kl_type, backend)
         ctx.save_for_backward(terms.coef)
         return _outputs(ctx, terms.weighted_loss.sum(), terms)
 
     @staticmethod
     def backward(ctx, d_loss, *_):
         (coef,) = ctx.saved_tensors
-        return coef * d_loss, None, None, None, None, None, None
+        return (coef * d_loss,) + (None,) * 10
 
 
 class FusedLinearGRPOLossFunction(torch.autograd.Function):
     """Autograd node: (hidden [T, H], weight [V_local, H]) -> (loss, logp [T], w*l [T], clipped [T], kl [T] or empty).
 
-    ``on_policy`` (optional bool [T]): tokens whose old log-prob is the current one, computed in this pass.
+    Positional arguments: hidden, weight, targets, old_logp, adv, agg_weight, ref_logp (or None), clip_low,
+    clip_high, dual_clip, kl_coef, kl_type, opts (`LogprobOptions`), on_policy (optional bool [T]: tokens whose old
+    log-prob is the current one, computed in this pass).
 
     Only the loss is differentiable; its backward is the fused log-prob backward with upstream coef * dL.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, old_logp, adv, agg_weight, ref_logp, params: GRPOLossParams,
-                opts: LogprobOptions, on_policy=None):
+    def forward(ctx, hidden, weight, targets, old_logp, adv, agg_weight, ref_logp, clip_low, clip_high, dual_clip,
+                kl_coef, kl_type, opts: LogprobOptions, on_policy=None):
         logp, _, stats = fused_linear_logprob_forward(hidden, weight, targets, opts)
         if on_policy is not None:  # these tokens' old log-prob is the current one (ratio exactly 1)
             old_logp = torch.where(on_policy, logp, old_logp)
-        terms = grpo_token_terms(logp, old_logp, adv, agg_weight, ref_logp, params, opts.backend)
+        terms = grpo_token_terms(logp, old_logp, adv, agg_weight, ref_logp, clip_low, clip_high, dual_clip, kl_coef,
+                                 kl_type, opts.backend)
         ctx.save_for_backward(hidden, weight, targets, stats.lse, terms.coef)
         ctx.opts = opts
         return _outputs(ctx, terms.weighted_loss.sum(), terms, logp)
@@ -333,4 +304,4 @@ class FusedLinearGRPOLossFunction(torch.autograd.Function):
         d_hidden, d_weight = fused_linear_logprob_backward(hidden, weight, targets, stats, coef * d_loss, None,
                                                            ctx.opts)
         return (d_hidden if ctx.needs_input_grad[0] else None, d_weight if ctx.needs_input_grad[1] else None,
-                None, None, None, None, None, None, None, None)
+                *(None,) * 12)

@@ -19,9 +19,15 @@ Aggregation is a weighted sum  L = sum_t w_t l_t  with per-token weights fixed o
   seq-mean-token-sum-norm:  w_t = M_t / (sequences of the step * max_new_tokens)   (Dr. GRPO)
 M_t is the response mask; P2O's context-ratio mask multiplies w_t afterwards (masked tokens stay in the
 denominator, as in the released P2O code).
+
+This module is the one definition of GRPO's math and of the loss's parameters (`GRPOLoss`, built from
+`p2o.config.GRPOConfig`). The Triton kernels (`kernels.grouped_advantages`, `kernels.fused_linear_grpo_loss`) are
+backends of it: they take the same numbers and the weights w_t from here, and know nothing about `p2o`. A loss
+that a backend can compute from hidden states says so through `p2o.policy_api.HiddenStateLoss`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -136,9 +142,9 @@ class GRPOLoss:
     global normaliser, the context-ratio mask and the row scale already folded in; see `token_weights`),
     ``ref_logprobs`` when ``kl_coef`` != 0, and optionally ``on_policy`` (bool; see `old_logprobs`). loss = sum_t w_t (l_t + kl_coef KL_t).
 
-    The knobs are fields so that a backend able to fuse the LM head with this loss (`megatron_bridge` with
-    ``train.use_kernels``: `kernels.fused_linear_grpo_loss` from hidden states) computes the same quantity; it
-    reports through `report`, so both paths return the same metrics.
+    Its fields are the loss's parameters (names and ranges as `GRPOConfig`'s). It is a
+    `p2o.policy_api.HiddenStateLoss`: `loss_from_hidden` computes the same loss, gradients and metrics by
+    `kernels.fused_linear_grpo_loss` from hidden states and the LM head (both paths report through `report`).
     """
 
     clip_low: float
@@ -147,9 +153,26 @@ class GRPOLoss:
     kl_coef: float = 0.0
     kl_type: str = "k3"
 
+    def __post_init__(self) -> None:
+        for name in ("clip_low", "clip_high", "dual_clip", "kl_coef"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"grpo.{name}: got {value!r}; expected a finite number >= 0")
+        if self.clip_low >= 1:
+            raise ValueError(f"grpo.clip_low: got {self.clip_low!r}; expected a number in [0, 1)")
+        if self.dual_clip and self.dual_clip <= 1:
+            raise ValueError(f"grpo.dual_clip: got {self.dual_clip!r}; expected 0 (off) or a number > 1")
+        if self.kl_type not in ("k1", "k3"):
+            raise ValueError(f"grpo.kl_type: got {self.kl_type!r}; expected k1 or k3")
+
     @classmethod
     def from_config(cls, cfg: GRPOConfig) -> GRPOLoss:
-        return cls(cfg.clip_low, cfg.clip_high, cfg.dual_clip, cfg.kl_coef, cfg.kl_type)
+        return cls(cfg.clip_low, cfg.clip_high, cfg.dual_clip, cfg.kl_coef, str(cfg.kl_type))
+
+    def knobs(self) -> dict[str, float | str]:
+        """The parameters as the kernels take them (keyword arguments of `kernels.fused_linear_grpo_loss`)."""
+        return dict(clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip, kl_coef=self.kl_coef,
+                    kl_type=self.kl_type)
 
     def __call__(self, logprobs: torch.Tensor, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         old = old_logprobs(logprobs, inputs)
@@ -161,6 +184,24 @@ class GRPOLoss:
             kl = kl_penalty(logprobs, inputs["ref_logprobs"], self.kl_type)
             loss = loss + self.kl_coef * (kl * w).sum()
         return loss, self.report(float(pg_loss.detach()), pl.clipped, kl, logprobs, old, inputs)
+
+    def loss_from_hidden(self, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         inputs: dict[str, torch.Tensor], *, temperature: float = 1.0, tp_group=None,
+                         vocab_start: int = 0, backend: str = "auto") -> tuple[torch.Tensor, dict[str, float]]:
+        """`self(logprobs, inputs)` for logprobs = log_softmax(hidden @ weight.T / temperature)[targets], by the fused
+        kernel (one autograd node from hidden [T, H] and LM-head rows weight [V_local, H], TP-split over tp_group)."""
+        from kernels import fused_linear_grpo_loss
+
+        w = inputs["weights"]
+        out = fused_linear_grpo_loss(hidden, weight, targets, inputs["old_logprobs"], inputs["advantages"], w,
+                                     **self.knobs(), ref_logprobs=inputs.get("ref_logprobs"), temperature=temperature,
+                                     tp_group=tp_group, vocab_start=vocab_start, backend=backend,
+                                     on_policy=inputs.get("on_policy"))
+        pg_loss = out.per_token_loss.sum()
+        if out.kl is not None:
+            pg_loss = pg_loss - self.kl_coef * (out.kl * w).sum()
+        return out.loss, self.report(float(pg_loss), out.clipped, out.kl, out.logprobs,
+                                     old_logprobs(out.logprobs, inputs), inputs)
 
     def report(self, pg_loss: float, clipped: torch.Tensor, kl: torch.Tensor | None, logprobs: torch.Tensor,
                old: torch.Tensor, inputs: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -1,18 +1,55 @@
-"""GRPO advantages and the clipped loss (standalone and fused with the LM head) against fp64 references."""
+"""GRPO advantages and the clipped loss (standalone and fused with the LM head) against fp64 references.
+
+The kernels are backends of `p2o.algo.grpo`: they take the loss's numbers (`GRPOLoss.knobs()`) and the per-token
+aggregation weights of `p2o.algo.grpo.token_weights`; the references below are independent of both (verl's
+`compute_policy_loss` + `agg_loss` written out in fp64).
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 import kernels.ops.fused_linear_logprob as flp_ops
-from kernels import GRPOLossParams, fused_linear_grpo_loss, grouped_advantages, grpo_token_loss, token_advantages
-from kernels.ops.grpo_loss import ADV_NORMS, KL_TYPES, LOSS_AGGS
+from kernels import (
+    FusedLinearGRPOLoss,
+    fused_linear_grpo_loss,
+    grouped_advantages,
+    grpo_token_loss,
+    token_advantages,
+)
+from kernels.ops.grpo_loss import ADV_NORMS, KL_TYPES
+from p2o.algo.grpo import token_weights
 
 BACKENDS = ["triton", "torch"]
 # Elementwise fp32 math vs fp64: ~1e-7 relative; 1e-5 covers losses/gradients of O(1) summed over ~100 tokens.
 ELEM_TOL = dict(atol=1e-5, rtol=1e-5)
 # Through the LM head (H=72 dot products in fp32): as in test_fused_linear_logprob.
 HEAD_TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+@dataclass(frozen=True)
+class LossCase:
+    """One set of loss settings (`p2o.algo.grpo.GRPOLoss`'s numbers plus the aggregation mode)."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float = 3.0
+    loss_agg: str = "token-mean"
+    kl_coef: float = 0.0
+    kl_type: str = "k3"
+
+    def knobs(self) -> dict:
+        return dict(clip_low=self.clip_low, clip_high=self.clip_high, dual_clip=self.dual_clip, kl_coef=self.kl_coef,
+                    kl_type=self.kl_type)
+
+
+def agg_weights(mask, normaliser, loss_agg, seq_ids):
+    """The kernels' weights [T]: `p2o.algo.grpo.token_weights` with the global count ``normaliser``, times mask."""
+    lens = torch.bincount(seq_ids).tolist() if seq_ids is not None else [mask.shape[0]]
+    w = token_weights(lens, loss_agg, num_sequences=normaliser, num_tokens=normaliser, max_new_tokens=1)
+    return w * mask
 
 
 # ----------------------------------------------------------------------------- references (fp64, plain torch)
@@ -38,7 +75,7 @@ def ref_advantages(rewards, group_ids, adv_norm, eps, valid=None):
     return torch.tensor(out, dtype=torch.float64)
 
 
-def ref_token_loss(logp, old, adv, mask, normaliser, seq_ids, ref, p: GRPOLossParams):
+def ref_token_loss(logp, old, adv, mask, normaliser, seq_ids, ref, p: LossCase):
     """verl's compute_policy_loss (dual-clip) + KL + agg_loss, differentiable w.r.t. logp."""
     ratio = torch.exp(torch.clamp(logp - old, -20.0, 20.0))
     pg1 = -adv * ratio
@@ -106,10 +143,10 @@ def test_advantages_inputs():
 
 # ----------------------------------------------------------------------------- token loss
 LOSS_CASES = [
-    GRPOLossParams(),                                                       # paper: dual clip 3, token-mean
-    GRPOLossParams(clip_low=0.2, clip_high=0.28, dual_clip=0.0, loss_agg="seq-mean-token-mean"),
-    GRPOLossParams(dual_clip=2.0, loss_agg="seq-mean-token-sum-norm", kl_coef=0.1, kl_type="k3"),
-    GRPOLossParams(kl_coef=0.05, kl_type="k1", loss_agg="seq-mean-token-mean"),
+    LossCase(),                                                             # paper: dual clip 3, token-mean
+    LossCase(clip_low=0.2, clip_high=0.28, dual_clip=0.0, loss_agg="seq-mean-token-mean"),
+    LossCase(dual_clip=2.0, loss_agg="seq-mean-token-sum-norm", kl_coef=0.1, kl_type="k3"),
+    LossCase(kl_coef=0.05, kl_type="k1", loss_agg="seq-mean-token-mean"),
 ]
 
 
@@ -134,8 +171,8 @@ def test_token_loss_matches_reference(backend, params):
     logp, old, ref, adv, mask = loss_inputs(seq_ids)
     normaliser = 123.0  # a global normaliser larger than this micro-batch's count
     lp = logp.clone().requires_grad_()
-    out = grpo_token_loss(lp, old, adv, mask, normaliser, seq_ids=seq_ids, ref_logprobs=ref, params=params,
-                          backend=backend)
+    out = grpo_token_loss(lp, old, adv, agg_weights(mask, normaliser, params.loss_agg, seq_ids), ref_logprobs=ref,
+                          **params.knobs(), backend=backend)
     out.loss.backward()
     lp64 = logp.double().requires_grad_()
     want = ref_token_loss(lp64, old.double(), adv.double(), mask.double(), normaliser, seq_ids, ref.double(), params)
@@ -158,8 +195,8 @@ def test_kl_term_value_and_gradient_hand_computed(backend):
     cases = {"k1": ([0.5, -1.0, -3.0, 0.0], [1.0] * 4), "k3": (k3, dk3)}
     for kind, (kl, dkl) in cases.items():
         lp = logp.clone().requires_grad_()
-        out = grpo_token_loss(lp, logp, torch.zeros(4), torch.ones(4), 4.0, ref_logprobs=ref,
-                              params=GRPOLossParams(kl_coef=0.1, kl_type=kind), backend=backend)
+        out = grpo_token_loss(lp, logp, torch.zeros(4), torch.ones(4) / 4, ref_logprobs=ref,
+                              **LossCase(kl_coef=0.1, kl_type=kind).knobs(), backend=backend)
         out.loss.backward()
         assert out.loss.item() == pytest.approx(0.1 * sum(kl) / 4, rel=1e-6), kind
         torch.testing.assert_close(out.kl, torch.tensor(kl), rtol=1e-6, atol=1e-6)
@@ -167,28 +204,32 @@ def test_kl_term_value_and_gradient_hand_computed(backend):
 
 
 def test_params_follow_grpo_config():
+    """The kernels cover every configurable choice and take `GRPOLoss`'s numbers, which are the config's."""
+    from p2o.algo.grpo import GRPOLoss
     from p2o.config import GRPOConfig, choices
     assert choices("grpo.adv_norm") == ADV_NORMS
-    assert choices("grpo.loss_agg") == LOSS_AGGS
+    assert {c.loss_agg for c in LOSS_CASES} == set(choices("grpo.loss_agg"))
     assert choices("grpo.kl_type") == KL_TYPES
     cfg = GRPOConfig()
-    p = GRPOLossParams.from_config(cfg)
-    assert (p.clip_low, p.clip_high, p.dual_clip, p.loss_agg, p.kl_coef, p.kl_type) == (
-        cfg.clip_low, cfg.clip_high, cfg.dual_clip, cfg.loss_agg, cfg.kl_coef, cfg.kl_type)
+    knobs = GRPOLoss.from_config(cfg).knobs()
+    assert knobs == dict(clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+                         kl_coef=cfg.kl_coef, kl_type=cfg.kl_type)
+    assert set(knobs) == set(LossCase().knobs())
 
 
 def test_loss_inputs_are_checked():
+    from p2o.algo.grpo import GRPOLoss
     with pytest.raises(ValueError, match="loss_agg"):
-        GRPOLossParams(loss_agg="mean")
+        token_weights([2], "mean", 1, 2, 2)
     with pytest.raises(ValueError, match="dual_clip"):
-        GRPOLossParams(dual_clip=0.5)
+        GRPOLoss(0.2, 0.2, dual_clip=0.5)
     x = torch.zeros(4)
     with pytest.raises(ValueError, match="ref_logprobs"):
-        grpo_token_loss(x, x, x, x + 1, 4.0, params=GRPOLossParams(kl_coef=0.1))
-    with pytest.raises(ValueError, match="seq_ids"):
-        grpo_token_loss(x, x, x, x + 1, 4.0, params=GRPOLossParams(loss_agg="seq-mean-token-mean"))
-    with pytest.raises(ValueError, match="normaliser"):
-        grpo_token_loss(x, x, x, x + 1, 0.0)
+        grpo_token_loss(x, x, x, x + 1, **LossCase(kl_coef=0.1).knobs())
+    with pytest.raises(ValueError, match="weights must have shape"):
+        grpo_token_loss(x, x, x, torch.ones(3), **LossCase().knobs())
+    with pytest.raises(ValueError, match="kl_type"):
+        grpo_token_loss(x, x, x, x + 1, **LossCase(kl_type="k2").knobs())
 
 
 # ----------------------------------------------------------------------------- fused with the LM head
@@ -221,8 +262,9 @@ def test_fused_linear_grpo_loss(backend, params, monkeypatch):
     monkeypatch.setattr(flp_ops, "flp_dz_triton", spy)
 
     h_, w_ = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    out = fused_linear_grpo_loss(h_, w_, targets, old, adv, mask, 50.0, seq_ids=seq_ids, ref_logprobs=ref,
-                                 params=params, temperature=0.6, backend=backend, split_v=384, vocab_chunk=512)
+    out = fused_linear_grpo_loss(h_, w_, targets, old, adv, agg_weights(mask, 50.0, params.loss_agg, seq_ids),
+                                 ref_logprobs=ref, **params.knobs(), temperature=0.6, backend=backend, split_v=384,
+                                 vocab_chunk=512)
     out.loss.backward()
 
     h64, w64 = hidden.double().requires_grad_(), weight.double().requires_grad_()
@@ -243,8 +285,12 @@ def test_fused_forward_without_grad():
     hidden, weight = torch.randn(T, H), torch.randn(V, H)
     targets = torch.randint(0, V, (T,))
     with torch.no_grad():
-        out = fused_linear_grpo_loss(hidden, weight, targets, torch.zeros(T) - 3, torch.ones(T), torch.ones(T), 5.0)
+        out = fused_linear_grpo_loss(hidden, weight, targets, torch.zeros(T) - 3, torch.ones(T), torch.ones(T) / 5.0,
+                                     **LossCase().knobs())
+        module = FusedLinearGRPOLoss(**LossCase().knobs())(hidden, weight, targets, torch.zeros(T) - 3, torch.ones(T),
+                                                           torch.ones(T) / 5.0)
     assert out.loss.requires_grad is False and torch.isfinite(out.loss)
+    assert module.loss == out.loss
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -264,7 +310,7 @@ def test_fused_on_policy_tokens_use_the_current_logprob(backend):
     params = LOSS_CASES[0]
 
     h_, w_ = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    out = fused_linear_grpo_loss(h_, w_, targets, old, adv, torch.ones(T), float(T), params=params, backend=backend,
+    out = fused_linear_grpo_loss(h_, w_, targets, old, adv, torch.ones(T) / T, **params.knobs(), backend=backend,
                                  on_policy=on_policy)
     out.loss.backward()
 

@@ -58,7 +58,7 @@ class _CollectiveCounter:
 def _worker(rank: int, init_file: str, shards: list[tuple[int, int]] = SHARDS) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    from kernels import GRPOLossParams, dual_context_logprob, fused_linear_grpo_loss, fused_linear_logprob
+    from kernels import dual_context_logprob, fused_linear_grpo_loss, fused_linear_logprob
 
     hidden, hidden_xz, weight, targets, d_logp, d_aux = _inputs()
     lo, hi = shards[rank]
@@ -109,12 +109,13 @@ def _worker(rank: int, init_file: str, shards: list[tuple[int, int]] = SHARDS) -
         h, w = hidden.clone().requires_grad_(), weight[lo:hi].clone().requires_grad_()
         old = ref_logp.detach().float() + 0.3 * d_logp
         adv = d_aux.clone()
-        res = fused_linear_grpo_loss(h, w, targets, old, adv, torch.ones(T), float(T), params=GRPOLossParams(),
+        knobs = dict(clip_low=0.2, clip_high=0.2, dual_clip=3.0, kl_coef=0.0, kl_type="k3")
+        res = fused_linear_grpo_loss(h, w, targets, old, adv, torch.ones(T) / T, **knobs,
                                      temperature=temp, tp_group=group, vocab_start=lo, backend=backend, split_v=256)
         res.loss.backward()
         assert counter.take() == ["all_gather", "all_reduce"]
         h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        single = fused_linear_grpo_loss(h1, w1, targets, old, adv, torch.ones(T), float(T), temperature=temp,
+        single = fused_linear_grpo_loss(h1, w1, targets, old, adv, torch.ones(T) / T, **knobs, temperature=temp,
                                         backend="torch")
         single.loss.backward()
         torch.testing.assert_close(res.loss, single.loss, **TOL)

@@ -72,11 +72,18 @@ def _run(tp: int, pp: int, use_kernels: bool, model_dir: str) -> dict:
     gc.collect()
     policy = MegatronPolicy.from_config(_cfg(tp, pp, use_kernels), model_dir)
     calls = {"logprobs": 0, "fused_loss": 0}
-    for name, attr in (("logprobs", "logprobs"), ("fused_loss", "_fused_grpo_loss")):
-        def counted(*a, _f=getattr(policy, attr), _n=name, **kw):
-            calls[_n] += 1
-            return _f(*a, **kw)
-        setattr(policy, attr, counted)
+
+    def counted(*a, _f=policy.logprobs, **kw):
+        calls["logprobs"] += 1
+        return _f(*a, **kw)
+    policy.logprobs = counted
+
+    class CountedGRPOLoss(GRPOLoss):
+        """GRPOLoss counting the calls of its hidden-state capability (the fused kernel path)."""
+
+        def loss_from_hidden(self, *a, **kw):
+            calls["fused_loss"] += 1
+            return super().loss_from_hidden(*a, **kw)
 
     batch, _ = synthetic_batch(seed=3, rows=5)
     batch_xz = SequenceBatch([[7, 8, 9, 10, *p] for p in batch.prompt_ids], batch.response_ids)  # x+z: longer
@@ -92,7 +99,7 @@ def _run(tp: int, pp: int, use_kernels: bool, model_dir: str) -> dict:
     inputs = _token_inputs(batch, res["logprobs"])
     res["inputs"] = inputs
     res["steps"] = []
-    for loss_fn in (GRPOLoss(0.2, 0.28, 3.0), GRPOLoss(0.2, 0.28, 3.0, kl_coef=0.1, kl_type="k3")):
+    for loss_fn in (CountedGRPOLoss(0.2, 0.28, 3.0), CountedGRPOLoss(0.2, 0.28, 3.0, kl_coef=0.1, kl_type="k3")):
         m = policy.train_step(batch, inputs, loss_fn)
         weights = {name: t.clone() for bucket in policy.export_weights(1 << 20) for name, t in bucket}
         res["steps"].append(dict(loss=m.loss, grad_norm=m.grad_norm, extra=m.extra, weights=weights))

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from p2o.algo.grpo import (
+    GRPOLoss,
     clipped_policy_loss,
     group_advantages,
     kl_penalty,
@@ -16,6 +17,7 @@ from p2o.algo.grpo import (
     zero_variance_groups,
 )
 from p2o.config import GRPOConfig
+from p2o.policy_api import HiddenStateLoss
 
 
 def _ref_adv(rewards, groups, eps=1e-6):
@@ -150,3 +152,49 @@ def test_kl_term_value_and_gradient_hand_computed():
         assert loss.item() == pytest.approx(0.05 * sum(a * b for a, b in zip(w.tolist(), kl, strict=True)), rel=1e-6)
         torch.testing.assert_close(lp.grad, 0.05 * w * torch.tensor(dkl), rtol=1e-6, atol=1e-8)
         assert metrics["kl_sum"] == pytest.approx(sum(kl), rel=1e-6) and metrics["pg_loss"] == 0.0
+
+
+def test_grpo_loss_checks_its_parameters():
+    """`GRPOLoss` is the one place the loss's numbers are defined; bad values name the grpo key."""
+    GRPOLoss(0.2, 0.28, 3.0, kl_coef=0.1, kl_type="k1")  # valid
+    for kwargs, key in [(dict(dual_clip=0.5), "grpo.dual_clip"), (dict(clip_low=1.0), "grpo.clip_low"),
+                        (dict(clip_high=-0.1), "grpo.clip_high"), (dict(kl_coef=float("nan")), "grpo.kl_coef"),
+                        (dict(kl_type="k2"), "grpo.kl_type")]:
+        with pytest.raises(ValueError, match=key):
+            GRPOLoss(**{"clip_low": 0.2, "clip_high": 0.2, **kwargs})
+    cfg = GRPOConfig(clip_low=0.1, clip_high=0.3, dual_clip=2.0, kl_coef=0.02, kl_type="k1")
+    assert GRPOLoss.from_config(cfg).knobs() == dict(clip_low=0.1, clip_high=0.3, dual_clip=2.0, kl_coef=0.02,
+                                                     kl_type="k1")
+
+
+@pytest.mark.parametrize("loss_fn", [GRPOLoss(0.2, 0.28, 3.0), GRPOLoss(0.2, 0.2, 0.0, kl_coef=0.1, kl_type="k3")],
+                         ids=["dual-clip", "kl-k3"])
+def test_loss_from_hidden_equals_the_loss_on_logprobs(loss_fn):
+    """The capability the backends ask for: `loss_from_hidden` (the fused kernel, torch backend) gives the loss,
+    gradients and metrics of calling the loss on log_softmax(hidden @ weight.T / temperature)[targets]."""
+    assert isinstance(loss_fn, HiddenStateLoss)
+    assert not isinstance(lambda logprobs, inputs: (logprobs.sum(), {}), HiddenStateLoss)
+    T, H, V, temp = 29, 16, 97, 0.7
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(T, H, generator=g, dtype=torch.float64)
+    weight = torch.randn(V, H, generator=g, dtype=torch.float64) * H ** -0.5 * 3
+    targets = torch.randint(0, V, (T,), generator=g)
+    with torch.no_grad():
+        cur = torch.log_softmax(hidden @ weight.T / temp, -1).gather(1, targets[:, None])[:, 0].float()
+    inputs = {"old_logprobs": cur + 0.4 * torch.randn(T, generator=g), "advantages": torch.randn(T, generator=g),
+              "weights": torch.rand(T, generator=g) * (torch.rand(T, generator=g) > 0.2) / T,
+              "ref_logprobs": cur + 0.3 * torch.randn(T, generator=g), "on_policy": torch.arange(T) % 4 == 0}
+
+    h1, w1 = hidden.float().requires_grad_(), weight.float().requires_grad_()
+    loss1, m1 = loss_fn.loss_from_hidden(h1, w1, targets, inputs, temperature=temp, backend="torch")
+    loss1.backward()
+    h2, w2 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    logprobs = torch.log_softmax(h2 @ w2.T / temp, -1).gather(1, targets[:, None])[:, 0]
+    loss2, m2 = loss_fn(logprobs, {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()})
+    loss2.backward()
+    torch.testing.assert_close(loss1.double(), loss2.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(h1.grad.double(), h2.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(w1.grad.double(), w2.grad, atol=1e-6, rtol=1e-5)
+    assert m1.keys() == m2.keys()
+    for k in m1:
+        assert m1[k] == pytest.approx(m2[k], rel=1e-5, abs=1e-6), k

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -54,6 +55,7 @@ def _rows():
 
 def _trainer_step(model_dir: str, use_kernels: bool, ratio_low: float | None, verify) -> dict:
     from megatron_bridge.policy import MegatronPolicy
+    from p2o.algo.grpo import GRPOLoss
     from p2o.config import load_config
     from p2o.telemetry.progress import make_bar
     from p2o.train.loop import Trainer
@@ -65,19 +67,24 @@ def _trainer_step(model_dir: str, use_kernels: bool, ratio_low: float | None, ve
         cfg.p2o.ratio_low = ratio_low
     policy = MegatronPolicy.from_config(cfg, model_dir)
     calls = {"dual": 0, "fused_loss": 0}
-    for name, attr in (("dual", "dual_logprobs"), ("fused_loss", "_fused_grpo_loss")):
-        def counted(*a, _f=getattr(policy, attr), _n=name, **kw):
-            calls[_n] += 1
-            return _f(*a, **kw)
-        setattr(policy, attr, counted)
+
+    def counted(*a, _f=policy.dual_logprobs, **kw):
+        calls["dual"] += 1
+        return _f(*a, **kw)
+    policy.dual_logprobs = counted
     rt = SimpleNamespace(train_problems=_problems(), policy=policy, is_rank0=True, verify=verify,
                          progress=lambda desc, total: make_bar(desc, total, enabled=False),
                          any_rank=lambda flag: flag)
+    # count the calls of the loss's hidden-state capability (the fused GRPO-loss kernel path)
+    patcher = mock.patch.object(GRPOLoss, "loss_from_hidden", autospec=True, side_effect=GRPOLoss.loss_from_hidden)
+    fused = patcher.start()
     t = Trainer(cfg, rt)
     rows = _rows()
     metrics = t._score_and_mine(rows, _problems())
     tokens = t._old_logprobs(rows, metrics)
     metrics.update(t._update(rows, tokens))
+    patcher.stop()
+    calls["fused_loss"] = fused.call_count
     return dict(metrics=metrics, old=tokens.old, mask=tokens.mask, calls=calls)
 
 
