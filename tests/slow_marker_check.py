@@ -4,8 +4,9 @@
 grows slow without the marker would silently stretch the fast tier, so it fails here instead, naming itself,
 its duration and the fix. Only the call phase is timed (fixtures are shared and paid once).
 
-The limit is `P2O_SLOW_TEST_SECONDS` (default 20 s: generous, so that a loaded machine does not make an
-unmarked test that takes ~5 s on an idle one fail); 0 turns the check off. Registered by tests/conftest.py.
+The limit is `P2O_SLOW_TEST_SECONDS` (default 30 s; 0 turns the check off). It is generous on purpose:
+tests are marked from ~5 s on an idle 2-core machine, and with `-n 2` on a 2-core machine at a load
+average of 30, an unmarked test that takes ~1 s idle was seen to take 19 s. Registered by tests/conftest.py.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 import pytest
 
 ENV_VAR = "P2O_SLOW_TEST_SECONDS"
-DEFAULT_SECONDS = 20.0
+DEFAULT_SECONDS = 30.0
 
 _limit_key = pytest.StashKey[float]()
 

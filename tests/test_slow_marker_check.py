@@ -89,5 +89,5 @@ def test_a_bad_limit_is_refused_naming_the_variable(raw):
 
 
 def test_limit_default_and_value():
-    assert slow_limit_seconds({}) == DEFAULT_SECONDS == 20.0
+    assert slow_limit_seconds({}) == DEFAULT_SECONDS == 30.0
     assert slow_limit_seconds({ENV_VAR: " 7.5 "}) == 7.5
