@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint clean-venv
+.PHONY: setup demo test test-fast lint clean-venv
 
 setup: $(STAMP)
 
@@ -24,8 +24,12 @@ demo: setup
 	$(BIN)/p2o train --config configs/demo_cpu.yaml rollout.engine=vllm
 
 # P2O_REQUIRE_VLLM: the vLLM tests fail instead of skipping when vLLM is missing (setup installs it).
+# `test` runs everything (what CI runs); `test-fast` leaves out the `slow` tests, for the inner loop.
 test: setup
 	P2O_REQUIRE_VLLM=1 $(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS) tests
+
+test-fast: setup
+	P2O_REQUIRE_VLLM=1 $(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow" $(PYTEST_ARGS) tests
 
 lint: setup
 	$(BIN)/ruff check p2o kernels megatron_bridge tests

@@ -19,6 +19,10 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 CACHE_DIR = Path(os.environ.get("P2O_CACHE_DIR", "~/.cache/p2o")).expanduser()
 
+# slow_marker_check: a test over P2O_SLOW_TEST_SECONDS without @pytest.mark.slow fails (the test tiers);
+# pytester: tests of that check run pytest on generated test files.
+pytest_plugins = ["pytester", "slow_marker_check"]
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

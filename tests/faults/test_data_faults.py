@@ -168,6 +168,7 @@ def test_the_verifier_never_raises_on_hostile_strings():
 
 
 # ---------------------------------------------------------------------------------------------- config fuzz
+@pytest.mark.slow  # one `p2o train` subprocess per case
 def test_run_config_problems_stop_p2o_train_before_any_work(tmp_path):
     t0 = time.monotonic()
     for overrides, key in ((["checkpoint.resume=autoo"], "checkpoint.resume"),

@@ -135,6 +135,7 @@ def _worker(rank: int, init_file: str, shards: list[tuple[int, int]] = SHARDS) -
 
 
 @pytest.mark.multiproc
+@pytest.mark.slow
 @pytest.mark.parametrize("shards", [SHARDS, [(0, V), (V, V)]], ids=["uneven", "empty_shard"])
 def test_tp2_matches_single_device(tmp_path, shards):
     os.environ.setdefault("TRITON_INTERPRET", "1")  # inherited by the spawned ranks

@@ -4,6 +4,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -33,6 +34,7 @@ def test_store_port_is_held_by_the_launcher_not_probed():
     assert env["TORCHELASTIC_USE_AGENT_STORE"] == "True"  # every rank joins as a client
 
 
+@pytest.mark.slow  # spawns two ranks
 def test_spawned_ranks_join_one_world(tmp_path):
     spawn(_sum_ranks, nprocs=3, args=(str(tmp_path),))
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(3)]

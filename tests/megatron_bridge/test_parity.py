@@ -16,7 +16,7 @@ LLAMA = str(CONFIGS / "llama_gqa8_hd8_untied_rope3.json")  # GQA 8, head_dim 8 !
 QWEN3_MHA = str(CONFIGS / "qwen3_mha6_hd10_odd.json")   # GQA 1 (MHA), 6 heads, head_dim 10, untied, vocab 503
 LLAMA_ODD = str(CONFIGS / "llama_gqa3_odd_heads.json")  # 9 heads / 3 groups, head_dim 6, linear rope, 3 layers
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.slow]  # every test spawns Megatron ranks
 
 
 def assert_all_ok(reports):
@@ -39,12 +39,10 @@ def test_parity_two_ranks_tp2_then_pp2():
     assert_all_ok(reports)
 
 
-@pytest.mark.slow
 def test_parity_tp2_pp2():
     assert_all_ok(check_parity([QWEN3, LLAMA, QWEN3_MHA], tp=2, pp=2))
 
 
-@pytest.mark.slow
 def test_parity_tp3_nine_heads(smollm2_dir):
     # SmolLM2-135M: 9 heads, 3 KV groups -> one group per rank; plus a tiny 9-head Llama.
     assert_all_ok(check_parity([str(smollm2_dir), LLAMA_ODD], tp=3, pp=1))

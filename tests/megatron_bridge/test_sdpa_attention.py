@@ -206,6 +206,7 @@ def expected_scale(case: dict) -> float:
     return case.get("softmax_scale") or case["hn"] ** -0.5
 
 
+@pytest.mark.slow  # uses `runs`: TP=1 and TP=2 Megatron ranks, spawned once per session
 @pytest.mark.parametrize("name", list(CASES))
 def test_sdpa_matches_dot_product_attention(runs, name):
     got = runs["kernels"][name]
@@ -216,6 +217,7 @@ def test_sdpa_matches_dot_product_attention(runs, name):
                                    msg=lambda m, key=key: f"{key}: {m}")
 
 
+@pytest.mark.slow  # uses `runs`: TP=1 and TP=2 Megatron ranks, spawned once per session
 @pytest.mark.parametrize("name", list(CASES))
 def test_both_match_float64_reference(runs, name):
     got, case = runs["kernels"][name], CASES[name]
@@ -229,6 +231,7 @@ def test_both_match_float64_reference(runs, name):
                                        msg=lambda m, c=core, k=key: f"{c} {k}: {m}")
 
 
+@pytest.mark.slow  # uses `runs`: TP=1 and TP=2 Megatron ranks, spawned once per session
 def test_rejected_forward_inputs_name_the_setting(runs):
     errors = runs["errors"]
     assert errors["packed_seq_params"].startswith("NotImplementedError") and "packed_seq_params" in \
@@ -239,6 +242,7 @@ def test_rejected_forward_inputs_name_the_setting(runs):
     assert errors["heads"].startswith("ValueError") and "expected 4/4" in errors["heads"]
 
 
+@pytest.mark.slow  # uses `runs`: TP=1 and TP=2 Megatron ranks, spawned once per session
 def test_tp2_model_sdpa_matches_megatron_and_transformers(runs, model_dir, tokens):
     from megatron_bridge.parity import FP32_REL_TOL, hf_logits
 
@@ -254,6 +258,7 @@ def test_tp2_model_sdpa_matches_megatron_and_transformers(runs, model_dir, token
         assert (r["sdpa"]["logits"] - r["megatron"]["logits"]).abs().max().item() <= 1e-5 * scale
 
 
+@pytest.mark.slow  # uses `runs`: TP=1 and TP=2 Megatron ranks, spawned once per session
 def test_tp2_model_gradients_match(runs):
     for rank, r in enumerate(runs["tp2"]):
         got, want = r["sdpa"]["grads"], r["megatron"]["grads"]

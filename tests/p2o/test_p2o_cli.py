@@ -99,6 +99,7 @@ def test_data_arithmetic(capsys):
     assert len(rows) == 3 and all(r["meta"]["level"] == 1 for r in rows)
 
 
+@pytest.mark.slow  # `p2o doctor` imports every backend in subprocesses
 def test_doctor_json():
     r = _p2o("doctor", "--json")
     assert r.returncode == 0

@@ -14,6 +14,7 @@ from p2o.eval.results import write_run
 FIXTURES = Path(__file__).resolve().parents[2] / "data" / "benchmarks"
 
 
+@pytest.mark.slow
 def test_eval_end_to_end_tiny_model(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "run"
     argv = ["eval", "--model", str(tiny_model_dir), "--data-dir", str(FIXTURES), "--benchmarks", "aime25,math500",

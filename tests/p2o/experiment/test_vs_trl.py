@@ -119,6 +119,7 @@ def test_summary_ratios_table_and_csv(tmp_path):
         vs_trl.summarize([ours], measure_from=9, limits=lim, work_by_step=work, recompute="full")
 
 
+@pytest.mark.slow  # several CLI subprocesses
 def test_bad_options_are_refused(tmp_path):
     r = subprocess.run([sys.executable, "-m", "p2o.cli", "bench", "vs-trl", "--steps", "2", "--measure-from", "3",
                         "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
