@@ -8,10 +8,10 @@ the judgement falls back to all rollouts. `hard_on="all"` judges every rollout (
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from p2o.atomic import atomic_write_json
 from p2o.data.problem import Problem
 
 
@@ -71,7 +71,4 @@ class HardStore:
         self.samples = {pid: HardSample(**{**s, "problem": Problem.from_dict(s["problem"])}) for pid, s in d.items()}
 
     def save(self, path: str | Path) -> None:
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False))
-        tmp.replace(p)
+        atomic_write_json(path, self.to_dict())

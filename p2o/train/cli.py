@@ -20,6 +20,8 @@ import time
 import traceback
 from pathlib import Path
 
+from p2o.atomic import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 
@@ -31,10 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _write_summary(run_dir: Path, summary: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(run_dir / "summary.json")
+    atomic_write_json(run_dir / "summary.json", summary, indent=2)
 
 
 def preflight(cfg) -> str | None:
