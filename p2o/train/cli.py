@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML config (configs/*.yaml)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate, resolve the derived limits, print the plan and exit (0 ok, 2 bad config)")
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show third-party set-up logs and warnings (same as `p2o --verbose train`)")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. rollout.n=8 parallel.tp=2")
 
 
