@@ -33,14 +33,18 @@ QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
     ("`torch.distributed.reduce_op` is deprecated", FutureWarning),  # vLLM's Triton dispatcher scanning torch
 )
 
-# Known log records at WARNING that are expected on every run: logger -> regex their message matches.
+# Known log records at WARNING that are expected on every run: (logger, regex their message matches).
 # vLLM's layerwise reload warns for modules that hold no checkpoint tensor of their own (the rotary cache; an LM
-# head tied to the embedding), on every weight update; on CPU, vLLM says it disables Triton.
-QUIET_RECORDS: dict[str, str] = {
-    "vllm.model_executor.model_loader.reload.layerwise":
-        r"^(\w*RotaryEmbedding|ParallelLMHead): Failed to load weights",
-    "vllm.triton_utils.importing": r"Triton is installed, but doesn't include CPU backend",
-}
+# head tied to the embedding), on every weight update; on CPU, vLLM explains the settings it derives from
+# enforce_eager and the missing triton-cpu, and that it leaves the thread count as bound. (Its advice to preload
+# tcmalloc/iomp stays: it is actionable.)
+QUIET_RECORDS: tuple[tuple[str, str], ...] = (
+    ("vllm.model_executor.model_loader.reload.layerwise", r"^(\w*RotaryEmbedding|ParallelLMHead): Failed to load weights"),
+    ("vllm.triton_utils.importing", r"Triton is installed, but doesn't include CPU backend"),
+    ("vllm.config.vllm", r"^(Enforce eager set|Inductor compilation was disabled|Model Runner V2 requires Triton)"),
+    ("vllm.platforms.cpu", r"^(Triton is not installed\. triton-cpu is expected|Reset SSM cache type)"),
+    ("vllm.v1.worker.cpu_worker", r"torch\.set_num_threads` after the thread binding"),
+)
 
 # Environment for the library code in this process and in every process it starts.
 QUIET_ENV: dict[str, str] = {
@@ -90,9 +94,9 @@ def configure_logging(level: int = logging.INFO, verbose: bool = False) -> bool:
         logging.getLogger(name).setLevel(quiet)
     for message, category in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(message), category=category)
-    for name, pattern in QUIET_RECORDS.items():
+    for name, pattern in QUIET_RECORDS:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropKnown) for f in logger.filters):
+        if not any(isinstance(f, _DropKnown) and f.pattern.pattern == pattern for f in logger.filters):
             logger.addFilter(_DropKnown(pattern))
     return False
 

@@ -72,3 +72,21 @@ def test_progress_bars_need_a_terminal(monkeypatch):
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     monkeypatch.setenv("P2O_VERBOSE", "1")
     assert progress_enabled(True) is True
+
+
+def test_known_vllm_warnings_are_dropped_and_others_kept(caplog, monkeypatch):
+    import logging
+
+    from p2o.logs import QUIET_ENV, configure_logging
+
+    for key in (*QUIET_ENV, "HF_HUB_DISABLE_PROGRESS_BARS", "P2O_VERBOSE"):  # restored after the test
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    configure_logging()
+    layerwise = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    with caplog.at_level(logging.WARNING):
+        for cls in ("RotaryEmbedding", "Llama3RotaryEmbedding", "ParallelLMHead", "QKVParallelLinear"):
+            layerwise.warning("%s: Failed to load weights", cls)
+        logging.getLogger("vllm.v1.worker.cpu_worker").warning("libtcmalloc is not found in LD_PRELOAD.")
+    assert [r.getMessage() for r in caplog.records] == ["QKVParallelLinear: Failed to load weights",
+                                                         "libtcmalloc is not found in LD_PRELOAD."]
