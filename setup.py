@@ -1,5 +1,29 @@
 """P2O: joint policy and prompt optimisation (GRPO + GEPA) on Megatron-Core, vLLM and Triton."""
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.egg_info import egg_info
+
+# Import names this distribution ships but does not declare as its top-level names (top_level.txt). `kernels`
+# is also Hugging Face's kernel-hub distribution, which transformers detects by finding an importable `kernels`
+# and reading the version of the distribution `importlib.metadata.packages_distributions()` maps it to: declared,
+# ours would map to p2o and be judged by p2o's version number. Undeclared, no distribution maps to it and
+# transformers finds no version ("N/A"), so its kernel hub stays off (`p2o doctor` warns if HF's is installed).
+UNDECLARED_TOP_LEVEL = {"kernels"}
+
+
+class EggInfo(egg_info):
+    """egg_info (also behind wheel and editable builds) writing top_level.txt without UNDECLARED_TOP_LEVEL."""
+
+    def run(self):
+        super().run()
+        path = os.path.join(self.egg_info, "top_level.txt")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                names = [n for n in f.read().split() if n not in UNDECLARED_TOP_LEVEL]
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("".join(n + "\n" for n in names))
+
 
 # CPU installs pin exact versions through constraints.txt (`make setup`); ranges here state compatibility.
 RUNTIME = [
@@ -72,4 +96,5 @@ setup(
     install_requires=RUNTIME,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["p2o=p2o.cli:main"]},
+    cmdclass={"egg_info": EggInfo},
 )

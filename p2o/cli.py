@@ -16,6 +16,7 @@ import logging
 import sys
 
 from p2o import __version__
+from p2o.logs import configure_logging
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,6 +62,9 @@ def _find_command(argv: list[str]) -> str | None:
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2o", description="P2O: joint policy and prompt optimisation for RLVR.")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ERROR)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show third-party set-up logs and warnings (Megatron, vLLM, transformers) and progress "
+                             "bars in non-terminal logs; quiet by default")
     parser.add_argument("--version", action="version", version=f"p2o {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -80,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command)
     args = parser.parse_args(argv)
     level = getattr(logging, str(args.log_level).upper(), logging.INFO)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if level > logging.DEBUG:  # one INFO line per HTTP request (status polls) drowns the run log
-        for noisy in ("httpx", "httpcore"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(level, verbose=bool(getattr(args, "verbose", False)))  # before any library import
     if args.command is None:
         parser.print_help()
         return 2

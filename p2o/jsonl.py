@@ -8,14 +8,17 @@ so a bad byte is reported with its file and line (not as a bare UnicodeDecodeErr
     for lineno, record in iter_jsonl(path): ...          # ValueError at the first bad line
     records = read_jsonl(path)
     for line in scan_jsonl(path): line.lineno, line.record, line.error   # every line, errors included
+    write_jsonl(path, records)                           # atomically (p2o.atomic), one `encode_line` per record
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from p2o.atomic import atomic_write
 
 
 @dataclass
@@ -67,3 +70,19 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
 def read_jsonl(path: str | Path) -> list[Any]:
     """Every record of a JSON Lines file, in order."""
     return [record for _, record in iter_jsonl(path)]
+
+
+def encode_line(record: Any) -> str:
+    """One record as a JSON Lines line (UTF-8 text, non-ASCII kept, "\\n"-terminated)."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any]) -> int:
+    """Replace `path` with one line per record, atomically (the old file stays if a record fails to encode);
+    returns the number of records written."""
+    n = 0
+    with atomic_write(path, "w") as f:
+        for record in records:
+            f.write(encode_line(record))
+            n += 1
+    return n

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from p2o.atomic import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 SKIP_EXIT = 77
@@ -71,9 +73,7 @@ def smoke_model_dir(cache_dir: str = CACHE, seed: int = 1234) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     config = cache / "smoke-qwen3.json"
     if not config.is_file() or json.loads(config.read_text()) != SMOKE_QWEN3:
-        tmp = config.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(SMOKE_QWEN3))
-        tmp.replace(config)
+        atomic_write_json(config, SMOKE_QWEN3)
     model_dir = resolve_model_dir(str(config), cache_dir=cache, init_seed=seed)
     if not (model_dir / "tokenizer_config.json").is_file():
         AutoTokenizer.from_pretrained(ensure_smollm2(cache)).save_pretrained(model_dir)
@@ -398,7 +398,9 @@ def _train(out: Path, tp: int) -> str:
     if proc.returncode != 0 or status != "ok":
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
         raise AssertionError(f"p2o train at TP={tp} exited {proc.returncode} (status {status}):\n{tail}")
-    steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"kind": "step"' in x]
+    from p2o.telemetry.metrics import read_metrics
+
+    steps = list(read_metrics(run_dir, kind="step"))
     return f"TP={tp}: {len(steps)} steps, 2 epochs, status ok (log {out / f'train_tp{tp}.log'})"
 
 

@@ -8,10 +8,10 @@ the judgement falls back to all rollouts. `hard_on="all"` judges every rollout (
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from p2o.atomic import atomic_write_json
 from p2o.data.problem import Problem
 
 
@@ -20,7 +20,7 @@ def is_hard(rewards: list[float], templated: list[bool], k: int, tau: int, hard_
     if len(rewards) != len(templated) or not rewards:
         raise ValueError(f"is_hard: {len(rewards)} rewards vs {len(templated)} template flags")
     if hard_on == "untemplated" and not all(templated):
-        judged = [r for r, t in zip(rewards, templated, strict=False) if not t]
+        judged = [r for r, t in zip(rewards, templated, strict=True) if not t]
     elif hard_on in ("untemplated", "all"):
         judged = rewards
     else:
@@ -55,7 +55,7 @@ class HardStore:
         return problem_id in self.samples
 
     def add(self, problem: Problem, epoch: int, rewards: list[float], responses: list[str]) -> None:
-        failed = [r[: self.max_response_chars] for r, x in zip(responses, rewards, strict=False) if x <= 0][: self.keep_responses]
+        failed = [r[: self.max_response_chars] for r, x in zip(responses, rewards, strict=True) if x <= 0][: self.keep_responses]
         self.samples[problem.id] = HardSample(problem, epoch, sum(1 for x in rewards if x > 0), len(rewards), failed)
 
     def discard(self, problem_id: str) -> None:
@@ -71,7 +71,4 @@ class HardStore:
         self.samples = {pid: HardSample(**{**s, "problem": Problem.from_dict(s["problem"])}) for pid, s in d.items()}
 
     def save(self, path: str | Path) -> None:
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False))
-        tmp.replace(p)
+        atomic_write_json(path, self.to_dict())

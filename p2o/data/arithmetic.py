@@ -45,7 +45,7 @@ def _expression(rng: random.Random, level: int) -> tuple[str, int]:
                 ops[i] = rng.choice("+-")
             seen_mul = True
     parts = [str(nums[0])]
-    for op, n in zip(ops, nums[1:], strict=False):
+    for op, n in zip(ops, nums[1:], strict=True):
         parts += [op, str(n)]
     if level == 4:  # parenthesise a random adjacent pair
         i = rng.randrange(len(nums) - 1) * 2

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from p2o import jsonl
 from p2o.data.problem import Problem
 from p2o.jsonl import iter_jsonl
 
@@ -183,11 +184,5 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def write_jsonl(path: str | Path, problems: Iterable[Problem]) -> None:
-    """Write problems as jsonl atomically (temp file + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for q in problems:
-            f.write(json.dumps(q.to_dict(), ensure_ascii=False) + "\n")
-    tmp.replace(p)
+    """Write problems as JSON Lines, atomically."""
+    jsonl.write_jsonl(path, (q.to_dict() for q in problems))

@@ -38,7 +38,6 @@ import logging
 import random
 import re
 import sys
-import tempfile
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from p2o.atomic import atomic_path, atomic_write_json
 from p2o.data.loaders import DataError, read_rows
 
 log = logging.getLogger(__name__)
@@ -253,24 +253,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)[1])
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_parquet(path: Path, rows: list[Row], source: str) -> None:
     import pyarrow.parquet as pq
 
-    _atomic(path, lambda tmp: pq.write_table(_table(rows, source), tmp))
+    with atomic_path(path) as tmp:
+        pq.write_table(_table(rows, source), tmp)
 
 
 def write_json(path: Path, data: Any) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"))
+    atomic_write_json(path, data, indent=2)
 
 
 # ----------------------------------------------------------------------------- pipeline

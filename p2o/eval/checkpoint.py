@@ -18,6 +18,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from p2o.atomic import atomic_write_json
 from p2o.config import EMBEDDED_MODEL_SHAPES
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def convert_megatron(path: Path, model_dir: Path, config_dir: Path, convert_dir:
     shutil.rmtree(convert_dir, ignore_errors=True)
     log.info("converting Megatron checkpoint %s to HF in %s", path, convert_dir)
     megatron_to_hf(model_dir, convert_dir, hf_config=config_dir)
-    marker.write_text(json.dumps(source, indent=2) + "\n")
+    atomic_write_json(marker, source, indent=2)  # written last: marks the conversion complete
     return convert_dir
 
 

@@ -70,8 +70,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def compare_main(args: argparse.Namespace) -> int:
+    from p2o.atomic import atomic_write_text
     from p2o.eval.compare import compare_runs, comparison_markdown
-    from p2o.eval.results import read_run, write_text_atomic
+    from p2o.eval.results import read_run
 
     try:
         runs = [read_run(r) for r in args.runs]
@@ -82,7 +83,7 @@ def compare_main(args: argparse.Namespace) -> int:
         return 2
     print(table, end="")
     if args.compare_out:
-        write_text_atomic(Path(args.compare_out), table)
+        atomic_write_text(Path(args.compare_out), table)
     return 0
 
 

@@ -15,30 +15,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2o.atomic import atomic_write_json, atomic_write_text
 from p2o.eval.harness import BenchmarkResult, ProblemResult
-from p2o.jsonl import iter_jsonl, read_jsonl
+from p2o.jsonl import iter_jsonl, read_jsonl, write_jsonl
 
 RUN_FILE = "run.json"
 PROBLEMS_DIR = "problems"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def average(results: list[BenchmarkResult]) -> float:
@@ -97,16 +83,15 @@ def write_run(out_dir: str | Path, results: list[BenchmarkResult], label: str, i
     """Write a run directory (see the module docstring); `info` (model, settings, ...) goes into run.json."""
     out = Path(out_dir).expanduser()
     for r in results:
-        write_text_atomic(out / PROBLEMS_DIR / f"{r.name}.jsonl",
-                          "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in r.problems))
+        write_jsonl(out / PROBLEMS_DIR / f"{r.name}.jsonl", (p.to_dict() for p in r.problems))
     run = dict(info, label=label, average=average(results), benchmarks=[
         {"name": r.name, "title": r.title, "protocol": r.protocol, "samples": r.samples,
          "temperature": r.temperature, "problems": len(r.problems), "scores": r.scores, "seconds": r.seconds,
          "mean_response_tokens": r.mean_response_tokens, "file": f"{PROBLEMS_DIR}/{r.name}.jsonl"}
         for r in results])
-    write_text_atomic(out / "summary.md", summary_markdown(results, label))
-    write_text_atomic(out / "summary.csv", summary_csv(results))
-    write_text_atomic(out / RUN_FILE, json.dumps(run, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "summary.md", summary_markdown(results, label))
+    atomic_write_text(out / "summary.csv", summary_csv(results))
+    atomic_write_json(out / RUN_FILE, run, indent=2)
     return out
 
 

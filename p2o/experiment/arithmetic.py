@@ -45,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2o.atomic import atomic_write_text
 from p2o.experiment import runs
 from p2o.experiment.stats import fmt_interval, paired_delta, t_interval
 
@@ -446,11 +447,11 @@ def write_report(out: Path, s: Settings) -> Path:
                 finished.setdefault(a, []).append(seed)
     comparisons = comparison_rows(out, s, finished)
     plot_curves(out, s, records)
-    runs.write_atomic(out / "summary.csv", summary_csv(per_arm, seeds_of))
+    atomic_write_text(out / "summary.csv", summary_csv(per_arm, seeds_of))
     md = ("# Arithmetic experiment: " + " vs ".join(ARMS[a].label for a in s.arms) + "\n\n"
           + summary_markdown(s, per_arm, comparisons)
           + "\nCurves: " + ", ".join(f"curves/{p.name}" for p in sorted((out / "curves").glob("*.png"))) + "\n")
-    runs.write_atomic(out / "summary.md", md)
+    atomic_write_text(out / "summary.md", md)
     return out / "summary.md"
 
 

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2o.atomic import atomic_write_json, atomic_write_text
 from p2o.experiment import runs
 from p2o.experiment.stats import paired_delta
 
@@ -118,7 +119,7 @@ def measure_initial(s: Settings, out: Path, heldout: Path) -> dict:
     cfg = load_config(s.config, run_overrides(s.lrs[0], s, out, out / "problems.jsonl", heldout))
     pr = measure(cfg, [Problem.from_dict(d) for d in read_jsonl(heldout)], k=4)
     result = {**pr.row(), "per_problem": pr.per_problem}
-    runs.write_atomic(path, json.dumps(result, indent=1))
+    atomic_write_json(path, result, indent=1)
     return result
 
 
@@ -248,8 +249,8 @@ def write_report(out: Path, s: Settings) -> Path:
     records = {lr: r for lr, r in records.items() if r}
     rows = [run_summary(lr, recs, out, initial) for lr, recs in records.items()]
     plot_curves(out, records, initial)
-    runs.write_atomic(out / "summary.csv", summary_csv(rows, initial))
-    runs.write_atomic(out / "summary.md", "# Learning-rate study: plain GRPO\n\n" + summary_markdown(rows, s, initial)
+    atomic_write_text(out / "summary.csv", summary_csv(rows, initial))
+    atomic_write_text(out / "summary.md", "# Learning-rate study: plain GRPO\n\n" + summary_markdown(rows, s, initial)
                       + "\nCurves: curves/reward.png, signal.png, response_len.png, heldout_greedy.png, "
                         "heldout_avg4.png\n")
     return out / "summary.md"

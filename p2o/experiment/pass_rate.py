@@ -18,12 +18,13 @@ Problems come from `--problems FILE` (JSON Lines, `p2o.data.problem.Problem`) or
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from p2o.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,7 @@ def main(args: argparse.Namespace) -> int:
     label = " ".join(args.set) or args.config
     print(markdown([(label, pr)]))
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "pass_rate.json.tmp"
-        tmp.write_text(json.dumps({"config": args.config, "overrides": list(args.set), "levels": args.levels,
-                                   "problems_file": args.problems, **asdict(pr)}, indent=1))
-        tmp.replace(out / "pass_rate.json")
+        atomic_write_json(Path(args.out) / "pass_rate.json",
+                          {"config": args.config, "overrides": list(args.set), "levels": args.levels,
+                           "problems_file": args.problems, **asdict(pr)}, indent=1)
     return 0

@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from p2o.atomic import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 
@@ -57,9 +59,7 @@ def check_settings(path: Path, settings: Any, free: tuple[str, ...] = ()) -> Non
         if diff:
             raise ValueError(f"{path}: the study there has other settings ({', '.join(diff)}); "
                              f"use another --out or the same options")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(mine, indent=2))
-    tmp.replace(path)
+    atomic_write_json(path, mine, indent=2)
 
 
 def run_finished(run_dir: Path) -> bool:
@@ -99,8 +99,3 @@ def read_eval(run_dir: Path, name: str, epoch: int) -> dict[str, dict] | None:
     p = run_dir / "evals" / f"{name}_epoch{epoch:03d}.jsonl"
     return {r["id"]: r for r in read_jsonl(p)} if p.is_file() else None
 
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

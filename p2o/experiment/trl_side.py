@@ -17,7 +17,6 @@ wall time (begin to end) and the time spent in `_generate` (tokenise + `model.ge
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -78,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    rows = [json.loads(line) for line in Path(args.problems).read_text().splitlines() if line.strip()]
+    from p2o.jsonl import read_jsonl
+
+    rows = read_jsonl(args.problems)
     data = Dataset.from_list([{"prompt": r["prompt_text"], "answer": r["answer"]} for r in rows])
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32)
     if getattr(model.config, "quantization_config", None):

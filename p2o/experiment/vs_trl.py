@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 import statistics
@@ -50,7 +49,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2o.atomic import atomic_write
 from p2o.experiment.lockstep import parse
+from p2o.jsonl import write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -323,14 +324,11 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
-    tmp.replace(path)
 
 
 def load_run(out: Path) -> tuple[list[Side], dict]:
@@ -392,16 +390,13 @@ def write_problems(path: Path, tokenizer, num: int, seed: int) -> list[int]:
     from p2o.data.arithmetic import binary_problems
 
     user_template = PromptConfig().user_template
-    lines, lengths = [], []
+    records, lengths = [], []
     for p in binary_problems(num, seed=seed):
         msgs = prompts.messages(p.question, None, user_template, "")
         text = prompts.render(tokenizer, msgs, "off")
         lengths.append(len(prompts.encode(tokenizer, msgs, "off")))
-        lines.append(json.dumps({"id": p.id, "question": p.question, "answer": p.answer, "prompt_text": text}))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+        records.append({"id": p.id, "question": p.question, "answer": p.answer, "prompt_text": text})
+    write_jsonl(path, records)
     return lengths
 
 

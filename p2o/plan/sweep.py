@@ -16,6 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from p2o.atomic import atomic_write
 from p2o.plan.layouts import GIB, Cluster, RunSettings
 from p2o.plan.planner import plan, recommend
 from p2o.plan.presets import PlanError, load_model_shape
@@ -85,12 +86,10 @@ def collect(manifest: Path, out: Path, gpus_per_node: int, skip: int) -> list[di
             run_dir = manifest.parent / run_dir
         gpus = int(job["nodes"]) * gpus_per_node
         rows.append({**job, **summarize_run(run_dir, gpus, skip)})
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(out)
     return rows
 
 

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2o.atomic import atomic_write_json
 from p2o.plan.layouts import Cluster, Layout, RunSettings
 from p2o.plan.memory import MemoryTerms, stage_memory
 from p2o.plan.presets import ModelShape, load_model_shape
@@ -117,9 +118,7 @@ def _rank_main(rank: int, world: int, port: int, shape: ModelShape, spec: StepSp
         else:
             m = measure_rank(shape, spec.tp, spec.pp, spec.seq, spec.micro_batch, spec.micro_batches,
                              spec.distributed_optimizer, timed_steps=spec.timed_steps)
-        tmp = Path(out_dir) / f".rank{rank}.json.tmp"
-        tmp.write_text(json.dumps(m.as_dict()))
-        tmp.rename(Path(out_dir) / f"rank{rank}.json")
+        atomic_write_json(Path(out_dir) / f"rank{rank}.json", m.as_dict())
     finally:
         dist.destroy_process_group()
 

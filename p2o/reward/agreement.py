@@ -17,12 +17,12 @@ Input lines: {"response", "answer", "label" (optional), "id" (optional), "style"
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2o.atomic import atomic_write_json
 from p2o.jsonl import read_jsonl
 
 DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "tests" / "data" / "verifier_pairs.jsonl"
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {d.id} | {d.style} | `{d.answer}` | `{d.extracted}` | {d.ours} ({d.ours_reason}) | "
               f"{d.math_verify} | {d.label} | {d.note} |")
     if args.out:
-        Path(args.out).write_text(json.dumps(rep.to_dict(), indent=1), encoding="utf-8")
+        atomic_write_json(args.out, rep.to_dict(), indent=1)
     return 0
 
 

@@ -1,7 +1,9 @@
 """`p2o serve`: serve a model behind the OpenAI-compatible gateway until interrupted.
 
     p2o serve --model smollm2-135m --host 127.0.0.1 --port 8000
-    p2o serve --config configs/demo_cpu.yaml --model runs/demo/hf_export rollout.max_batch_size=32
+    p2o convert megatron-to-hf --megatron runs/demo/checkpoints/step_000006/policy \
+        --hf-config ~/.cache/p2o/smollm2-135m --out runs/demo/hf      # a trained policy as an HF directory
+    p2o serve --config configs/demo_cpu.yaml --model runs/demo/hf rollout.max_batch_size=32
 
 The same command serves the frozen initial model as the Self-Ref reflection model. With rollout.engine=vllm
 the process is a one-rank torch.distributed world of its own (vLLM's external launcher needs one).

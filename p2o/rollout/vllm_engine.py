@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 
+from p2o.logs import progress_enabled
 from p2o.rollout.batching import Sequence, check_prompt, expand, regroup
 from p2o.rollout.engine import EngineAsleep, Generation, GenerationRequest, WeightBucket
 from p2o.rollout.stopping import StopChecker, eos_token_ids
@@ -152,6 +153,7 @@ class VLLMEngine:
         self.eos_ids = eos_token_ids(self.tokenizer, hf_config)
         self.checkpoint_names = checkpoint_tensor_names(self.model_path)
         extra = dict(llm_kwargs)
+        extra.setdefault("use_tqdm_on_load", progress_enabled())  # no bar frames in a non-terminal log
         if kv_cache_bytes:
             extra["kv_cache_memory_bytes"] = int(kv_cache_bytes)
         self.llm = LLM(model=str(self.model_path), tensor_parallel_size=tp,

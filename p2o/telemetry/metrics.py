@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from p2o.atomic import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -130,9 +132,7 @@ def truncate_metrics(run_dir: str | Path, keep_until_step: int, size_bytes: int 
     n = dropped.count(b"\n")
     with (path.parent / DROPPED_FILE).open("ab") as f:
         f.write(dropped)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(kept)
-    tmp.replace(path)
+    atomic_write_bytes(path, kept)
     log.warning("metrics.jsonl: %d record(s) written after the resumed point (step %d) moved to %s", n,
                 keep_until_step, DROPPED_FILE)
     return n

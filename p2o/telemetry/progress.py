@@ -1,4 +1,5 @@
-"""Progress bars with ETA for long phases (generation, training, GEPA polling); silent when disabled."""
+"""Progress bars with ETA for long phases (generation, training, GEPA polling); silent when disabled, and when
+stderr is not a terminal (unless --verbose): a log file would get every redrawn frame."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -6,10 +7,13 @@ from contextlib import contextmanager
 
 from tqdm import tqdm
 
+from p2o.logs import progress_enabled
+
 
 def make_bar(desc: str, total: float | None, enabled: bool = True, unit: str = "it") -> tqdm:
-    """A tqdm bar on stderr (silent when disabled); the caller closes it."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, leave=False)
+    """A tqdm bar on stderr (silent when disabled or stderr is not a terminal); the caller closes it."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not progress_enabled(enabled), dynamic_ncols=True,
+                leave=False)
 
 
 @contextmanager

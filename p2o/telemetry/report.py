@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from p2o.atomic import atomic_write_text
 from p2o.jsonl import read_jsonl
 from p2o.telemetry.metrics import read_metrics  # noqa: E402
 
@@ -179,7 +180,5 @@ temperature); after, an evaluation at the end of the templated epoch, once conte
 <h2>Templates used</h2>{_table(per_template, ["template", "rollouts", "problems", "correct", "success"])}
 <h2>Config</h2><pre>{html.escape(config)}</pre></body></html>"""
     out = run / "report.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, page)
     return out

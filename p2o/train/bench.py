@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from p2o.atomic import atomic_write
 from p2o.telemetry.metrics import read_metrics
 
 PHASES = ["time_generate_s", "time_verify_s", "time_old_logprob_s", "time_update_s", "time_weight_sync_s",
@@ -83,15 +84,13 @@ def format_table(grpo: dict, p2o: dict, ratio: dict) -> str:
 
 
 def write_csv(path: Path, grpo: dict, p2o: dict, ratio: dict, meta: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["quantity", "grpo", "p2o", "p2o_over_grpo", *meta])
         for k in PHASES + ["gepa_wall_s", "run_wall_s", "steps", "templated_steps"]:
             r = ratio.get(k)
             w.writerow([k, round(grpo.get(k, 0.0), 4), round(p2o.get(k, 0.0), 4),
                         round(r, 4) if r is not None else "", *meta.values()])
-    tmp.replace(path)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ import time
 import traceback
 from pathlib import Path
 
+from p2o.atomic import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 
@@ -27,14 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML config (configs/*.yaml)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate, resolve the derived limits, print the plan and exit (0 ok, 2 bad config)")
+    parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show third-party set-up logs and warnings (same as `p2o --verbose train`)")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. rollout.n=8 parallel.tp=2")
 
 
 def _write_summary(run_dir: Path, summary: dict) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(run_dir / "summary.json")
+    atomic_write_json(run_dir / "summary.json", summary, indent=2)
 
 
 def preflight(cfg) -> str | None:

@@ -254,12 +254,12 @@ class Trainer:
         cfg = self.cfg
         by_id = {p.id: p for p in problems}
         verdicts = self.rt.verify([(r.text, by_id[r.problem_id].answer) for r in rows])
-        for r, v in zip(rows, verdicts, strict=False):
+        for r, v in zip(rows, verdicts, strict=True):
             r.reward, r.verdict_reason = (1.0 if v.correct else 0.0), v.reason
         rewards = torch.tensor([r.reward for r in rows])
         groups = torch.tensor([r.group for r in rows])
         adv = group_advantages(rewards, groups, cfg.grpo.adv_norm, cfg.grpo.adv_eps)
-        for r, a in zip(rows, adv.tolist(), strict=False):
+        for r, a in zip(rows, adv.tolist(), strict=True):
             r.advantage = a
         n_hard = 0
         for g in sorted(set(groups.tolist())):

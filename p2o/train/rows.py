@@ -104,7 +104,7 @@ def to_rows(planned: list[PlannedRequest], generations: list[list[Generation]]) 
     if len(planned) != len(generations):
         raise ValueError(f"{len(planned)} requests but {len(generations)} generation lists")
     rows = []
-    for p, gens in zip(planned, generations, strict=False):
+    for p, gens in zip(planned, generations, strict=True):
         for g in gens:
             rows.append(TrainRow(problem_id=p.problem.id, group=p.group, train_prompt_ids=p.train_prompt_ids,
                                  gen_prompt_ids=list(g.prompt_ids), response_ids=list(g.response_ids), text=g.text,
