@@ -41,7 +41,8 @@ def test_plan_from_a_run_config(repo_root, capsys):
     assert model == "models/Qwen3-8B" and layout == (2, 1)
     assert (values["prompts_per_step"], values["k"], values["max_response_tokens"], values["micro_batch"]) == (
         128, 6, 12288, 1)
-    assert values["fused_logprob"] is True and values["dtype_bytes"] == 2 and values["vllm_gpu_memory_fraction"] == 0.7
+    assert values["fused_logprob"] is True and values["dtype_bytes"] == 2 and values["vllm_gpu_memory_fraction"] == 0.4
+    assert values["recompute"] is True  # train.recompute: full
     assert values["old_logprob_pass"] is True  # the paper's 2 minibatches per batch: the second one is off-policy
     demo = settings_from_config(load_config(str(repo_root / "configs" / "demo_cpu.yaml")))[1]
     assert demo["old_logprob_pass"] is False
