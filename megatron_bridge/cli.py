@@ -3,6 +3,7 @@
     p2o convert hf-to-megatron --hf ~/models/Qwen3-4B --out ckpt/qwen3-4b-mcore [--tp 1 --pp 1]
     p2o convert megatron-to-hf --megatron ckpt/qwen3-4b-mcore --out ~/models/qwen3-4b-back [--shard-bytes N]
     p2o convert parity --hf tiny.json --tp 2 --pp 2        # exit 1 when max relative logit diff > --rel-tol
+    p2o convert export --run-dir runs/x [--step 30] [--out runs/x/hf_export]   # a run's checkpoint -> HF
 
 Each command spawns its tp x pp ranks itself (gloo without CUDA, nccl with it).
 """
@@ -30,7 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--rel-tol", type=float, default=FP32_REL_TOL, help="max |diff| / max |logit| allowed")
     c.add_argument("--batch", type=int, default=2)
     c.add_argument("--seq-len", type=int, default=16)
-    for p in (a, b, c):
+    e = sub.add_parser("export", help="a training run's checkpoint -> HF model dir (safetensors, config, tokenizer)")
+    e.add_argument("--run-dir", required=True, help="the run directory (logging.run_dir of a `p2o train` run)")
+    e.add_argument("--step", type=int, default=None, help="checkpoint of this global step (default: the newest)")
+    e.add_argument("--out", default=None, help="output HF directory (default: <run-dir>/hf_export)")
+    for p in (a, b, c, e):
         p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks")
         p.add_argument("--pp", type=int, default=1, help="pipeline-parallel ranks")
     for p in (a, c):
@@ -46,6 +51,18 @@ def main(args: argparse.Namespace) -> int:
         from megatron_bridge.convert import hf_to_megatron
 
         out = hf_to_megatron(args.hf, args.out, args.tp, args.pp, cache_dir=args.cache_dir, seed=args.seed)
+        print(f"wrote {out}")
+        return 0
+    if args.convert_command == "export":
+        # the run directory's checkpoint layout and config belong to the trainer (p2o.train.checkpoint)
+        from p2o.config import ConfigError
+        from p2o.train.checkpoint import CheckpointError, export_checkpoint
+
+        try:
+            out = export_checkpoint(args.run_dir, args.out, args.step, args.tp, args.pp)
+        except (CheckpointError, ConfigError, FileNotFoundError) as err:
+            print(f"p2o convert export: {err}", file=sys.stderr)
+            return 2
         print(f"wrote {out}")
         return 0
     if args.convert_command == "megatron-to-hf":
