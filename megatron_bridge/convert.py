@@ -55,7 +55,10 @@ def _build(model_dir_for_config: Path, tp: int, pp: int, dtype: str = "float32",
     provider = provider.with_dtype(getattr(torch, dtype))
     if make_vocab_size_divisible_by:
         provider.make_vocab_size_divisible_by = make_vocab_size_divisible_by
-    return layout, bridge, provider, provider.provide(layout)
+    chunks = provider.provide(layout)
+    if dtype != "float32":  # every parameter in the training dtype, as the policy's Float16Module holds them
+        chunks = [c.to(getattr(torch, dtype)) for c in chunks]
+    return layout, bridge, provider, chunks
 
 
 def _set_config_dtype(config_json: Path, dtype: torch.dtype) -> None:

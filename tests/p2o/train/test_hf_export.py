@@ -36,6 +36,17 @@ def _tensors(d: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def _train(run: Path, *overrides: str) -> None:
+    r = _p2o("train", "--config", "configs/demo_cpu.yaml", "model.path=tiny-qwen3", "p2o.enabled=false",
+             "rollout.max_new_tokens=8", "rollout.prompts_per_step=4", "rollout.n=2", "train.steps_per_epoch=1",
+             "train.epochs=1", "data.eval_size=2", "logging.progress=false", "train.skip_zero_advantage_rows=false",
+             "optim.lr=0.01", "optim.weight_decay=0.1", "checkpoint.export_hf=true", f"logging.run_dir={run}",
+             *overrides)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["steps"] == 1
+
+
 @pytest.mark.parametrize("tp", [1, 2])
 def test_run_end_export_loads_in_transformers_and_matches_the_trained_policy(tmp_path, tp):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,14 +55,7 @@ def test_run_end_export_loads_in_transformers_and_matches_the_trained_policy(tmp
     from p2o.models import resolve_model_dir
 
     run = tmp_path / "run"
-    r = _p2o("train", "--config", "configs/demo_cpu.yaml", "model.path=tiny-qwen3", f"parallel.tp={tp}",
-             "p2o.enabled=false", "rollout.max_new_tokens=8", "rollout.prompts_per_step=4", "rollout.n=2",
-             "train.steps_per_epoch=1", "train.epochs=1", "data.eval_size=2", "logging.progress=false",
-             "train.skip_zero_advantage_rows=false", "optim.lr=0.01", "optim.weight_decay=0.1",
-             "checkpoint.export_hf=true", f"logging.run_dir={run}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "ok" and summary["steps"] == 1
+    _train(run, f"parallel.tp={tp}")
     export = run / "hf_export"
     assert not (run / "hf_export.tmp").exists()
     names = {p.name for p in export.iterdir()}
@@ -86,6 +90,29 @@ def test_run_end_export_loads_in_transformers_and_matches_the_trained_policy(tmp
         r = _p2o("convert", "export", "--run-dir", str(run), "--step", "1", "--out", str(tmp_path / "offline"))
         assert r.returncode == 0, r.stderr[-3000:]
         offline = _tensors(tmp_path / "offline")
-        assert offline.keys() == trained.keys() and all(torch.equal(offline[n], trained[n]) for n in trained)
+        assert offline.keys() == trained.keys()
+        assert all(offline[n].dtype == trained[n].dtype and torch.equal(offline[n], trained[n]) for n in trained)
         bad = _p2o("convert", "export", "--run-dir", str(run), "--step", "7", "--out", str(tmp_path / "x"))
         assert bad.returncode == 2 and "no complete checkpoint of step 7" in bad.stderr
+
+
+def test_bf16_run_exports_bf16_and_the_offline_export_agrees(tmp_path):
+    """model.dtype=bfloat16: the export holds bf16 tensors (config.json says so), transformers loads it, and
+    `p2o convert export` (which rebuilds the model in the run's dtype) writes the same tensors."""
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    _train(run, "model.dtype=bfloat16")
+    export = run / "hf_export"
+    assert json.loads((export / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    trained = _tensors(export)
+    assert {t.dtype for t in trained.values()} == {torch.bfloat16}
+    model = AutoModelForCausalLM.from_pretrained(export).eval()
+    assert model.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits).all()
+    r = _p2o("convert", "export", "--run-dir", str(run), "--out", str(tmp_path / "offline"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    offline = _tensors(tmp_path / "offline")
+    assert offline.keys() == trained.keys()
+    assert all(offline[n].dtype == torch.bfloat16 and torch.equal(offline[n], trained[n]) for n in trained)
