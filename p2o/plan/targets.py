@@ -7,7 +7,7 @@ A run config says what it trains, not where: the Slurm script takes the node cou
 and the GPUs from `GPUS_PER_NODE` (default 8). This table is the documented mapping from a shipped config
 (path relative to configs/) to the nodes it is meant for; docs/gpu.md prints it, and a test checks that every
 GPU config in configs/ has an entry and fits its target by the planner's own memory model
-(`p2o plan --config <file> --nodes N` shows the same verdict).
+(`p2o plan --config <file>` plans a shipped config on its target and shows the same verdict).
 """
 from __future__ import annotations
 
@@ -58,6 +58,18 @@ TARGETS: dict[str, Target] = {
     "scaling/qwen3_32b_p2o.yaml": Target(2),
 }
 """Shipped GPU config (relative to configs/) -> the nodes it is written for."""
+
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def target_of(config_path: str | Path) -> Target | None:
+    """The target of a shipped GPU config given by path (a copy elsewhere has none: None)."""
+    try:
+        name = Path(config_path).resolve().relative_to(CONFIGS_DIR).as_posix()
+    except ValueError:
+        return None
+    return TARGETS.get(name)
 
 
 def config_shape(cfg):
