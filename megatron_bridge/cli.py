@@ -3,7 +3,6 @@
     p2o convert hf-to-megatron --hf ~/models/Qwen3-4B --out ckpt/qwen3-4b-mcore [--tp 1 --pp 1]
     p2o convert megatron-to-hf --megatron ckpt/qwen3-4b-mcore --out ~/models/qwen3-4b-back [--shard-bytes N]
     p2o convert parity --hf tiny.json --tp 2 --pp 2        # exit 1 when max relative logit diff > --rel-tol
-    p2o convert export --run-dir runs/x [--step 30] [--out runs/x/hf_export]   # a run's checkpoint -> HF
 
 Each command spawns its tp x pp ranks itself (gloo without CUDA, nccl with it).
 """
@@ -15,7 +14,8 @@ import sys
 from megatron_bridge.parity import FP32_REL_TOL
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """The conversion actions; returns the subparsers so that `p2o convert` can add the run-directory ones."""
     sub = parser.add_subparsers(dest="convert_command", metavar="ACTION", required=True)
     a = sub.add_parser("hf-to-megatron", help="HF safetensors -> Megatron dist checkpoint")
     a.add_argument("--hf", required=True, help="HF model dir, a config.json (seeded random init) or an embedded name")
@@ -31,16 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--rel-tol", type=float, default=FP32_REL_TOL, help="max |diff| / max |logit| allowed")
     c.add_argument("--batch", type=int, default=2)
     c.add_argument("--seq-len", type=int, default=16)
-    e = sub.add_parser("export", help="a training run's checkpoint -> HF model dir (safetensors, config, tokenizer)")
-    e.add_argument("--run-dir", required=True, help="the run directory (logging.run_dir of a `p2o train` run)")
-    e.add_argument("--step", type=int, default=None, help="checkpoint of this global step (default: the newest)")
-    e.add_argument("--out", default=None, help="output HF directory (default: <run-dir>/hf_export)")
-    for p in (a, b, c, e):
+    for p in (a, b, c):
         p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks")
         p.add_argument("--pp", type=int, default=1, help="pipeline-parallel ranks")
     for p in (a, c):
         p.add_argument("--seed", type=int, default=1234, help="init seed when --hf is a config.json")
         p.add_argument("--cache-dir", default="~/.cache/p2o", help="where random-init / embedded models are cached")
+    return sub
 
 
 def main(args: argparse.Namespace) -> int:
@@ -51,18 +48,6 @@ def main(args: argparse.Namespace) -> int:
         from megatron_bridge.convert import hf_to_megatron
 
         out = hf_to_megatron(args.hf, args.out, args.tp, args.pp, cache_dir=args.cache_dir, seed=args.seed)
-        print(f"wrote {out}")
-        return 0
-    if args.convert_command == "export":
-        # the run directory's checkpoint layout and config belong to the trainer (p2o.train.checkpoint)
-        from p2o.config import ConfigError
-        from p2o.train.checkpoint import CheckpointError, export_checkpoint
-
-        try:
-            out = export_checkpoint(args.run_dir, args.out, args.step, args.tp, args.pp)
-        except (CheckpointError, ConfigError, FileNotFoundError) as err:
-            print(f"p2o convert export: {err}", file=sys.stderr)
-            return 2
         print(f"wrote {out}")
         return 0
     if args.convert_command == "megatron-to-hf":
