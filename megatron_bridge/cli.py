@@ -14,7 +14,8 @@ import sys
 from megatron_bridge.parity import FP32_REL_TOL
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """The conversion actions; returns the subparsers so that `p2o convert` can add the run-directory ones."""
     sub = parser.add_subparsers(dest="convert_command", metavar="ACTION", required=True)
     a = sub.add_parser("hf-to-megatron", help="HF safetensors -> Megatron dist checkpoint")
     a.add_argument("--hf", required=True, help="HF model dir, a config.json (seeded random init) or an embedded name")
@@ -36,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for p in (a, c):
         p.add_argument("--seed", type=int, default=1234, help="init seed when --hf is a config.json")
         p.add_argument("--cache-dir", default="~/.cache/p2o", help="where random-init / embedded models are cached")
+    return sub
 
 
 def main(args: argparse.Namespace) -> int:

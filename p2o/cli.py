@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("p2o.eval.cli", "evaluate a checkpoint on math benchmarks; `eval compare` runs side by side"),
     "serve": ("p2o.rollout.cli", "serve a model behind the OpenAI-compatible gateway"),
     "gepa-serve": ("p2o.gepa.cli", "run the GEPA prompt-evolution service (CPU nodes)"),
-    "convert": ("megatron_bridge.cli", "HF <-> Megatron-Core checkpoints and logit parity checks"),
+    "convert": ("p2o.convert_cli", "HF <-> Megatron-Core checkpoints, logit parity checks, a run's HF export"),
     "bench": ("p2o.bench", "benchmarks that print a table and write CSV"),
     "plan": ("p2o.plan.cli", "memory / throughput planner for TP x PP x DP layouts"),
     "doctor": ("p2o.doctor", "report the software and hardware this machine offers"),

@@ -708,6 +708,9 @@ class CheckpointConfig(_Section):
     """Complete checkpoints kept on disk."""
     resume: str = "auto"
     """auto (latest complete checkpoint in run_dir, if any) | none | a checkpoint path."""
+    export_hf: bool = False
+    """At the end of the run, write the final policy as a Hugging Face model directory to run_dir/hf_export/
+    (safetensors + config.json + tokenizer files; `p2o convert export` does the same from a saved checkpoint)."""
 
     def _check(self) -> None:
         self._at_least(1, "keep_last")

@@ -41,7 +41,7 @@ submit() {
         model="Qwen3-${size^^}"
         # shellcheck disable=SC2086
         local header=(); ((first)) && header=(--header)
-        "$PYTHON" -m p2o.plan.sweep layouts --model "$model" --nodes $NODE_COUNTS --top "$TOP" \
+        "$PYTHON" -m p2o.plan.sweep layouts --model "$model" --config "$REPO/$config" --nodes $NODE_COUNTS --top "$TOP" \
             --gpus-per-node "$GPUS_PER_NODE" "${header[@]}" >"$SWEEP_DIR/.layouts.tsv" \
             || die "planning $model failed"
         if ((first)); then

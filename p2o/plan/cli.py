@@ -3,6 +3,7 @@
     p2o plan --model Qwen3-8B --nodes 2                       # ranked table, H100 80GB nodes of 8
     p2o plan --model path/to/config.json --nodes 1 --gpu-mem-gib 40 --no-fused-logprob --json
     p2o plan --config configs/scaling/qwen3_8b_p2o.yaml --nodes 2   # the run that config describes
+    p2o plan --config configs/scaling/qwen3_32b_p2o.yaml            # a shipped GPU config: on its target nodes
 
 Every `Cluster` and `RunSettings` field is an option (`--prompts-per-step`, `--vllm-sleep-level`, ...).
 Infeasible layouts are listed with their reasons (use --top to shorten the table).
@@ -115,7 +116,16 @@ def main(args: argparse.Namespace) -> int:
                 raise
             # a config's checkpoint dir that is not on this machine: its name, e.g. models/Qwen3-8B -> Qwen3-8B
             shape = load_model_shape(Path(model).name)
-        cluster = _from_args(Cluster, args)
+        cluster_base = None
+        if args.config:
+            from p2o.plan.targets import target_of
+
+            target = target_of(args.config)
+            if target is not None:  # a shipped GPU config: its nodes (p2o.plan.targets), unless options say otherwise
+                cluster_base = dataclasses.asdict(target.cluster())
+                print(f"--config {args.config}: written for {target.nodes} node(s) of {target.node_type} "
+                      "(p2o.plan.targets)", file=sys.stderr)
+        cluster = _from_args(Cluster, args, cluster_base)
         run = _from_args(RunSettings, args, base)
         run = resolve_vllm_tp(shape, cluster, run)
         rows = plan(shape, cluster, run)

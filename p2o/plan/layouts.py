@@ -92,8 +92,6 @@ class RunSettings:
     """Fraction of GPU memory vLLM takes for weights + KV cache + workspace while generating."""
     vllm_tp: int = 0
     """vLLM tensor-parallel size (0: the smallest within 2% of the fastest predicted generation)."""
-    offload_during_generation: bool = True
-    """Colocated: gradients and optimizer states move to host memory while vLLM generates."""
     dtype_bytes: int = 2
     """Bytes of a training parameter / activation element (2: bf16 mixed precision; 4: fp32)."""
     flash_attention: bool = True
@@ -171,6 +169,13 @@ class RunSettings:
     @property
     def longest_response(self) -> int:
         return self.max_response_tokens or 2 * self.response_tokens
+
+    @property
+    def peak_seq_tokens(self) -> int:
+        """Tokens of the longest training row (mean prompt + longest response): every row of a micro-batch is
+        padded to it in the worst case (PP pads every micro-batch of a step to the step's longest row), so it
+        sets the activation and logit memory; the mean `seq_tokens` sets the FLOPs."""
+        return self.prompt_tokens + self.longest_response
 
     @property
     def gepa_rollouts_per_step(self) -> float:

@@ -14,6 +14,11 @@ Terms (docs/scaling.md gives every formula with its derivation):
   the backward meets first; else the largest layer matrix), two Adam temporaries of the largest weight;
 - the colocated vLLM engine: `vllm_gpu_memory_fraction` x GPU memory while generating; during training
   nothing at sleep levels 1 and 2 (level 1 parks the weights in host memory), everything at level 0.
+  The trainer does not offload while vLLM generates: its weights, fp32 gradient buffers and optimizer states
+  stay on the GPU, so the generation phase holds them and vLLM's share together.
+
+Activations and logits are sized for the longest training row (`RunSettings.peak_seq_tokens`: mean prompt +
+longest response), since the micro-batch that holds it sets the peak; step times use the mean length.
 
 A phase's peak is the sum of what is resident during that phase; a rank's peak is the largest over its
 phases, and a layout's is the worst rank (first or last pipeline stage).
@@ -182,7 +187,7 @@ def stage_memory(shape: ModelShape, cluster: Cluster, layout: Layout, run: RunSe
     opt_per_param = 12.0 if b == 2 else 8.0  # bf16: fp32 master + Adam m, v; fp32: m, v
     optimizer = params * opt_per_param / (layout.dp if run.distributed_optimizer else 1)
 
-    seq = run.seq_tokens
+    seq = run.peak_seq_tokens  # the longest micro-batch sets the peak
     tokens_mb = seq * run.micro_batch
     layers = shape.layers // layout.pp
     per_layer = activation_bytes_per_token_layer(shape, run, layout.tp, seq) * tokens_mb
@@ -212,8 +217,8 @@ def stage_memory(shape: ModelShape, cluster: Cluster, layout: Layout, run: RunSe
     overhead = run.overhead_gib * GIB
     state = weights + gradients + optimizer
     if run.colocated:
-        resident_gen = weights + (0.0 if run.offload_during_generation else gradients + optimizer)
-        peak_gen = overhead + resident_gen + vllm_gen
+        # the trainer keeps weights, gradient buffers and optimizer states on the GPU while vLLM generates
+        peak_gen = overhead + state + vllm_gen
     else:
         peak_gen = overhead + vllm_gen  # the separate generation GPUs
     peak_old = overhead + state + vllm_train + per_layer + logits

@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--response-tokens", type=int, default=3072)
     p.add_argument("--max-response-tokens", type=int, default=12288)
-    p.add_argument("--vllm-gpu-memory-fraction", type=float, default=0.7)
+    p.add_argument("--vllm-gpu-memory-fraction", type=float, default=None,
+                   help="default: the --config's rollout.vllm_gpu_memory_utilization, else 0.4")
+    p.add_argument("--config", default=None,
+                   help="a run config (configs/scaling/*.yaml): its micro-batch, recompute, kernel, optimizer and vLLM "
+                        "settings are planned (the length options above still apply; vLLM TP is the planner's)")
     c = sub.add_parser("collect", help="one CSV row per run of a sweep manifest")
     c.add_argument("manifest", type=Path)
     c.add_argument("--out", type=Path, required=True)
@@ -115,9 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.cmd == "layouts":
-            run = RunSettings(prompt_tokens=args.prompt_tokens, response_tokens=args.response_tokens,
-                              max_response_tokens=args.max_response_tokens,
-                              vllm_gpu_memory_fraction=args.vllm_gpu_memory_fraction)
+            base = {"micro_batch": 1, "recompute": True, "vllm_gpu_memory_fraction": 0.4}
+            if args.config:
+                from p2o.config import load_config
+                from p2o.plan.from_config import settings_from_config
+
+                base = settings_from_config(load_config(args.config))[1] | {"vllm_tp": 0}
+            if args.vllm_gpu_memory_fraction is not None:
+                base["vllm_gpu_memory_fraction"] = args.vllm_gpu_memory_fraction
+            run = RunSettings(**(base | dict(prompt_tokens=args.prompt_tokens, response_tokens=args.response_tokens,
+                                             max_response_tokens=args.max_response_tokens)))
             rows = layout_lines(args.model, args.nodes, args.top, run,
                                 {"gpus_per_node": args.gpus_per_node, "gpu_mem_gib": args.gpu_mem_gib})
             if args.header:
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = collect(args.manifest, args.out, args.gpus_per_node, args.skip)
         print(f"{len(rows)} runs -> {args.out} ({sum(r['status'] == 'ok' for r in rows)} with step metrics)")
         return 0
-    except (PlanError, OSError, KeyError) as e:
+    except (PlanError, OSError, KeyError, ValueError) as e:
         print(f"p2o.plan.sweep: {e}", file=sys.stderr)
         return 2
 

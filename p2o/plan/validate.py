@@ -52,7 +52,7 @@ class StepSpec:
         """The planner's settings describing this CPU step (fp32, local attention, no fused kernel, no vLLM)."""
         return RunSettings(prompts_per_step=self.micro_batch * self.micro_batches * self.dp, k=1,
                            prompt_tokens=self.seq // 2, response_tokens=self.seq - self.seq // 2,
-                           micro_batch=self.micro_batch, recompute=False,
+                           max_response_tokens=self.seq - self.seq // 2, micro_batch=self.micro_batch, recompute=False,
                            distributed_optimizer=self.distributed_optimizer, fused_logprob=False,
                            logits_path="gathered" if self.model_dir else "labels", dtype_bytes=4, flash_attention=False, fused_wgrad_and_adam=False,
                            overhead_gib=0.0,

@@ -302,3 +302,61 @@ def saving(run_dir: str | Path, global_step: int, is_rank0: bool) -> Iterator[Pa
         if full:
             raise CheckpointError(message) from e
         raise
+
+
+# ----------------------------------------------------------------------------- Hugging Face export
+HF_EXPORT = "hf_export"
+"""run_dir/hf_export/: the trained policy as an HF model directory (`checkpoint.export_hf`, `p2o convert export`)."""
+
+
+def export_at_run_end(cfg, rt) -> Path | None:
+    """With `checkpoint.export_hf`: write the final policy to <run_dir>/hf_export/ (safetensors in the training
+    dtype, config.json, generation config, tokenizer files; built in hf_export.tmp/ by rank 0 and renamed).
+    Collective: every rank calls it after the last epoch. Returns the directory on rank 0, else None."""
+    if not cfg.checkpoint.export_hf:
+        return None
+    from megatron_bridge.convert import write_hf_dir
+
+    out = Path(rt.run_dir) / HF_EXPORT
+    path = write_hf_dir(rt.policy.export_weights(cfg.rollout.weight_bucket_bytes), rt.model_dir, out)
+    rt.barrier()
+    if path is not None:
+        log.info("Hugging Face export of the final policy: %s", path)
+    return path
+
+
+def checkpoint_at_step(run_dir: str | Path, step: int | None) -> Path:
+    """The complete checkpoint of `step` (None: the newest), verified against its manifest; CheckpointError else."""
+    if step is None:
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise CheckpointError(f"{checkpoint_root(run_dir)}: no complete checkpoint")
+    else:
+        path = checkpoint_root(run_dir) / f"step_{step:06d}"
+        if not (path / COMPLETE).is_file():
+            have = ", ".join(p.name for p in complete_checkpoints(run_dir)) or "none"
+            raise CheckpointError(f"{path}: no complete checkpoint of step {step} (complete: {have})")
+    verify(path)
+    return path
+
+
+def export_checkpoint(run_dir: str | Path, out: str | Path | None = None, step: int | None = None,
+                      tp: int = 1, pp: int = 1) -> Path:
+    """`p2o convert export`: a saved checkpoint of a run (its policy weights) as an HF model directory, the same
+    files `checkpoint.export_hf` writes at the end of a run (default `out`: <run_dir>/hf_export). The model's
+    config and tokenizer come from the run's model (run_dir/config.yaml's model.path); `tp` x `pp` local ranks
+    do the conversion (the checkpoint reshards to any layout)."""
+    from megatron_bridge.convert import megatron_to_hf
+    from p2o.config import load_unresolved
+    from p2o.models import resolve_model_dir
+
+    run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise CheckpointError(f"{config}: missing (the run directory of a `p2o train` run has it)")
+    cfg = load_unresolved(str(config))
+    path = checkpoint_at_step(run_dir, step)
+    model_dir = resolve_model_dir(cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
+    out = Path(out) if out else run_dir / HF_EXPORT
+    return megatron_to_hf(path / "policy", out, tp, pp, hf_config=model_dir, dtype=str(cfg.model.dtype),
+                          make_vocab_size_divisible_by=cfg.model.make_vocab_size_divisible_by)

@@ -118,6 +118,7 @@ def _launch(cmd: list[str], run_dir: Path) -> int:
 
 def run(cfg) -> int:
     """Build, resume if possible, train, write the summary and the report. Returns the exit code."""
+    from p2o.train.checkpoint import export_at_run_end
     from p2o.train.loop import REQUEUE_EXIT_CODE, Preempted, Trainer
     from p2o.train.malloc import apply_malloc_mode
     from p2o.train.runtime import build_runtime
@@ -134,6 +135,7 @@ def run(cfg) -> int:
         if not resumed and cfg.rollout.share_weights and cfg.rollout.engine == "hf":
             rt.sync_weights(trainer.state.policy_version)  # the engine adopts the policy's weights before step 1
         summary = trainer.fit()
+        export_at_run_end(cfg, rt)  # checkpoint.export_hf: run_dir/hf_export/
         summary["resumed"] = resumed
         code = 0
     except Preempted:

@@ -7,7 +7,8 @@ from p2o.plan.presets import PRESETS, ModelShape
 
 # h=8, f=16, 4 layers, 2 heads / 1 KV head of width 4, V=100, untied, no q/k norm
 SMALL = ModelShape("small", hidden=8, ffn=16, layers=4, heads=2, kv_heads=1, head_dim=4, vocab=100, tied=False)
-RUN = RunSettings(prompts_per_step=4, k=2, prompt_tokens=6, response_tokens=10, micro_batch=1, vocab_multiple=8,
+RUN = RunSettings(prompts_per_step=4, k=2, prompt_tokens=6, response_tokens=10, max_response_tokens=10,
+                  micro_batch=1, vocab_multiple=8,
                   fused_logprob=False, distributed_optimizer=True, overhead_gib=0.0)
 
 
@@ -42,7 +43,7 @@ def test_switches_change_the_right_terms():
     no_dist = stage_memory(shape, Cluster(), layout, RunSettings(distributed_optimizer=False), 0, 8)
     assert no_dist.optimizer == pytest.approx(4 * m.optimizer)
     naive = stage_memory(shape, Cluster(), layout, RunSettings(fused_logprob=False), 0, 8)
-    tokens = base.seq_tokens * base.micro_batch
+    tokens = base.peak_seq_tokens * base.micro_batch
     assert naive.logits == pytest.approx(tokens * 151936 * 2 * 2)  # 2 bf16 buffers; 151936 = 1187 x 128
     labels = stage_memory(shape, Cluster(), layout, RunSettings(fused_logprob=False, logits_path="labels"), 0, 8)
     assert labels.logits == pytest.approx(tokens * 151936 * 6)  # fp32 softmax + bf16 logits
@@ -51,8 +52,12 @@ def test_switches_change_the_right_terms():
     assert rec.activations < m.activations / 10
     sleep0 = stage_memory(shape, Cluster(), layout, RunSettings(vllm_sleep_level=0), 0, 8)
     assert sleep0.peak_update - m.peak_update == pytest.approx(0.5 * 80 * GIB)
-    keep = stage_memory(shape, Cluster(), layout, RunSettings(offload_during_generation=False), 0, 8)
-    assert keep.peak_generation - m.peak_generation == pytest.approx(m.gradients + m.optimizer)
+    # nothing is offloaded while vLLM generates: the trainer's whole state is resident next to vLLM's share
+    assert m.peak_generation == pytest.approx(m.overhead + m.weights + m.gradients + m.optimizer + m.vllm_generation)
+    # activations and logits follow the longest row, not the mean
+    longer = stage_memory(shape, Cluster(), layout, RunSettings(max_response_tokens=8 * base.response_tokens), 0, 8)
+    assert longer.logits / m.logits == pytest.approx((base.prompt_tokens + 8 * base.response_tokens)
+                                                     / base.peak_seq_tokens)
 
 
 def test_unfused_attention_stores_probabilities():

@@ -41,7 +41,8 @@ def test_plan_from_a_run_config(repo_root, capsys):
     assert model == "models/Qwen3-8B" and layout == (2, 1)
     assert (values["prompts_per_step"], values["k"], values["max_response_tokens"], values["micro_batch"]) == (
         128, 6, 12288, 1)
-    assert values["fused_logprob"] is True and values["dtype_bytes"] == 2 and values["vllm_gpu_memory_fraction"] == 0.7
+    assert values["fused_logprob"] is True and values["dtype_bytes"] == 2 and values["vllm_gpu_memory_fraction"] == 0.4
+    assert values["recompute"] is True  # train.recompute: full
     assert values["old_logprob_pass"] is True  # the paper's 2 minibatches per batch: the second one is off-policy
     demo = settings_from_config(load_config(str(repo_root / "configs" / "demo_cpu.yaml")))[1]
     assert demo["old_logprob_pass"] is False
@@ -53,3 +54,13 @@ def test_plan_from_a_run_config(repo_root, capsys):
     assert "--config layout (parallel.tp=2, parallel.pp=1): TP2 PP1 DP4: ok" in capsys.readouterr().out
     assert main(["plan", "--config", str(repo_root / "nope.yaml")]) == 2
     assert "expected an existing YAML file" in capsys.readouterr().err
+
+
+def test_a_shipped_gpu_config_is_planned_on_its_target_nodes(repo_root, capsys):
+    path = str(repo_root / "configs" / "scaling" / "qwen3_32b_p2o.yaml")
+    assert main(["plan", "--config", path, "--top", "1"]) == 0  # 2 nodes (p2o.plan.targets): it fits there
+    captured = capsys.readouterr()
+    assert "written for 2 node(s) of 8xH100-80GB" in captured.err
+    assert "2 x 8 GPUs" in captured.out.splitlines()[0]
+    assert "--config layout (parallel.tp=4, parallel.pp=4): TP4 PP4 DP1: ok" in captured.out
+    assert main(["plan", "--config", path, "--nodes", "1", "--top", "1"]) == 1  # --nodes wins: nothing fits on one

@@ -9,10 +9,14 @@ from p2o.plan.sweep import collect, layout_lines, main
 from p2o.telemetry.metrics import MetricsLogger
 
 
-def test_layout_lines_follow_the_planner():
-    rows = layout_lines("Qwen3-32B", [1, 2], top=1, run=RunSettings(), cluster_kw={})
+def test_layout_lines_follow_the_planner(repo_root):
+    from p2o.config import load_config
+    from p2o.plan.from_config import settings_from_config
+
+    values = settings_from_config(load_config(str(repo_root / "configs" / "scaling" / "qwen3_32b_p2o.yaml")))[1]
+    rows = layout_lines("Qwen3-32B", [1, 2], top=1, run=RunSettings(**(values | {"vllm_tp": 0})), cluster_kw={})
     assert [r["nodes"] for r in rows] == [2]  # nothing fits on one node
-    three = layout_lines("Qwen3-4B", [1], top=3, run=RunSettings(), cluster_kw={})
+    three = layout_lines("Qwen3-4B", [1], top=3, run=RunSettings(recompute=True), cluster_kw={})
     assert len(three) == 3 and three[0]["pred_step_s"] <= three[-1]["pred_step_s"]
 
 
