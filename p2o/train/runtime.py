@@ -234,7 +234,7 @@ class Runtime:
 
     # ------------------------------------------------------------------ GEPA (rank 0)
     def submit_gepa(self, hard, epoch: int, policy_version: int) -> dict:
-        from p2o.gepa.protocol import DEFAULT_LIMITS, FAILED_RESPONSE_TAIL_CHARS, GEPAJobSpec, job_section
+        from p2o.gepa.service.protocol import DEFAULT_LIMITS, FAILED_RESPONSE_TAIL_CHARS, GEPAJobSpec, job_section
 
         cfg = self.cfg
         samples = list(hard.samples.values())
@@ -257,7 +257,7 @@ class Runtime:
                 "hard_ids": [s.problem.id for s in samples], "submitted_at": time.time()}
 
     def _reflection_settings(self) -> dict:
-        from p2o.gepa.protocol import job_section
+        from p2o.gepa.service.protocol import job_section
 
         r = job_section("reflection", self.cfg.reflection)  # the service's endpoint table chooses keys
         if self.cfg.reflection.mode == "self":
@@ -313,7 +313,7 @@ class Runtime:
         metrics = {k: status.get(k) for k in ("iteration", "budget_used", "budget_total", "pool_size", "best_dev_score")}
         metrics["gepa_wall_s"] = time.time() - job.get("submitted_at", time.time())
         if state != "done":
-            from p2o.gepa.evaluate import is_refusal
+            from p2o.gepa.core.evaluate import is_refusal
 
             if state == "failed" and is_refusal(status.get("error") or ""):  # every later round would fail alike
                 raise RuntimeError(f"GEPA job {job['job_id']} failed on a configuration error (p2o train --dry-run "
@@ -483,7 +483,7 @@ def _build_rank0(rt: Runtime) -> None:
         rt.reflection_gateway = build_gateway(frozen, rt.tokenizer, frozen_rollout, "reflection", cfg.model.thinking,
                                               limits.reflection_gateway).start()
         rt._closers.append(rt.reflection_gateway.stop)
-    from p2o.gepa.client import GEPAClient
+    from p2o.gepa.service.client import GEPAClient
 
     token = os.environ.get(cfg.gepa.token_env)
     if not token:

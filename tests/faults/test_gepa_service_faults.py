@@ -13,11 +13,11 @@ import time
 import httpx
 import pytest
 
-from p2o.gepa.client import GEPAClient, GEPAServiceError
-from p2o.gepa.endpoints import Endpoints
-from p2o.gepa.jobs import JobManager
-from p2o.gepa.protocol import GEPAJobSpec
-from p2o.gepa.service import GEPAService
+from p2o.gepa.adapters.endpoints import Endpoints
+from p2o.gepa.service.client import GEPAClient, GEPAServiceError
+from p2o.gepa.service.jobs import JobManager
+from p2o.gepa.service.protocol import GEPAJobSpec
+from p2o.gepa.service.server import GEPAService
 from p2o.server import HTTPLimits
 from tests.faults.conftest import RecordingServer, health_latency, raw_request, wait_for
 from tests.p2o.gepa.fake_servers import FakePolicyServer, FakeReflectionServer

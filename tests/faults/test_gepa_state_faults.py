@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from p2o.gepa.client import GEPAClient, GEPAServiceError
-from p2o.gepa.jobs import JobManager
-from p2o.gepa.protocol import GEPAJobSpec
-from p2o.gepa.service import GEPAService
-from p2o.gepa.store import CorruptRecord, prev_path, read_record, write_record
+from p2o.gepa.service.client import GEPAClient, GEPAServiceError
+from p2o.gepa.service.jobs import JobManager
+from p2o.gepa.service.protocol import GEPAJobSpec
+from p2o.gepa.service.server import GEPAService
+from p2o.gepa.service.store import CorruptRecord, prev_path, read_record, write_record
 from tests.faults.conftest import start_gepa_process, wait_for
 from tests.p2o.gepa.fake_servers import FakePolicyServer, FakeReflectionServer
 from tests.p2o.gepa.oracle import make_problems

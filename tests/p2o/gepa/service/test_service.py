@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from p2o.gepa.client import GEPAClient, GEPAServiceError
-from p2o.gepa.jobs import JobManager
-from p2o.gepa.protocol import GEPAJobSpec
-from p2o.gepa.service import GEPAService
+from p2o.gepa.service.client import GEPAClient, GEPAServiceError
+from p2o.gepa.service.jobs import JobManager
+from p2o.gepa.service.protocol import GEPAJobSpec
+from p2o.gepa.service.server import GEPAService
 from tests.p2o.gepa.fake_servers import FakePolicyServer, FakeReflectionServer
 from tests.p2o.gepa.oracle import make_problems, solves
 
@@ -156,7 +156,7 @@ def start_service_process(run_dir: Path, token: str) -> tuple[subprocess.Popen, 
     endpoint.unlink(missing_ok=True)
     env = dict(os.environ, P2O_GEPA_TOKEN=token)
     proc = subprocess.Popen([sys.executable, "-m", "p2o.cli", "gepa-serve", "--run-dir", str(run_dir), "--port", "0",
-                             "--endpoint-file", str(endpoint)], env=env, cwd=Path(__file__).resolve().parents[3])
+                             "--endpoint-file", str(endpoint)], env=env, cwd=Path(__file__).resolve().parents[4])
     deadline = time.monotonic() + 60
     while not endpoint.exists():
         assert proc.poll() is None, "gepa-serve exited"

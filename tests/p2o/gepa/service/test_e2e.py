@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from p2o.data.problem import Problem
-from p2o.gepa.client import GEPAClient
-from p2o.gepa.jobs import JobManager
-from p2o.gepa.protocol import GEPAJobSpec
-from p2o.gepa.service import GEPAService
+from p2o.gepa.service.client import GEPAClient
+from p2o.gepa.service.jobs import JobManager
+from p2o.gepa.service.protocol import GEPAJobSpec
+from p2o.gepa.service.server import GEPAService
 from tests.conftest import CACHE_DIR
 from tests.p2o.gepa.fake_servers import CyclingReflectionServer
 from tests.p2o.gepa.tiny_policy import MAGIC, cached_tiny_policy, question

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from p2o.gepa.jobs import JobManager
-from p2o.gepa.protocol import GEPAJobSpec
+from p2o.gepa.service.jobs import JobManager
+from p2o.gepa.service.protocol import GEPAJobSpec
 from tests.p2o.gepa.fake_servers import FakePolicyServer, FakeReflectionServer, _Server
 from tests.p2o.gepa.oracle import make_problems
 
@@ -99,8 +99,8 @@ def test_reflection_context_overflow_fails_the_job(tmp_path):
 def test_trainer_stops_on_a_job_failed_by_a_refusal(tmp_path, old_limit_gateway):
     """Every later round would be refused alike: the run stops instead of training on without templates."""
     from p2o.config import RunConfig
-    from p2o.gepa.client import GEPAClient
-    from p2o.gepa.service import GEPAService
+    from p2o.gepa.service.client import GEPAClient
+    from p2o.gepa.service.server import GEPAService
     from p2o.train.runtime import Runtime
 
     reflection = FakeReflectionServer().start()

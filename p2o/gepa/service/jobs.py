@@ -4,7 +4,7 @@
     job_id, created = jobs.submit(spec)      # idempotent by spec.idempotency_key
     jobs.status(job_id); jobs.result(job_id); jobs.cancel(job_id); jobs.retry(job_id, restart=False)
 
-Every operation is callable in-process; `service.py` only maps HTTP onto them. A job's search state is
+Every operation is callable in-process; `server.py` only maps HTTP onto them. A job's search state is
 written after every phase (see `search.py`), so a restarted manager continues a killed job from its last
 completed evaluation wave with the same random stream: nothing accepted is lost and nothing is charged
 twice. While the task-model (or the reflection) endpoint is down the job is `paused` with the cause in
@@ -36,13 +36,13 @@ from collections.abc import Callable
 from typing import Any
 
 from p2o.config import GEPAConfig, ReflectionConfig, RewardConfig
-from p2o.gepa.endpoints import Endpoints
-from p2o.gepa.evaluate import Evaluator
-from p2o.gepa.protocol import DEFAULT_LIMITS, FINAL_STATES, GEPAJobSpec, JobLimits, JobStatus, SpecError
-from p2o.gepa.reflect import Reflector
-from p2o.gepa.result import GEPAResult, build_result
-from p2o.gepa.search import Search, SearchHooks, SearchState, dev_count, metric_budget, new_state
-from p2o.gepa.store import CorruptRecord, JobStore
+from p2o.gepa.adapters.endpoints import Endpoints
+from p2o.gepa.core.evaluate import Evaluator
+from p2o.gepa.core.reflect import Reflector
+from p2o.gepa.core.result import GEPAResult, build_result
+from p2o.gepa.core.search import Search, SearchHooks, SearchState, dev_count, metric_budget, new_state
+from p2o.gepa.service.protocol import DEFAULT_LIMITS, FINAL_STATES, GEPAJobSpec, JobLimits, JobStatus, SpecError
+from p2o.gepa.service.store import CorruptRecord, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class JobStateError(RuntimeError):
 
 
 def default_evaluator(spec: GEPAJobSpec, gepa: GEPAConfig, reward: RewardConfig, endpoints: Endpoints) -> Evaluator:
-    from p2o.gepa.policy_evaluator import PolicyEvaluator
+    from p2o.gepa.adapters.policy_evaluator import PolicyEvaluator
     from p2o.reward import Verifier
 
     verifier = Verifier(reward)
@@ -85,7 +85,7 @@ def default_evaluator(spec: GEPAJobSpec, gepa: GEPAConfig, reward: RewardConfig,
 
 def default_reflector(spec: GEPAJobSpec, gepa: GEPAConfig, reflection: ReflectionConfig,
                       endpoints: Endpoints) -> Reflector:
-    from p2o.gepa.reflect_client import ReflectionClient
+    from p2o.gepa.adapters.reflection_client import ReflectionClient
     from p2o.limits import DEFAULT_REFLECTION_CONTEXT_TOKENS
 
     if not reflection.context_tokens:  # 0: not derived by the submitter (the trainer always sends its value)

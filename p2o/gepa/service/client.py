@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from p2o.gepa.protocol import FINAL_STATES, GEPAJobSpec
-from p2o.gepa.result import GEPAResult
+from p2o.gepa.core.result import GEPAResult
+from p2o.gepa.service.protocol import FINAL_STATES, GEPAJobSpec
 
 
 class GEPAServiceError(RuntimeError):

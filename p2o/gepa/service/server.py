@@ -35,8 +35,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from p2o.gepa.jobs import IdempotencyConflict, JobManager, JobNotFinished, JobNotFound, JobStateError
-from p2o.gepa.protocol import GEPAJobSpec, SpecError
+from p2o.gepa.service.jobs import IdempotencyConflict, JobManager, JobNotFinished, JobNotFound, JobStateError
+from p2o.gepa.service.protocol import GEPAJobSpec, SpecError
 from p2o.server import Guard, HTTPLimits, HTTPServer, RequestRejected, is_loopback, json_body
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from p2o.gepa.assign import assign_templates, greedy_set_cover
-from p2o.gepa.pool import instance_fronts
-from p2o.gepa.search import SearchState
+from p2o.gepa.core.assign import assign_templates, greedy_set_cover
+from p2o.gepa.core.pool import instance_fronts
+from p2o.gepa.core.search import SearchState
 
 
 @dataclass

@@ -46,9 +46,9 @@ from typing import Any
 
 from p2o.config import Budget, GEPAConfig
 from p2o.data.problem import Problem
-from p2o.gepa.evaluate import EvalItem, EvalOutcome, Evaluator
-from p2o.gepa.pool import Pool, select_parents
-from p2o.gepa.reflect import Proposal, ReflectionExample, ReflectionRequest, Reflector
+from p2o.gepa.core.evaluate import EvalItem, EvalOutcome, Evaluator
+from p2o.gepa.core.pool import Pool, select_parents
+from p2o.gepa.core.reflect import Proposal, ReflectionExample, ReflectionRequest, Reflector
 from p2o.prompts import DEFAULT_USER_TEMPLATE, user_text
 
 log = logging.getLogger(__name__)
