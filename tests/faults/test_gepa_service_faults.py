@@ -95,7 +95,7 @@ def test_secrets_go_only_to_the_services_own_endpoints(tmp_path, monkeypatch):
         assert attacker.authorizations() == {"Bearer none"}  # the job's own URL gets nothing
         for _, headers, body in attacker.requests:
             assert SECRET not in json.dumps(headers) + json.dumps(body)
-        assert GEPAClient(svc.url, token=TOKEN).wait(job, timeout_s=60, poll_s=0.05)["state"] == "done"
+        assert GEPAClient(svc.url, token=TOKEN).wait(job, timeout_s=60, poll_s=0.05).state == "done"
     finally:
         svc.stop()
         policy.stop()

@@ -251,21 +251,22 @@ class JobManager:
                      idempotency_key=spec.idempotency_key, budget_total=gepa.budget_metric_calls,
                      policy_version=spec.policy_version, created_at=st.created_at or time.time())
 
-    def status(self, job_id: str) -> dict[str, Any]:
+    def status(self, job_id: str) -> JobStatus:
+        """A snapshot of the job's status (a copy: the manager keeps updating its own)."""
         with self._lock:
             st = self._status.get(job_id)
             if st is None:
                 raise JobNotFound(job_id)
-            return st.to_dict()
+            return dataclasses.replace(st)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[JobStatus]:
         with self._lock:
-            return [s.to_dict() for s in self._status.values()]
+            return [dataclasses.replace(s) for s in self._status.values()]
 
     def result(self, job_id: str) -> GEPAResult:
         st = self.status(job_id)
-        if st["state"] != "done":
-            raise JobNotFinished(f"job {job_id} is {st['state']}" + (f": {st['error']}" if st["error"] else ""))
+        if st.state != "done":
+            raise JobNotFinished(f"job {job_id} is {st.state}" + (f": {st.error}" if st.error else ""))
         try:
             rec = self.store.read(job_id, "result", GEPAResult.from_dict)
         except CorruptRecord as e:
@@ -276,7 +277,7 @@ class JobManager:
                                  f"{_retry_hint(job_id)}")
         return rec.value
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> JobStatus:
         with self._lock:
             st = self._status.get(job_id)
             if st is None:
@@ -285,9 +286,9 @@ class JobManager:
                 self._cancel.add(job_id)
                 if st.state == "queued":
                     self._update(job_id, state="cancelled", stop_reason="cancelled")
-            return st.to_dict()
+            return dataclasses.replace(st)
 
-    def retry(self, job_id: str, restart: bool = False) -> dict[str, Any]:
+    def retry(self, job_id: str, restart: bool = False) -> JobStatus:
         """Run a failed or cancelled (or done, with `restart`) job again: from its last good state, or from the
         beginning with `restart=True` (its state and result are kept aside, not deleted)."""
         with self._lock:
@@ -309,7 +310,7 @@ class JobManager:
             self._update(job_id, state="queued", error="", stop_reason="", pause_reason="", notice=notice,
                          **({"checkpoints": 0, "iteration": 0, "budget_used": 0, "metric_calls": 0, "pool_size": 0,
                              "best_dev_score": None, "accepted": 0} if restart else {}))
-            out = self._status[job_id].to_dict()
+            out = dataclasses.replace(self._status[job_id])
         self._queue.put(job_id)
         return out
 

@@ -66,7 +66,7 @@ def test_job_status_reports_the_rounds_auto_budget(tmp_path):
                        gepa={"budget": "auto"}, reflection={"base_url": "http://127.0.0.1:9/v1", "model": "r"})
     jobs = JobManager(tmp_path)  # not started: submit only records the job
     job_id, created = jobs.submit(spec)
-    assert created and jobs.status(job_id)["budget_total"] == 23 * 5 + 4140
+    assert created and jobs.status(job_id).budget_total == 23 * 5 + 4140
     with pytest.raises(Exception, match="gepa.budget"):
         jobs.submit(GEPAJobSpec(problems=make_problems(4), policy_url="http://127.0.0.1:9/v1", policy_model="p",
                                 gepa={"budget": "sometimes"},

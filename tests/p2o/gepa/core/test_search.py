@@ -48,7 +48,7 @@ def test_search_covers_dev_and_accounts_honestly():
     assert state.stop_reason == "budget"
     assert state.charged <= cfg.budget_metric_calls + cfg.num_parents * len(dev)
     assert max(ev.waves) <= cfg.num_parents * max(cfg.minibatch_size, len(dev))
-    assert sum(s["metric_calls"] for s in state.iteration_stats) + len(dev) == state.metric_calls
+    assert sum(s.metric_calls for s in state.iteration_stats) + len(dev) == state.metric_calls
     assert len(state.iteration_stats) == state.iteration
     # pool: seed first, every candidate's dev vector is the oracle's
     pool = state.pool
