@@ -36,6 +36,29 @@ def imported_modules(path: Path, source: str | None = None) -> set[str]:
     return names
 
 
+FILE_CALLS = {"open", "write_text", "write_bytes", "read_text", "read_bytes", "unlink", "mkdir", "rename",
+              "replace", "rmtree"}
+"""Calls that touch files (builtin `open`, pathlib and os methods by name): the core never makes them."""
+
+
+def file_calls(source: str) -> list[str]:
+    """Names of the calls in `source` that look like file access (`open(...)`, `x.write_text(...)`, ...)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+            if name in FILE_CALLS and not (name == "replace" and _is_str_replace(node)):
+                found.append(f"{name} (line {node.lineno})")
+    return found
+
+
+def _is_str_replace(node: ast.Call) -> bool:
+    """`text.replace(a, b)`: two positional arguments and no keywords (os.replace takes src, dst too, but the
+    core does not import os, which the import check enforces)."""
+    return len(node.args) == 2 and not node.keywords
+
+
 def within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
@@ -60,6 +83,7 @@ def test_core_is_pure(path: Path):
     io = sorted(n for n in names if any(within(n, m) for m in IO_MODULES))
     assert not io, f"{path.name} (core) imports I/O modules {io}"
     assert "os" not in names and not any(within(n, "os.path") for n in names), f"{path.name} (core) imports os"
+    assert not file_calls(path.read_text()), f"{path.name} (core) touches files: {file_calls(path.read_text())}"
 
 
 @pytest.mark.parametrize("path", layer_files("adapters"), ids=lambda p: p.name)
@@ -74,3 +98,5 @@ def test_the_checker_sees_violations():
            "def f():\n    import httpx as h\n    from subprocess import run\n")
     names = imported_modules(GEPA / "core" / "probe.py", src)
     assert {"os", "p2o.gepa.service", "p2o.gepa.service.jobs", "p2o.gepa.adapters", "httpx", "subprocess"} <= names
+    calls = file_calls("p.write_text('x')\nwith open('f') as f:\n    pass\ns = t.replace('a', 'b')\n")
+    assert calls == ["write_text (line 1)", "open (line 2)"]
