@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("p2o.train.cli", "run P2O / GRPO training from a YAML config"),
     "eval": ("p2o.eval.cli", "evaluate a checkpoint on math benchmarks; `eval compare` runs side by side"),
     "serve": ("p2o.rollout.cli", "serve a model behind the OpenAI-compatible gateway"),
-    "gepa-serve": ("p2o.gepa.cli", "run the GEPA prompt-evolution service (CPU nodes)"),
+    "gepa-serve": ("p2o.gepa.service.cli", "run the GEPA prompt-evolution service (CPU nodes)"),
     "convert": ("p2o.convert_cli", "HF <-> Megatron-Core checkpoints, logit parity checks, a run's HF export"),
     "bench": ("p2o.bench", "benchmarks that print a table and write CSV"),
     "plan": ("p2o.plan.cli", "memory / throughput planner for TP x PP x DP layouts"),

@@ -15,7 +15,7 @@ from p2o.limits import RunLimits, resolve_limits
 
 def plan_lines(cfg: RunConfig, limits: RunLimits) -> list[str]:
     """The run's components, limits and budgets, one line each (the config is already resolved)."""
-    from p2o.gepa.search import dev_count, round_bounds
+    from p2o.gepa.core.search import dev_count, round_bounds
 
     r, g, p, refl, d = cfg.rollout, cfg.gepa, cfg.p2o, cfg.reflection, cfg.data
     nproc = cfg.train.nproc or cfg.parallel.tp * cfg.parallel.pp

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from p2o.config import ConfigError, ReflectionMode, RunConfig, read_hf_config
-from p2o.gepa.reflect import PROMPT_MARGIN_TOKENS
+from p2o.gepa.core.reflect import PROMPT_MARGIN_TOKENS
 
 DEFAULT_REFLECTION_CONTEXT_TOKENS = 32768
 """The reflection context when it cannot be derived from the model (the authors' Self-Ref server)."""

@@ -1,7 +1,7 @@
 """The project's one HTTP server stack: FastAPI apps on uvicorn (h11), with the guards every endpoint needs.
 
 Both network services (the OpenAI-compatible gateway, `p2o.rollout.gateway`, and the GEPA service,
-`p2o.gepa.service`) are FastAPI apps served by `HTTPServer` and wrapped in `Guard`. Clients are treated as
+`p2o.gepa.service.server`) are FastAPI apps served by `HTTPServer` and wrapped in `Guard`. Clients are treated as
 hostile; what each request gets before any route code runs:
 
 - the request head must arrive within `head_timeout_s` of the connection opening (or of the previous

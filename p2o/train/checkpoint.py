@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from p2o.gepa.service.client import SubmittedJob
+
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
@@ -66,12 +68,16 @@ class LoopState:
     """problem id -> K templates, from the last finished GEPA round."""
     assignment_version: int = -1
     """Policy version the assignment was computed for (-1: none)."""
-    gepa_job: dict | None = None
-    """Pending GEPA job: {"job_id", "epoch", "policy_version", "hard_ids"}."""
+    gepa_job: SubmittedJob | None = None
+    """Pending GEPA job (state.json holds it as an object, read back by `__post_init__`)."""
     python_rng: Any = None
     torch_rng: list[int] | None = None
     metrics_bytes: int = -1
     """Size of run_dir/metrics.jsonl when the checkpoint was taken (-1: unknown); a resume cuts it back to this."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gepa_job, dict):
+            self.gepa_job = SubmittedJob.from_dict(self.gepa_job)
 
     def capture_rng(self) -> None:
         version, internal, gauss = random.getstate()
@@ -214,7 +220,10 @@ def load_state(path: str | Path) -> LoopState:
     if not isinstance(data, dict) or set(data) - known or "global_step" not in data:
         got = sorted(set(data) - known) if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{f}: not a loop state (unexpected content: {got})")
-    return LoopState(**data)
+    try:
+        return LoopState(**data)
+    except ValueError as e:  # e.g. a pending GEPA job record without its fields
+        raise CheckpointError(f"{f}: {e}") from None
 
 
 def clean_staging(run_dir: str | Path) -> list[Path]:

@@ -34,6 +34,7 @@ from p2o.algo.dynamic_batch import verl_update_plan
 from p2o.algo.grpo import group_advantages, make_loss_fn, token_weights, update_is_on_policy, zero_variance_groups
 from p2o.algo.hard_samples import HardStore, is_hard
 from p2o.data.loaders import epoch_order
+from p2o.gepa.service.client import SubmittedJob
 from p2o.train import checkpoint as ckpt
 from p2o.train.policy import SequenceBatch
 from p2o.train.rows import TrainRow
@@ -442,7 +443,7 @@ class Trainer:
         epoch_metrics.update(rt.evaluate_plain(self._templated_this_epoch(), "hard_plain", st.epoch))
         last_epoch = st.epoch + 1 >= cfg.train.epochs  # templates found now could never be used
         if cfg.p2o.enabled and st.gepa_job is None and not last_epoch:
-            job: dict | None = None
+            job: SubmittedJob | None = None
             if rt.is_rank0 and len(self.hard) >= cfg.p2o.min_hard:
                 job = rt.submit_gepa(self.hard, st.epoch, st.policy_version)
             elif rt.is_rank0:
@@ -483,8 +484,8 @@ class Trainer:
             return
         job = st.gepa_job
         st.gepa_job = None
-        st.assignment = outcome["assignment"]
-        st.assignment_version = job["policy_version"]
-        st.prev_hard = list(job["hard_ids"])
-        self.rt.log_metrics({**outcome["metrics"], "epoch": job["epoch"],
+        st.assignment = outcome.assignment
+        st.assignment_version = job.policy_version
+        st.prev_hard = list(job.hard_ids)
+        self.rt.log_metrics({**outcome.metrics, "epoch": job.epoch,
                              "assigned": len(st.assignment)}, st.global_step, kind="gepa")

@@ -35,6 +35,8 @@ import torch.distributed as dist
 from p2o.config import RunConfig, to_yaml
 from p2o.data import load_eval_problems, load_train_problems
 from p2o.data.problem import Problem
+from p2o.gepa.service.client import RoundOutcome, SubmittedJob
+from p2o.gepa.service.protocol import JobStatus
 from p2o.limits import check_prompt_lengths, reflection_rollout, resolve_limits
 from p2o.models import resolve_model_dir
 from p2o.train.rows import plan_requests, to_rows
@@ -233,8 +235,8 @@ class Runtime:
                 f"{name}_avg{samples}": sum(r["correct"] for r in per) / (samples * n), f"{name}_size": n}
 
     # ------------------------------------------------------------------ GEPA (rank 0)
-    def submit_gepa(self, hard, epoch: int, policy_version: int) -> dict:
-        from p2o.gepa.protocol import DEFAULT_LIMITS, FAILED_RESPONSE_TAIL_CHARS, GEPAJobSpec, job_section
+    def submit_gepa(self, hard, epoch: int, policy_version: int) -> SubmittedJob:
+        from p2o.gepa.service.protocol import DEFAULT_LIMITS, FAILED_RESPONSE_TAIL_CHARS, GEPAJobSpec, job_section
 
         cfg = self.cfg
         samples = list(hard.samples.values())
@@ -253,11 +255,10 @@ class Runtime:
         job_id = self.gepa_client.submit(spec)
         log.info("epoch %d: GEPA job %s submitted with %d hard samples (policy version %d)", epoch, job_id,
                  len(samples), policy_version)
-        return {"job_id": job_id, "epoch": epoch, "policy_version": policy_version,
-                "hard_ids": [s.problem.id for s in samples], "submitted_at": time.time()}
+        return SubmittedJob(job_id, epoch, policy_version, [s.problem.id for s in samples], time.time())
 
     def _reflection_settings(self) -> dict:
-        from p2o.gepa.protocol import job_section
+        from p2o.gepa.service.protocol import job_section
 
         r = job_section("reflection", self.cfg.reflection)  # the service's endpoint table chooses keys
         if self.cfg.reflection.mode == "self":
@@ -279,8 +280,8 @@ class Runtime:
             args += ["--endpoint", f"{name}={url}"] + (["--endpoint-key-env", f"{name}={key}"] if key else [])
         return args
 
-    def collect_gepa(self, job: dict, block: bool) -> dict | None:
-        """The finished job's outcome {"assignment", "metrics"}, or None while it runs (block=False). Blocking,
+    def collect_gepa(self, job: SubmittedJob, block: bool) -> RoundOutcome | None:
+        """The finished job's outcome, or None while it runs (block=False). Blocking,
         it is a generation phase (every rank; the others return None): the engines serve GEPA's candidate
         evaluations while rank 0 waits."""
         if not self.is_rank0:
@@ -293,37 +294,38 @@ class Runtime:
 
             with self._phase():
                 self.scheduler.resume()
-                with progress(f"GEPA {job['job_id']}", total=None, enabled=self.cfg.logging.progress,
+                with progress(f"GEPA {job.job_id}", total=None, enabled=self.cfg.logging.progress,
                               unit="call") as bar:
-                    def on_progress(st: dict) -> None:
-                        bar.total = st.get("budget_total") or bar.total
-                        bar.n = st.get("budget_used") or 0
+                    def on_progress(st: JobStatus) -> None:
+                        bar.total = st.budget_total or bar.total
+                        bar.n = st.budget_used or 0
                         bar.set_postfix_str(_progress_line(st), refresh=True)
-                        log.debug("GEPA %s: %s", job["job_id"], _progress_line(st))
+                        log.debug("GEPA %s: %s", job.job_id, _progress_line(st))
 
-                    status = client.wait(job["job_id"], timeout_s=float("inf"), poll_s=self.cfg.gepa.poll_interval_s,
+                    status = client.wait(job.job_id, timeout_s=float("inf"), poll_s=self.cfg.gepa.poll_interval_s,
                                          on_progress=on_progress)
-                log.info("GEPA %s: %s", job["job_id"], _progress_line(status))
+                log.info("GEPA %s: %s", job.job_id, _progress_line(status))
                 self.scheduler.pause()
         else:
-            status = client.status(job["job_id"])
-        state = status.get("state")
+            status = client.status(job.job_id)
+        state = status.state
         if state not in ("done", "failed", "cancelled"):
             return None
-        metrics = {k: status.get(k) for k in ("iteration", "budget_used", "budget_total", "pool_size", "best_dev_score")}
-        metrics["gepa_wall_s"] = time.time() - job.get("submitted_at", time.time())
+        metrics = {k: getattr(status, k) for k in ("iteration", "budget_used", "budget_total", "pool_size",
+                                                    "best_dev_score")}
+        metrics["gepa_wall_s"] = time.time() - (job.submitted_at or time.time())
         if state != "done":
-            from p2o.gepa.evaluate import is_refusal
+            from p2o.gepa.core.evaluate import is_refusal
 
-            if state == "failed" and is_refusal(status.get("error") or ""):  # every later round would fail alike
-                raise RuntimeError(f"GEPA job {job['job_id']} failed on a configuration error (p2o train --dry-run "
-                                   f"prints the limits): {status.get('error')}")
-            log.warning("GEPA job %s ended %s: %s; no templates from it", job["job_id"], state, status.get("error"))
-            return {"assignment": {}, "metrics": {**metrics, "failed": 1}}
-        result = client.result(job["job_id"])
+            if state == "failed" and is_refusal(status.error):  # every later round would fail alike
+                raise RuntimeError(f"GEPA job {job.job_id} failed on a configuration error (p2o train --dry-run "
+                                   f"prints the limits): {status.error}")
+            log.warning("GEPA job %s ended %s: %s; no templates from it", job.job_id, state, status.error)
+            return RoundOutcome({}, {**metrics, "failed": 1})
+        result = client.result(job.job_id)
         assignment = {pid: list(z) for pid, z in result.assignment.items() if z}
         metrics["covered_templates"] = len({t for z in assignment.values() for t in z if t})
-        return {"assignment": assignment, "metrics": metrics}
+        return RoundOutcome(assignment, metrics)
 
     # ------------------------------------------------------------------ metrics
     def log_metrics(self, metrics: dict, step: int, kind: str = "step") -> None:
@@ -394,9 +396,9 @@ def advertised_url(url: str) -> str:
     return url
 
 
-def _progress_line(status: dict) -> str:
+def _progress_line(status: JobStatus) -> str:
     keys = ("state", "iteration", "budget_used", "budget_total", "pool_size", "best_dev_score")
-    return " ".join(f"{k}={status.get(k)}" for k in keys if status.get(k) is not None)
+    return " ".join(f"{k}={getattr(status, k)}" for k in keys if getattr(status, k) is not None)
 
 
 def build_runtime(cfg: RunConfig) -> Runtime:
@@ -483,7 +485,7 @@ def _build_rank0(rt: Runtime) -> None:
         rt.reflection_gateway = build_gateway(frozen, rt.tokenizer, frozen_rollout, "reflection", cfg.model.thinking,
                                               limits.reflection_gateway).start()
         rt._closers.append(rt.reflection_gateway.stop)
-    from p2o.gepa.client import GEPAClient
+    from p2o.gepa.service.client import GEPAClient
 
     token = os.environ.get(cfg.gepa.token_env)
     if not token:

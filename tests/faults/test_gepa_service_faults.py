@@ -13,11 +13,11 @@ import time
 import httpx
 import pytest
 
-from p2o.gepa.client import GEPAClient, GEPAServiceError
-from p2o.gepa.endpoints import Endpoints
-from p2o.gepa.jobs import JobManager
-from p2o.gepa.protocol import GEPAJobSpec
-from p2o.gepa.service import GEPAService
+from p2o.gepa.adapters.endpoints import Endpoints
+from p2o.gepa.service.client import GEPAClient, GEPAServiceError
+from p2o.gepa.service.jobs import JobManager
+from p2o.gepa.service.protocol import GEPAJobSpec
+from p2o.gepa.service.server import GEPAService
 from p2o.server import HTTPLimits
 from tests.faults.conftest import RecordingServer, health_latency, raw_request, wait_for
 from tests.p2o.gepa.fake_servers import FakePolicyServer, FakeReflectionServer
@@ -95,7 +95,7 @@ def test_secrets_go_only_to_the_services_own_endpoints(tmp_path, monkeypatch):
         assert attacker.authorizations() == {"Bearer none"}  # the job's own URL gets nothing
         for _, headers, body in attacker.requests:
             assert SECRET not in json.dumps(headers) + json.dumps(body)
-        assert GEPAClient(svc.url, token=TOKEN).wait(job, timeout_s=60, poll_s=0.05)["state"] == "done"
+        assert GEPAClient(svc.url, token=TOKEN).wait(job, timeout_s=60, poll_s=0.05).state == "done"
     finally:
         svc.stop()
         policy.stop()

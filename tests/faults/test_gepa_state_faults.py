@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from p2o.gepa.client import GEPAClient, GEPAServiceError
-from p2o.gepa.jobs import JobManager
-from p2o.gepa.protocol import GEPAJobSpec
-from p2o.gepa.service import GEPAService
-from p2o.gepa.store import CorruptRecord, prev_path, read_record, write_record
+from p2o.gepa.service.client import GEPAClient, GEPAServiceError
+from p2o.gepa.service.jobs import JobManager
+from p2o.gepa.service.protocol import GEPAJobSpec
+from p2o.gepa.service.server import GEPAService
+from p2o.gepa.service.store import CorruptRecord, prev_path, read_record, write_record
 from tests.faults.conftest import start_gepa_process, wait_for
 from tests.p2o.gepa.fake_servers import FakePolicyServer, FakeReflectionServer
 from tests.p2o.gepa.oracle import make_problems
@@ -77,7 +77,7 @@ def reference(endpoints, tmp_path_factory):
     try:
         c = GEPAClient(svc.url)
         job = c.submit(make_spec(policy.url, reflection.url, "ref"))
-        assert c.wait(job, timeout_s=120, poll_s=0.05)["state"] == "done"
+        assert c.wait(job, timeout_s=120, poll_s=0.05).state == "done"
         return c.result(job)
     finally:
         svc.stop()
@@ -89,12 +89,12 @@ def killed_mid_job(run_dir: Path, spec: GEPAJobSpec, min_iteration: int = 2) -> 
     try:
         c = GEPAClient(url, token=TOKEN)
         job = c.submit(spec)
-        wait_for(lambda: c.status(job)["iteration"] >= min_iteration, 60, "the job's progress")
+        wait_for(lambda: c.status(job).iteration >= min_iteration, 60, "the job's progress")
         at_kill = c.status(job)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    assert at_kill["state"] in ("running", "paused"), at_kill
+    assert at_kill.state in ("running", "paused"), at_kill
     return job, at_kill
 
 
@@ -118,10 +118,10 @@ def test_truncated_state_resumes_from_the_previous_copy_to_the_same_result(endpo
     proc, c = restarted(tmp_path)
     try:
         final = c.wait(job, timeout_s=120, poll_s=0.05)
-        assert final["state"] == "done", final
-        assert "state.json" in final["notice"] and "state.prev.json" in final["notice"]
+        assert final.state == "done", final
+        assert "state.json" in final.notice and "state.prev.json" in final.notice
         res = c.result(job)
-        assert res.iterations > at_kill["iteration"]
+        assert res.iterations > at_kill.iteration
         assert [x.template for x in res.pool] == [x.template for x in reference.pool]
         assert res.assignment == reference.assignment and res.metric_calls == reference.metric_calls
     finally:
@@ -141,18 +141,18 @@ def test_lost_state_fails_the_job_clearly_and_an_explicit_retry_starts_over(endp
             f.write_text("{}")
     proc, c = restarted(tmp_path)
     try:
-        st = wait_for(lambda: (s := c.status(job))["state"] in ("failed", "done") and s, 60, "the job to settle")
-        assert st["state"] == "failed", st  # never silently from iteration 0
-        assert str(d / "state.json") in st["error"] and "retry" in st["error"]
-        assert ("missing" if damage == "deleted" else "not a record") in st["error"]
-        assert st["iteration"] >= at_kill["iteration"] and st["checkpoints"] > 0  # what was done is still reported
+        st = wait_for(lambda: (s := c.status(job)).state in ("failed", "done") and s, 60, "the job to settle")
+        assert st.state == "failed", st  # never silently from iteration 0
+        assert str(d / "state.json") in st.error and "retry" in st.error
+        assert ("missing" if damage == "deleted" else "not a record") in st.error
+        assert st.iteration >= at_kill.iteration and st.checkpoints > 0  # what was done is still reported
         with pytest.raises(GEPAServiceError) as e:
             c.result(job)
         assert e.value.status == 409
         assert c.submit(make_spec(policy.url, reflection.url, f"lost-{damage}")) == job  # same key: same job
         c.retry(job, restart=True)
         final = c.wait(job, timeout_s=120, poll_s=0.05)
-        assert final["state"] == "done" and "restarted" in final["notice"]
+        assert final.state == "done" and "restarted" in final.notice
         assert c.result(job).assignment == reference.assignment
         if damage == "empty_object":
             assert list(d.glob("state.restart-*.json"))  # the damaged files are kept aside, not deleted
@@ -171,7 +171,7 @@ def test_one_jobs_broken_files_never_stop_the_service(endpoints, reference, tmp_
     try:
         jobs = {k: c.submit(s) for k, s in specs.items()}
         for job in jobs.values():
-            assert c.wait(job, timeout_s=120, poll_s=0.05)["state"] == "done"
+            assert c.wait(job, timeout_s=120, poll_s=0.05).state == "done"
     finally:
         stop(proc)
     root = tmp_path / "jobs"
@@ -186,15 +186,15 @@ def test_one_jobs_broken_files_never_stop_the_service(endpoints, reference, tmp_
     try:
         assert c.health()["status"] == "ok"
         a = c.status(jobs["a"])  # rebuilt from its spec; the result is still there
-        assert a["state"] == "done" and "status.json" in a["notice"] and c.result(jobs["a"]).assignment
+        assert a.state == "done" and "status.json" in a.notice and c.result(jobs["a"]).assignment
         b = c.status(jobs["b"])  # its status is fine: still done, its result readable
-        assert b["state"] == "done" and c.result(jobs["b"]).assignment == reference.assignment
+        assert b.state == "done" and c.result(jobs["b"]).assignment == reference.assignment
         with pytest.raises(GEPAServiceError) as e:
             c.result(jobs["c"])
         assert e.value.status == 409 and "result.json" in str(e.value) and "empty file" in str(e.value)
-        assert c.status("stray-dir")["state"] == "failed"
+        assert c.status("stray-dir").state == "failed"
         c.retry(jobs["c"], restart=True)
-        assert c.wait(jobs["c"], timeout_s=120, poll_s=0.05)["state"] == "done"
+        assert c.wait(jobs["c"], timeout_s=120, poll_s=0.05).state == "done"
         assert c.result(jobs["c"]).assignment
     finally:
         stop(proc)
@@ -210,8 +210,8 @@ def test_a_lost_spec_is_repaired_by_resubmitting_it(endpoints, reference, tmp_pa
     (d / "spec.prev.json").unlink(missing_ok=True)
     proc, c = restarted(tmp_path)
     try:
-        st = wait_for(lambda: (s := c.status(job))["state"] == "failed" and s, 60, "the job to fail")
-        assert str(d / "spec.json") in st["error"]
+        st = wait_for(lambda: (s := c.status(job)).state == "failed" and s, 60, "the job to fail")
+        assert str(d / "spec.json") in st.error
         with pytest.raises(GEPAServiceError) as e:
             c.retry(job)
         assert e.value.status == 409 and "submit the same spec" in str(e.value)
@@ -220,7 +220,7 @@ def test_a_lost_spec_is_repaired_by_resubmitting_it(endpoints, reference, tmp_pa
         assert e.value.status == 409
         assert c.submit(spec) == job
         final = c.wait(job, timeout_s=120, poll_s=0.05)
-        assert final["state"] == "done" and "resuming" in final["notice"]
+        assert final.state == "done" and "resuming" in final.notice
         assert c.result(job).assignment == reference.assignment
     finally:
         stop(proc)

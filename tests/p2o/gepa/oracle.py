@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from p2o.data.problem import Problem
-from p2o.gepa.evaluate import EvalItem, EvalOutcome
+from p2o.gepa.core.evaluate import EvalItem, EvalOutcome
 
 TOPICS = ["kiwi", "mango", "plum", "fig", "lime", "pear"]
 CAPACITY = 3

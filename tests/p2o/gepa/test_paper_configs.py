@@ -21,11 +21,11 @@ import pytest
 
 from p2o.config import load_config
 from p2o.data.problem import Problem
-from p2o.gepa.endpoints import Endpoints
-from p2o.gepa.evaluate import EvalItem, RequestRefused
-from p2o.gepa.jobs import default_evaluator, default_reflector
-from p2o.gepa.protocol import GEPAJobSpec, job_section
-from p2o.gepa.reflect import ReflectionExample, ReflectionRequest
+from p2o.gepa.adapters.endpoints import Endpoints
+from p2o.gepa.core.evaluate import EvalItem, RequestRefused
+from p2o.gepa.core.reflect import ReflectionExample, ReflectionRequest
+from p2o.gepa.service.jobs import default_evaluator, default_reflector
+from p2o.gepa.service.protocol import GEPAJobSpec, job_section
 from p2o.limits import reflection_rollout, resolve_limits
 from p2o.prompts import AUTHORS_USER_TEMPLATE, user_text
 from p2o.rollout.factory import build_engine, build_gateway

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from p2o.gepa.reflect import META_PROMPT_HEAD, META_PROMPT_MIDDLE, META_PROMPT_TAIL
-from p2o.gepa.store import read_record
+from p2o.gepa.core.reflect import META_PROMPT_HEAD, META_PROMPT_MIDDLE, META_PROMPT_TAIL
+from p2o.gepa.service.store import read_record
 
 pytestmark = [pytest.mark.slow]
 

@@ -33,9 +33,9 @@ from collections.abc import Callable
 import openai
 
 from p2o.config import ReflectionConfig
-from p2o.gepa.evaluate import RequestRefused
-from p2o.gepa.policy_evaluator import error_detail, v1_url
-from p2o.gepa.reflect import Completion, CompletionFailed, CompletionUnavailable, PromptTooLong
+from p2o.gepa.adapters.policy_evaluator import error_detail, v1_url
+from p2o.gepa.core.evaluate import RequestRefused
+from p2o.gepa.core.reflect import Completion, CompletionFailed, CompletionUnavailable, PromptTooLong
 
 log = logging.getLogger(__name__)
 

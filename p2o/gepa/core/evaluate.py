@@ -12,7 +12,7 @@ A request the endpoint refuses for good (a 4xx other than auth and rate limits: 
 over the gateway's limit, an unknown model) is a configuration error, never a score: the evaluator raises
 `RequestRefused`, the search does not catch it, and the GEPA job fails with the message (scoring refusals
 as 0 once turned a whole run into plain GRPO without a word). Implementations:
-`p2o.gepa.policy_evaluator.PolicyEvaluator` (OpenAI-compatible gateway + `p2o.reward.Verifier`).
+`p2o.gepa.adapters.policy_evaluator.PolicyEvaluator` (OpenAI-compatible gateway + `p2o.reward.Verifier`).
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from p2o.config import GEPAConfig, ReflectionConfig
-from p2o.gepa.evaluate import RequestRefused
-from p2o.gepa.reflect import (
+from p2o.gepa.adapters.reflection_client import CircuitBreaker, ReflectionClient, prompt_counts
+from p2o.gepa.core.evaluate import RequestRefused
+from p2o.gepa.core.reflect import (
     CompletionFailed,
     CompletionUnavailable,
     PromptTooLong,
@@ -15,8 +16,7 @@ from p2o.gepa.reflect import (
     ReflectionRequest,
     Reflector,
 )
-from p2o.gepa.reflect_client import CircuitBreaker, ReflectionClient, prompt_counts
-from p2o.gepa.search import Search, SearchHooks, new_state
+from p2o.gepa.core.search import Search, SearchHooks, new_state
 from tests.p2o.gepa.fake_servers import FakeReflectionServer, _Server, chat_response
 from tests.p2o.gepa.oracle import OracleEvaluator, make_problems
 
@@ -85,7 +85,7 @@ def test_bad_request_is_not_retried_and_null_content_uses_reasoning():
             client("x")
         assert len(calls) == 1
         reflector = Reflector(client, 4096, 256)
-        from p2o.gepa.reflect import ReflectionRequest
+        from p2o.gepa.core.reflect import ReflectionRequest
         assert reflector.propose([ReflectionRequest("", [])]) == [Proposal("ok", "Z", raw="```\nZ\n```")]
     finally:
         server.stop()
@@ -207,7 +207,7 @@ def test_undercounted_meta_prompt_is_refitted_to_the_gateways_count(small_reflec
     gw, tok = small_reflection_gateway
     client = ReflectionClient(config(gw.url, context_tokens=608, max_tokens=8, timeout_s=30.0), sleep=lambda s: None)
     reflector = Reflector(client, 608, 8)  # estimate budget 608 - 8 - 64 = 536 "tokens" = ~1876 chars of digits
-    from p2o.gepa.reflect import build_meta_prompt
+    from p2o.gepa.core.reflect import build_meta_prompt
 
     prompt, _ = build_meta_prompt("Add carefully.", _digits_request(60).examples, reflector.budget_tokens)
     assert len(tok(prompt)["input_ids"]) > 600  # the estimate fits, the real count does not: the first call is a 400

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from p2o.gepa.policy_evaluator import v1_url
+from p2o.gepa.adapters.policy_evaluator import v1_url
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

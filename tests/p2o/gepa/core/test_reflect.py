@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2o.gepa.reflect import (
+from p2o.gepa.core.reflect import (
     ApproxTokens,
     Completion,
     CompletionFailed,

@@ -8,7 +8,14 @@ from gepa.core.state import GEPAState, ValsetEvaluation
 from gepa.gepa_utils import remove_dominated_programs
 from gepa.strategies.candidate_selector import ParetoCandidateSelector
 
-from p2o.gepa.pool import Pool, instance_fronts, non_dominated, parent_weights, select_parents, weighted_sample_distinct
+from p2o.gepa.core.pool import (
+    Pool,
+    instance_fronts,
+    non_dominated,
+    parent_weights,
+    select_parents,
+    weighted_sample_distinct,
+)
 from tests.p2o.gepa.stats import assert_follows
 
 

@@ -7,11 +7,11 @@ import random
 import pytest
 
 from p2o.config import GEPAConfig
-from p2o.gepa.assign import greedy_set_cover
-from p2o.gepa.pool import instance_fronts
-from p2o.gepa.reflect import Completion, Reflector
-from p2o.gepa.result import build_result
-from p2o.gepa.search import Search, SearchHooks, SearchState, new_state, split_hard_set
+from p2o.gepa.core.assign import greedy_set_cover
+from p2o.gepa.core.pool import instance_fronts
+from p2o.gepa.core.reflect import Completion, Reflector
+from p2o.gepa.core.result import build_result
+from p2o.gepa.core.search import Search, SearchHooks, SearchState, new_state, split_hard_set
 from tests.p2o.gepa.oracle import OracleEvaluator, make_problems, scripted_reflection, solves
 
 
@@ -48,7 +48,7 @@ def test_search_covers_dev_and_accounts_honestly():
     assert state.stop_reason == "budget"
     assert state.charged <= cfg.budget_metric_calls + cfg.num_parents * len(dev)
     assert max(ev.waves) <= cfg.num_parents * max(cfg.minibatch_size, len(dev))
-    assert sum(s["metric_calls"] for s in state.iteration_stats) + len(dev) == state.metric_calls
+    assert sum(s.metric_calls for s in state.iteration_stats) + len(dev) == state.metric_calls
     assert len(state.iteration_stats) == state.iteration
     # pool: seed first, every candidate's dev vector is the oracle's
     pool = state.pool
@@ -129,7 +129,7 @@ class FlakyEvaluator(OracleEvaluator):
     def evaluate(self, items):
         if self.down_calls > 0:
             self.down_calls -= 1
-            from p2o.gepa.evaluate import EvalOutcome
+            from p2o.gepa.core.evaluate import EvalOutcome
             return [EvalOutcome(error="Connection refused") for _ in items]
         return super().evaluate(items)
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from p2o.config import GEPAConfig, load_config
-from p2o.gepa.jobs import JobManager
-from p2o.gepa.protocol import GEPAJobSpec
-from p2o.gepa.search import Search, auto_budget, dev_count, metric_budget, new_state
+from p2o.gepa.core.search import Search, auto_budget, dev_count, metric_budget, new_state
+from p2o.gepa.service.jobs import JobManager
+from p2o.gepa.service.protocol import GEPAJobSpec
+from tests.p2o.gepa.core.test_search import reflector
 from tests.p2o.gepa.oracle import OracleEvaluator, make_problems
-from tests.p2o.gepa.test_search import reflector
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def test_auto_budget_hand_computed():
@@ -66,7 +66,7 @@ def test_job_status_reports_the_rounds_auto_budget(tmp_path):
                        gepa={"budget": "auto"}, reflection={"base_url": "http://127.0.0.1:9/v1", "model": "r"})
     jobs = JobManager(tmp_path)  # not started: submit only records the job
     job_id, created = jobs.submit(spec)
-    assert created and jobs.status(job_id)["budget_total"] == 23 * 5 + 4140
+    assert created and jobs.status(job_id).budget_total == 23 * 5 + 4140
     with pytest.raises(Exception, match="gepa.budget"):
         jobs.submit(GEPAJobSpec(problems=make_problems(4), policy_url="http://127.0.0.1:9/v1", policy_model="p",
                                 gepa={"budget": "sometimes"},
@@ -77,8 +77,8 @@ def test_job_status_reports_the_rounds_auto_budget(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_round_bounds_hold_for_real_searches(accounting, seed):
     """The dry run's upper bounds on scoring requests and reflection calls, against searches that ran."""
-    from p2o.gepa.reflect import Completion, Reflector
-    from p2o.gepa.search import round_bounds
+    from p2o.gepa.core.reflect import Completion, Reflector
+    from p2o.gepa.core.search import round_bounds
     from tests.p2o.gepa.oracle import scripted_reflection
 
     calls = []

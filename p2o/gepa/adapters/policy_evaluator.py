@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import openai
 
-from p2o.gepa.evaluate import EvalItem, EvalOutcome, RequestRefused
+from p2o.gepa.core.evaluate import EvalItem, EvalOutcome, RequestRefused
 from p2o.prompts import DEFAULT_USER_TEMPLATE, messages
 
 log = logging.getLogger(__name__)

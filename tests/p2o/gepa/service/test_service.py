@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from p2o.gepa.client import GEPAClient, GEPAServiceError
-from p2o.gepa.jobs import JobManager
-from p2o.gepa.protocol import GEPAJobSpec
-from p2o.gepa.service import GEPAService
+from p2o.gepa.service.client import GEPAClient, GEPAServiceError
+from p2o.gepa.service.jobs import JobManager
+from p2o.gepa.service.protocol import GEPAJobSpec
+from p2o.gepa.service.server import GEPAService
 from tests.p2o.gepa.fake_servers import FakePolicyServer, FakeReflectionServer
 from tests.p2o.gepa.oracle import make_problems, solves
 
@@ -76,8 +76,8 @@ def test_routes_auth_idempotency_and_errors(servers, service):
     assert e.value.status == 409
     seen = []
     final = client.wait(job, timeout_s=60, poll_s=0.05, on_progress=seen.append)
-    assert final["state"] == "done" and final["pool_size"] > 1 and final["budget_used"] >= 200 - 6
-    assert seen and all(s["budget_total"] == 200 for s in seen)
+    assert final.state == "done" and final.pool_size > 1 and final.budget_used >= 200 - 6
+    assert seen and all(s.budget_total == 200 for s in seen)
     res = client.result(job)
     check_result(res, spec)
     # every scoring request carried the gateway extras
@@ -97,7 +97,7 @@ def test_reflection_faults_do_not_stop_the_job(service):
         client = GEPAClient(service.url, token="s3cret")
         spec = make_spec(policy.url, reflection.url, budget_metric_calls=150)
         job = client.submit(spec)
-        assert client.wait(job, timeout_s=90, poll_s=0.05)["state"] == "done"
+        assert client.wait(job, timeout_s=90, poll_s=0.05).state == "done"
         res = client.result(job)
         check_result(res, spec)
         assert {"500", "stall", "garbage"} <= set(reflection.outcomes)
@@ -117,14 +117,14 @@ def test_task_model_down_pauses_and_resumes(service):
         client = GEPAClient(service.url, token="s3cret")
         job = client.submit(make_spec(f"http://127.0.0.1:{port}", reflection.url))
         deadline = time.monotonic() + 20
-        while (st := client.status(job))["state"] != "paused":
+        while (st := client.status(job)).state != "paused":
             assert time.monotonic() < deadline, st
             time.sleep(0.05)
-        assert "task-model endpoint unavailable" in st["pause_reason"] and "Connect" in st["pause_reason"]
-        assert st["metric_calls"] == 0
+        assert "task-model endpoint unavailable" in st.pause_reason and "Connect" in st.pause_reason
+        assert st.metric_calls == 0
         policy = FakePolicyServer(port=port).start()  # it comes back
         final = client.wait(job, timeout_s=60, poll_s=0.05)
-        assert final["state"] == "done" and final["pause_reason"] == ""
+        assert final.state == "done" and final.pause_reason == ""
     finally:
         policy.stop()
         reflection.stop()
@@ -139,11 +139,11 @@ def test_cancel_a_paused_job(service):
         client = GEPAClient(service.url, token="s3cret")
         job = client.submit(make_spec(f"http://127.0.0.1:{port}", reflection.url))
         deadline = time.monotonic() + 20
-        while client.status(job)["state"] != "paused":
+        while client.status(job).state != "paused":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         client.cancel(job)
-        assert client.wait(job, timeout_s=20, poll_s=0.05)["state"] == "cancelled"
+        assert client.wait(job, timeout_s=20, poll_s=0.05).state == "cancelled"
         with pytest.raises(GEPAServiceError) as e:
             client.result(job)
         assert e.value.status == 409 and "cancelled" in str(e.value)
@@ -156,7 +156,7 @@ def start_service_process(run_dir: Path, token: str) -> tuple[subprocess.Popen, 
     endpoint.unlink(missing_ok=True)
     env = dict(os.environ, P2O_GEPA_TOKEN=token)
     proc = subprocess.Popen([sys.executable, "-m", "p2o.cli", "gepa-serve", "--run-dir", str(run_dir), "--port", "0",
-                             "--endpoint-file", str(endpoint)], env=env, cwd=Path(__file__).resolve().parents[3])
+                             "--endpoint-file", str(endpoint)], env=env, cwd=Path(__file__).resolve().parents[4])
     deadline = time.monotonic() + 60
     while not endpoint.exists():
         assert proc.poll() is None, "gepa-serve exited"
@@ -178,7 +178,7 @@ def test_sigkill_mid_job_resumes_to_the_same_result(tmp_path):
         ref_svc = GEPAService(JobManager(tmp_path / "ref").start()).start(port=0)
         ref_client = GEPAClient(ref_svc.url)
         ref_job = ref_client.submit(spec)
-        assert ref_client.wait(ref_job, timeout_s=120, poll_s=0.05)["state"] == "done"
+        assert ref_client.wait(ref_job, timeout_s=120, poll_s=0.05).state == "done"
         ref = ref_client.result(ref_job)
         ref_svc.stop()
         assert ref.iterations >= 4
@@ -189,11 +189,11 @@ def test_sigkill_mid_job_resumes_to_the_same_result(tmp_path):
         client = GEPAClient(url, token="tok")
         job = client.submit(spec)
         deadline = time.monotonic() + 60
-        while client.status(job)["iteration"] < 2:
+        while client.status(job).iteration < 2:
             assert time.monotonic() < deadline
             time.sleep(0.01)
         killed_at = client.status(job)
-        assert killed_at["state"] == "running", killed_at
+        assert killed_at.state == "running", killed_at
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         proc, url = start_service_process(run_dir, "tok")
@@ -201,13 +201,13 @@ def test_sigkill_mid_job_resumes_to_the_same_result(tmp_path):
         client = GEPAClient(url, token="tok")
         assert client.submit(spec) == job  # idempotent: the resubmitted spec is the resumed job
         final = client.wait(job, timeout_s=120, poll_s=0.05)
-        assert final["state"] == "done"
+        assert final.state == "done"
         res = client.result(job)
-        assert killed_at["iteration"] < res.iterations
+        assert killed_at.iteration < res.iterations
         assert [c.template for c in res.pool] == [c.template for c in ref.pool]
         assert [c.dev_scores for c in res.pool] == [c.dev_scores for c in ref.pool]
-        assert [(r["iteration"], r["parent"], r["status"], r["minibatch"]) for r in res.log] == \
-               [(r["iteration"], r["parent"], r["status"], r["minibatch"]) for r in ref.log]
+        assert [(r.iteration, r.parent, r.status, r.minibatch) for r in res.log] == \
+               [(r.iteration, r.parent, r.status, r.minibatch) for r in ref.log]
         assert res.metric_calls == ref.metric_calls and res.budget_used == ref.budget_used
         assert res.assignment == ref.assignment
     finally:

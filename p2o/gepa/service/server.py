@@ -35,8 +35,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from p2o.gepa.jobs import IdempotencyConflict, JobManager, JobNotFinished, JobNotFound, JobStateError
-from p2o.gepa.protocol import GEPAJobSpec, SpecError
+from p2o.gepa.service.jobs import IdempotencyConflict, JobManager, JobNotFinished, JobNotFound, JobStateError
+from p2o.gepa.service.protocol import GEPAJobSpec, SpecError
 from p2o.server import Guard, HTTPLimits, HTTPServer, RequestRejected, is_loopback, json_body
 
 log = logging.getLogger(__name__)
@@ -100,11 +100,11 @@ def build_app(jobs: JobManager, token: str | None, limits: HTTPLimits) -> Any:
 
     @app.get("/v1/jobs")
     async def list_jobs() -> Response:
-        return await call(lambda: (200, jobs.list()))
+        return await call(lambda: (200, [st.to_dict() for st in jobs.list()]))
 
     @app.get("/v1/jobs/{job_id}")
     async def status(job_id: str) -> Response:
-        return await call(lambda: (200, jobs.status(job_id)))
+        return await call(lambda: (200, jobs.status(job_id).to_dict()))
 
     @app.get("/v1/jobs/{job_id}/result")
     async def result(job_id: str) -> Response:
@@ -112,7 +112,7 @@ def build_app(jobs: JobManager, token: str | None, limits: HTTPLimits) -> Any:
 
     @app.post("/v1/jobs/{job_id}/cancel")
     async def cancel(job_id: str) -> Response:
-        return await call(lambda: (200, jobs.cancel(job_id)))
+        return await call(lambda: (200, jobs.cancel(job_id).to_dict()))
 
     @app.post("/v1/jobs/{job_id}/retry")
     async def retry(job_id: str, request: Request) -> Response:
@@ -122,7 +122,7 @@ def build_app(jobs: JobManager, token: str | None, limits: HTTPLimits) -> Any:
             return _json(e.status, error_body(e.status, e.message, e.field))
         if not isinstance(data, dict) or set(data) - {"restart"} or not isinstance(data.get("restart", False), bool):
             return _json(400, error_body(400, 'expected an empty body or {"restart": true|false}', "restart"))
-        return await call(lambda: (200, jobs.retry(job_id, bool(data.get("restart", False)))))
+        return await call(lambda: (200, jobs.retry(job_id, bool(data.get("restart", False))).to_dict()))
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> Response:

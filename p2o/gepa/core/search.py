@@ -46,9 +46,9 @@ from typing import Any
 
 from p2o.config import Budget, GEPAConfig
 from p2o.data.problem import Problem
-from p2o.gepa.evaluate import EvalItem, EvalOutcome, Evaluator
-from p2o.gepa.pool import Pool, select_parents
-from p2o.gepa.reflect import Proposal, ReflectionExample, ReflectionRequest, Reflector
+from p2o.gepa.core.evaluate import EvalItem, EvalOutcome, Evaluator
+from p2o.gepa.core.pool import Pool, select_parents
+from p2o.gepa.core.reflect import Proposal, ReflectionExample, ReflectionRequest, Reflector
 from p2o.prompts import DEFAULT_USER_TEMPLATE, user_text
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,17 @@ class ProposalRecord:
 
 
 @dataclass
+class IterationStats:
+    """One finished iteration: parents drawn, children accepted, metric calls made in it, seconds spent in it."""
+
+    iteration: int
+    parents: int
+    accepted: int
+    metric_calls: int
+    wall_s: float
+
+
+@dataclass
 class Pending:
     """The iteration in progress; each phase's output is filled in as it completes."""
 
@@ -145,9 +156,24 @@ class Pending:
     last: bool = False
     wall_s_at_start: float = 0.0
     calls_at_start: int = 0
-    parent_outcomes: list[list[dict]] | None = None
-    proposals: list[dict] | None = None
-    child_outcomes: list[list[dict] | None] | None = None
+    parent_outcomes: list[list[EvalOutcome]] | None = None
+    proposals: list[Proposal] | None = None
+    child_outcomes: list[list[EvalOutcome] | None] | None = None
+
+    @staticmethod
+    def from_dict(d: dict) -> Pending:
+        d = dict(d)
+        if d.get("parent_outcomes") is not None:
+            d["parent_outcomes"] = [_outcomes(g) for g in d["parent_outcomes"]]
+        if d.get("proposals") is not None:
+            d["proposals"] = [Proposal(**g) for g in d["proposals"]]
+        if d.get("child_outcomes") is not None:
+            d["child_outcomes"] = [None if g is None else _outcomes(g) for g in d["child_outcomes"]]
+        return Pending(**d)
+
+
+def _outcomes(group: list[dict]) -> list[EvalOutcome]:
+    return [EvalOutcome(**o) for o in group]
 
 
 @dataclass
@@ -169,8 +195,7 @@ class SearchState:
     wall_s: float = 0.0
     stop_reason: str = ""
     counters: dict[str, int] = field(default_factory=dict)
-    iteration_stats: list[dict[str, Any]] = field(default_factory=list)
-    """Per finished iteration: parents, accepted, metric_calls (made in it), wall_s (spent in it)."""
+    iteration_stats: list[IterationStats] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -188,7 +213,8 @@ class SearchState:
         d["pool"] = Pool.from_dict(d["pool"])
         d["rng_state"] = _rng_from_json(d["rng_state"])
         d["log"] = [ProposalRecord(**r) for r in d["log"]]
-        d["pending"] = Pending(**d["pending"]) if d.get("pending") else None
+        d["pending"] = Pending.from_dict(d["pending"]) if d.get("pending") else None
+        d["iteration_stats"] = [IterationStats(**s) for s in d.get("iteration_stats", [])]
         return SearchState(**d)
 
 
@@ -381,24 +407,24 @@ class Search:
                  for item in self._items(st.pool.candidates[parent].template, [st.feedback_ids[i] for i in mb])]
         outs = self._wave(items)
         self._charge(len(outs), p.charge)
-        p.parent_outcomes = _split([asdict(o) for o in outs], [len(mb) for mb in p.minibatches])
+        p.parent_outcomes = _split(list(outs), [len(mb) for mb in p.minibatches])
 
-    def _request(self, parent: int, mb: list[int], outcomes: list[dict]) -> ReflectionRequest:
+    def _request(self, parent: int, mb: list[int], outcomes: list[EvalOutcome]) -> ReflectionRequest:
         examples = []
         for i, o in zip(mb, outcomes, strict=True):
             prob = self.problems[self.state.feedback_ids[i]]
             examples.append(ReflectionExample(
-                inputs=user_text(prob.question, self.user_template), output=o["response"], answer=prob.answer,
-                correct=o["score"] >= 1.0, extracted=o["extracted"], reason=o["reason"], score=o["score"]))
+                inputs=user_text(prob.question, self.user_template), output=o.response, answer=prob.answer,
+                correct=o.score >= 1.0, extracted=o.extracted, reason=o.reason, score=o.score))
         return ReflectionRequest(self.state.pool.candidates[parent].template, examples)
 
     def _propose(self, p: Pending) -> None:
         assert p.parent_outcomes is not None
         slots, requests = [], []
-        proposals: list[dict] = [{}] * len(p.parents)
+        proposals: list[Proposal | None] = [None] * len(p.parents)
         for s, (parent, mb, outs) in enumerate(zip(p.parents, p.minibatches, p.parent_outcomes, strict=True)):
-            if self.cfg.skip_perfect_parent and all(o["score"] >= 1.0 for o in outs):
-                proposals[s] = asdict(Proposal("parent_perfect", detail="parent solves its whole minibatch"))
+            if self.cfg.skip_perfect_parent and all(o.score >= 1.0 for o in outs):
+                proposals[s] = Proposal("parent_perfect", detail="parent solves its whole minibatch")
             else:
                 slots.append(s)
                 requests.append(self._request(parent, mb, outs))
@@ -416,23 +442,24 @@ class Search:
         if paused:
             self.hooks.on_resume()
         for s, g in zip(slots, got, strict=True):
-            proposals[s] = asdict(g)
-        p.proposals = proposals
+            proposals[s] = g
+        assert all(g is not None for g in proposals)
+        p.proposals = [g for g in proposals if g is not None]
 
     def _evaluate_children(self, p: Pending) -> None:
         st = self.state
         assert p.proposals is not None
         items, sizes, slots = [], [], []
         for s, (prop, mb) in enumerate(zip(p.proposals, p.minibatches, strict=True)):
-            if prop["status"] == "ok" and st.pool.index_of(prop["template"]) is None:
+            if prop.status == "ok" and st.pool.index_of(prop.template) is None:
                 ids = [st.feedback_ids[i] for i in mb]
-                items += self._items(prop["template"], ids)
+                items += self._items(prop.template, ids)
                 sizes.append(len(ids))
                 slots.append(s)
         outs = self._wave(items)
         self._charge(len(outs), charge_authors=False)
-        per = _split([asdict(o) for o in outs], sizes)
-        child_outcomes: list[list[dict] | None] = [None] * len(p.parents)
+        per = _split(list(outs), sizes)
+        child_outcomes: list[list[EvalOutcome] | None] = [None] * len(p.parents)
         for s, o in zip(slots, per, strict=True):
             child_outcomes[s] = o
         p.child_outcomes = child_outcomes
@@ -445,21 +472,21 @@ class Search:
         seen: set[str] = set()
         for s, parent in enumerate(p.parents):
             prop, child = p.proposals[s], p.child_outcomes[s]
-            ps = [o["score"] for o in p.parent_outcomes[s]]
+            ps = [o.score for o in p.parent_outcomes[s]]
             rec = ProposalRecord(st.iteration, parent, [st.feedback_ids[i] for i in p.minibatches[s]], ps,
-                                 status="", child_template=prop.get("template", ""))
-            if prop["status"] == "parent_perfect":
-                rec.status, rec.reason = "parent_perfect", prop["detail"]
-            elif prop["status"] in ("failed", "unavailable"):
-                rec.status, rec.reason = "reflection_failed", prop["detail"]
-            elif prop["status"] == "unusable":
-                rec.status, rec.reason = "unusable", prop["detail"]
+                                 status="", child_template=prop.template)
+            if prop.status == "parent_perfect":
+                rec.status, rec.reason = "parent_perfect", prop.detail
+            elif prop.status in ("failed", "unavailable"):
+                rec.status, rec.reason = "reflection_failed", prop.detail
+            elif prop.status == "unusable":
+                rec.status, rec.reason = "unusable", prop.detail
             elif child is None:
-                rec.status, rec.reason = "duplicate", f"same template as candidate {st.pool.index_of(prop['template'])}"
+                rec.status, rec.reason = "duplicate", f"same template as candidate {st.pool.index_of(prop.template)}"
             else:
-                rec.child_scores = [o["score"] for o in child]
+                rec.child_scores = [o.score for o in child]
                 better = sum(rec.child_scores) > sum(ps)
-                key = prop["template"].strip()
+                key = prop.template.strip()
                 if better and key in seen:
                     rec.status, rec.reason = "duplicate", "same template accepted earlier in this iteration"
                 elif better:
@@ -480,9 +507,9 @@ class Search:
                 records[r].child, records[r].dev_mean = cand.idx, cand.dev_mean
         st.log.extend(records)
         now = self.hooks.clock()
-        st.iteration_stats.append({"iteration": st.iteration, "parents": len(p.parents), "accepted": len(accepted),
-                                   "metric_calls": st.metric_calls - p.calls_at_start,
-                                   "wall_s": round(st.wall_s + (now - self._mark) - p.wall_s_at_start, 4)})
+        st.iteration_stats.append(IterationStats(st.iteration, len(p.parents), len(accepted),
+                                                 st.metric_calls - p.calls_at_start,
+                                                 round(st.wall_s + (now - self._mark) - p.wall_s_at_start, 4)))
         st.iters_since_accept = 0 if accepted else st.iters_since_accept + 1
         st.iteration += 1
         st.pending = None

@@ -9,7 +9,7 @@ variable named by `--token-env` (default: `gepa.token_env`, P2O_GEPA_TOKEN); whe
 but /health must carry `Authorization: Bearer <token>`. Binding to a non-loopback address without a token
 is refused unless `--allow-no-token` is given.
 
-Outgoing credentials are the service's own (`p2o.gepa.endpoints`): `--endpoint NAME=URL` registers an
+Outgoing credentials are the service's own (`p2o.gepa.adapters.endpoints`): `--endpoint NAME=URL` registers an
 endpoint, `--endpoint-key-env NAME=VAR` the variable holding the key sent to it (checked at start). A job's
 URL that is not a registered endpoint is called without credentials, or refused with `--endpoints-only`.
 """
@@ -47,9 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from p2o.gepa.endpoints import Endpoints
-    from p2o.gepa.jobs import JobManager
-    from p2o.gepa.service import HTTP_LIMITS, GEPAService
+    from p2o.gepa.adapters.endpoints import Endpoints
+    from p2o.gepa.service.jobs import JobManager
+    from p2o.gepa.service.server import HTTP_LIMITS, GEPAService
 
     if args.workers < 1:
         raise SystemExit(f"--workers: got {args.workers}; expected >= 1")

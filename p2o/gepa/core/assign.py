@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from p2o.gepa.pool import WEIGHT_FLOOR, Pool
+from p2o.gepa.core.pool import WEIGHT_FLOOR, Pool
 
 SOLVED = 1.0
 

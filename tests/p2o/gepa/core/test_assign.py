@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from p2o.gepa.assign import assign_templates, draw_weights, greedy_set_cover
-from p2o.gepa.pool import Pool
+from p2o.gepa.core.assign import assign_templates, draw_weights, greedy_set_cover
+from p2o.gepa.core.pool import Pool
 from tests.p2o.gepa.stats import assert_follows
 
 

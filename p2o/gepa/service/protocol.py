@@ -10,7 +10,7 @@ The training loop submits one `GEPAJobSpec` per epoch end:
 
 - `policy_url`: OpenAI-compatible base URL of the current policy (our gateway; "/v1" is appended when
   missing). Credentials are never part of a job: the service sends a key only to the URLs of its own
-  endpoint table (`p2o.gepa.endpoints`), so `reflection.api_key_env` and `gepa.token_env` are refused.
+  endpoint table (`p2o.gepa.adapters.endpoints`), so `reflection.api_key_env` and `gepa.token_env` are refused.
 - `reflection` / `gepa` / `reward`: field dicts of `ReflectionConfig` / `GEPAConfig` / `RewardConfig`
   (omitted fields keep their defaults; unknown fields and bad values are a `SpecError` naming the field).
   The trainer-side fields `gepa.service_url` and `gepa.poll_interval_s` are accepted and unused.

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from p2o.gepa.jobs import JobManager
-from p2o.gepa.protocol import GEPAJobSpec
+from p2o.gepa.service.jobs import JobManager
+from p2o.gepa.service.protocol import GEPAJobSpec
 from tests.p2o.gepa.fake_servers import FakePolicyServer, FakeReflectionServer, _Server
 from tests.p2o.gepa.oracle import make_problems
 
@@ -38,7 +38,7 @@ def run_job(tmp_path, spec: GEPAJobSpec, timeout_s: float = 120.0) -> dict:
     try:
         job_id, _ = jobs.submit(spec)
         deadline = time.time() + timeout_s
-        while jobs.status(job_id)["state"] not in ("done", "failed", "cancelled"):
+        while jobs.status(job_id).state not in ("done", "failed", "cancelled"):
             assert time.time() < deadline, jobs.status(job_id)
             time.sleep(0.05)
         return jobs.status(job_id)
@@ -61,12 +61,12 @@ def test_policy_gateway_refusing_eval_max_tokens_fails_the_job(tmp_path, old_lim
         status = run_job(tmp_path, spec(old_limit_gateway.url, reflection.url, gepa=dict(eval_max_tokens=12288)))
     finally:
         reflection.stop()
-    assert status["state"] == "failed", status
-    err = status["error"]
+    assert status.state == "failed", status
+    err = status.error
     assert err.startswith("RequestRefused") and "HTTP 400" in err
     assert "max_tokens 12288 exceeds the gateway limit 4096" in err and "gepa.eval_max_tokens = 12288" in err
     assert "rollout.gateway_max_tokens" in err
-    assert status["best_dev_score"] is None and status["pool_size"] == 0  # nothing was scored, not even as 0
+    assert status.best_dev_score is None and status.pool_size == 0  # nothing was scored, not even as 0
 
 
 def test_reflection_refusing_max_tokens_fails_the_job(tmp_path):
@@ -78,8 +78,8 @@ def test_reflection_refusing_max_tokens_fails_the_job(tmp_path):
     finally:
         policy.stop()
         reflection.stop()
-    assert status["state"] == "failed", status
-    assert "reflection.max_tokens = 512 exceeds" in status["error"] and "HTTP 400" in status["error"]
+    assert status.state == "failed", status
+    assert "reflection.max_tokens = 512 exceeds" in status.error and "HTTP 400" in status.error
 
 
 def test_reflection_context_overflow_fails_the_job(tmp_path):
@@ -91,16 +91,16 @@ def test_reflection_context_overflow_fails_the_job(tmp_path):
     finally:
         policy.stop()
         reflection.stop()
-    assert status["state"] == "failed", status
-    assert status["error"].startswith("PromptTooLong") and "reflection.context_tokens = 8192" in status["error"]
+    assert status.state == "failed", status
+    assert status.error.startswith("PromptTooLong") and "reflection.context_tokens = 8192" in status.error
     assert len(reflection.requests) == 1  # no count to refit to: the first refusal ends the job
 
 
 def test_trainer_stops_on_a_job_failed_by_a_refusal(tmp_path, old_limit_gateway):
     """Every later round would be refused alike: the run stops instead of training on without templates."""
     from p2o.config import RunConfig
-    from p2o.gepa.client import GEPAClient
-    from p2o.gepa.service import GEPAService
+    from p2o.gepa.service.client import GEPAClient, SubmittedJob
+    from p2o.gepa.service.server import GEPAService
     from p2o.train.runtime import Runtime
 
     reflection = FakeReflectionServer().start()
@@ -108,11 +108,11 @@ def test_trainer_stops_on_a_job_failed_by_a_refusal(tmp_path, old_limit_gateway)
     try:
         client = GEPAClient(svc.url)
         job_id = client.submit(spec(old_limit_gateway.url, reflection.url, gepa=dict(eval_max_tokens=12288)))
-        assert client.wait(job_id, timeout_s=120, poll_s=0.05)["state"] == "failed"
+        assert client.wait(job_id, timeout_s=120, poll_s=0.05).state == "failed"
         rt = Runtime(cfg=RunConfig(), run_dir=tmp_path, rank=0, world_size=1, policy=None, tokenizer=None,
                      model_dir=tmp_path, train_problems=[], eval_problems=[], gepa_client=client)
         with pytest.raises(RuntimeError, match="configuration error .*gepa.eval_max_tokens = 12288"):
-            rt.collect_gepa({"job_id": job_id, "epoch": 0, "policy_version": 0, "hard_ids": []}, block=False)
+            rt.collect_gepa(SubmittedJob(job_id, epoch=0, policy_version=0, hard_ids=[]), block=False)
     finally:
         svc.stop()
         reflection.stop()

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from p2o.data.problem import Problem
-from p2o.gepa.client import GEPAClient
-from p2o.gepa.jobs import JobManager
-from p2o.gepa.protocol import GEPAJobSpec
-from p2o.gepa.service import GEPAService
+from p2o.gepa.service.client import GEPAClient
+from p2o.gepa.service.jobs import JobManager
+from p2o.gepa.service.protocol import GEPAJobSpec
+from p2o.gepa.service.server import GEPAService
 from tests.conftest import CACHE_DIR
 from tests.p2o.gepa.fake_servers import CyclingReflectionServer
 from tests.p2o.gepa.tiny_policy import MAGIC, cached_tiny_policy, question
@@ -63,23 +63,23 @@ def test_full_job_over_http(gateway, tmp_path):
         client = GEPAClient(svc.url)
         job = client.submit(spec)
         final = client.wait(job, timeout_s=240, poll_s=0.1)
-        assert final["state"] == "done", final
+        assert final.state == "done", final
         res = client.result(job)
         dev = res.dev_ids
         # budget: honest accounting equals the requests the gateway actually served
         served = gateway.scheduler.counters["requests_evaluation"]
         assert res.metric_calls == res.budget_used == served
-        accepted = [r for r in res.log if r["status"] == "accepted"]
-        per_log = sum(len(r["minibatch"]) + len(r["child_scores"]) for r in res.log)
+        accepted = [r for r in res.log if r.status == "accepted"]
+        per_log = sum(len(r.minibatch) + len(r.child_scores) for r in res.log)
         assert res.metric_calls == len(dev) + per_log + len(dev) * len(accepted)
         assert res.budget_used >= res.budget_total - 2 * 3 and res.stop_reason == "budget"
         # every score is what real greedy decoding + the verifier give for this policy
         for r in res.log:
-            parent = res.pool[r["parent"]].template
-            assert r["parent_scores"] == [float(solves(parent, answers[m])) for m in r["minibatch"]]
-            if r["child_scores"]:
-                assert r["child_scores"] == [float(solves(r["child_template"], answers[m])) for m in r["minibatch"]]
-                assert (r["status"] == "accepted") == (sum(r["child_scores"]) > sum(r["parent_scores"]))
+            parent = res.pool[r.parent].template
+            assert r.parent_scores == [float(solves(parent, answers[m])) for m in r.minibatch]
+            if r.child_scores:
+                assert r.child_scores == [float(solves(r.child_template, answers[m])) for m in r.minibatch]
+                assert (r.status == "accepted") == (sum(r.child_scores) > sum(r.parent_scores))
         # pool growth: accepted children joined with their dev scores
         assert len(res.pool) == 1 + len(accepted) >= 2
         for c in res.pool:

@@ -18,7 +18,7 @@ is dropped; an unclosed final fence is accepted unless the answer was cut off by
 missing, cut-off or over-long results are "unusable": counted and skipped by the search, never raised.
 
 `Reflector` turns `ReflectionRequest`s into `Proposal`s concurrently through an injected `complete(prompt)`
-function (the OpenAI-compatible client in `p2o.gepa.reflect_client`, or a scripted one in tests). A failed
+function (the OpenAI-compatible client in `p2o.gepa.adapters.reflection_client`, or a scripted one in tests). A failed
 call is a "failed" proposal, except a refused one (`RequestRefused`: a limit that does not fit, a
 configuration error), which propagates and fails the GEPA job. When the endpoint reports the meta-prompt as
 too long with its token counts (`PromptTooLong`) and its limit is at least the configured budget, our
@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from p2o.gepa.evaluate import RequestRefused
+from p2o.gepa.core.evaluate import RequestRefused
 
 log = logging.getLogger(__name__)
 

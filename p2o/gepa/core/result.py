@@ -13,9 +13,9 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from p2o.gepa.assign import assign_templates, greedy_set_cover
-from p2o.gepa.pool import instance_fronts
-from p2o.gepa.search import SearchState
+from p2o.gepa.core.assign import assign_templates, greedy_set_cover
+from p2o.gepa.core.pool import instance_fronts
+from p2o.gepa.core.search import IterationStats, ProposalRecord, SearchState
 
 
 @dataclass
@@ -38,7 +38,7 @@ class GEPAResult:
     """dev problem id -> candidates on its front (best score, ties included)."""
     dev_ids: list[str]
     feedback_ids: list[str]
-    log: list[dict[str, Any]]
+    log: list[ProposalRecord]
     iterations: int
     metric_calls: int
     budget_used: int
@@ -48,7 +48,7 @@ class GEPAResult:
     counters: dict[str, int] = field(default_factory=dict)
     policy_version: int = 0
     wall_s: float = 0.0
-    iteration_stats: list[dict[str, Any]] = field(default_factory=list)
+    iteration_stats: list[IterationStats] = field(default_factory=list)
 
     @property
     def best(self) -> PoolEntry:
@@ -61,6 +61,8 @@ class GEPAResult:
     def from_dict(d: dict[str, Any]) -> GEPAResult:
         d = dict(d)
         d["pool"] = [PoolEntry(**e) for e in d["pool"]]
+        d["log"] = [ProposalRecord(**r) for r in d["log"]]
+        d["iteration_stats"] = [IterationStats(**s) for s in d.get("iteration_stats", [])]
         return GEPAResult(**d)
 
 
@@ -76,8 +78,8 @@ def build_result(state: SearchState, k: int, seed: int, budget_total: int, accou
                          dict(zip(state.dev_ids, c.dev_scores, strict=True)), c.metric_calls_at_discovery) for c in pool.candidates]
     fronts = {pid: sorted(f) for pid, f in zip(state.dev_ids, instance_fronts(pool.matrix()), strict=True)}
     return GEPAResult(assignment=assignment, pool=entries, cover=cover, fronts=fronts, dev_ids=list(state.dev_ids),
-                      feedback_ids=list(state.feedback_ids), log=[asdict(r) for r in state.log],
+                      feedback_ids=list(state.feedback_ids), log=[ProposalRecord(**asdict(r)) for r in state.log],
                       iterations=state.iteration, metric_calls=state.metric_calls, budget_used=state.charged,
                       budget_total=budget_total, accounting=accounting, stop_reason=state.stop_reason,
                       counters=dict(state.counters), policy_version=policy_version, wall_s=state.wall_s,
-                      iteration_stats=list(state.iteration_stats))
+                      iteration_stats=[IterationStats(**asdict(s)) for s in state.iteration_stats])

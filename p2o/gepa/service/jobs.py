@@ -4,7 +4,7 @@
     job_id, created = jobs.submit(spec)      # idempotent by spec.idempotency_key
     jobs.status(job_id); jobs.result(job_id); jobs.cancel(job_id); jobs.retry(job_id, restart=False)
 
-Every operation is callable in-process; `service.py` only maps HTTP onto them. A job's search state is
+Every operation is callable in-process; `server.py` only maps HTTP onto them. A job's search state is
 written after every phase (see `search.py`), so a restarted manager continues a killed job from its last
 completed evaluation wave with the same random stream: nothing accepted is lost and nothing is charged
 twice. While the task-model (or the reflection) endpoint is down the job is `paused` with the cause in
@@ -36,13 +36,13 @@ from collections.abc import Callable
 from typing import Any
 
 from p2o.config import GEPAConfig, ReflectionConfig, RewardConfig
-from p2o.gepa.endpoints import Endpoints
-from p2o.gepa.evaluate import Evaluator
-from p2o.gepa.protocol import DEFAULT_LIMITS, FINAL_STATES, GEPAJobSpec, JobLimits, JobStatus, SpecError
-from p2o.gepa.reflect import Reflector
-from p2o.gepa.result import GEPAResult, build_result
-from p2o.gepa.search import Search, SearchHooks, SearchState, dev_count, metric_budget, new_state
-from p2o.gepa.store import CorruptRecord, JobStore
+from p2o.gepa.adapters.endpoints import Endpoints
+from p2o.gepa.core.evaluate import Evaluator
+from p2o.gepa.core.reflect import Reflector
+from p2o.gepa.core.result import GEPAResult, build_result
+from p2o.gepa.core.search import Search, SearchHooks, SearchState, dev_count, metric_budget, new_state
+from p2o.gepa.service.protocol import DEFAULT_LIMITS, FINAL_STATES, GEPAJobSpec, JobLimits, JobStatus, SpecError
+from p2o.gepa.service.store import CorruptRecord, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class JobStateError(RuntimeError):
 
 
 def default_evaluator(spec: GEPAJobSpec, gepa: GEPAConfig, reward: RewardConfig, endpoints: Endpoints) -> Evaluator:
-    from p2o.gepa.policy_evaluator import PolicyEvaluator
+    from p2o.gepa.adapters.policy_evaluator import PolicyEvaluator
     from p2o.reward import Verifier
 
     verifier = Verifier(reward)
@@ -85,7 +85,7 @@ def default_evaluator(spec: GEPAJobSpec, gepa: GEPAConfig, reward: RewardConfig,
 
 def default_reflector(spec: GEPAJobSpec, gepa: GEPAConfig, reflection: ReflectionConfig,
                       endpoints: Endpoints) -> Reflector:
-    from p2o.gepa.reflect_client import ReflectionClient
+    from p2o.gepa.adapters.reflection_client import ReflectionClient
     from p2o.limits import DEFAULT_REFLECTION_CONTEXT_TOKENS
 
     if not reflection.context_tokens:  # 0: not derived by the submitter (the trainer always sends its value)
@@ -251,21 +251,22 @@ class JobManager:
                      idempotency_key=spec.idempotency_key, budget_total=gepa.budget_metric_calls,
                      policy_version=spec.policy_version, created_at=st.created_at or time.time())
 
-    def status(self, job_id: str) -> dict[str, Any]:
+    def status(self, job_id: str) -> JobStatus:
+        """A snapshot of the job's status (a copy: the manager keeps updating its own)."""
         with self._lock:
             st = self._status.get(job_id)
             if st is None:
                 raise JobNotFound(job_id)
-            return st.to_dict()
+            return dataclasses.replace(st)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[JobStatus]:
         with self._lock:
-            return [s.to_dict() for s in self._status.values()]
+            return [dataclasses.replace(s) for s in self._status.values()]
 
     def result(self, job_id: str) -> GEPAResult:
         st = self.status(job_id)
-        if st["state"] != "done":
-            raise JobNotFinished(f"job {job_id} is {st['state']}" + (f": {st['error']}" if st["error"] else ""))
+        if st.state != "done":
+            raise JobNotFinished(f"job {job_id} is {st.state}" + (f": {st.error}" if st.error else ""))
         try:
             rec = self.store.read(job_id, "result", GEPAResult.from_dict)
         except CorruptRecord as e:
@@ -276,7 +277,7 @@ class JobManager:
                                  f"{_retry_hint(job_id)}")
         return rec.value
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> JobStatus:
         with self._lock:
             st = self._status.get(job_id)
             if st is None:
@@ -285,9 +286,9 @@ class JobManager:
                 self._cancel.add(job_id)
                 if st.state == "queued":
                     self._update(job_id, state="cancelled", stop_reason="cancelled")
-            return st.to_dict()
+            return dataclasses.replace(st)
 
-    def retry(self, job_id: str, restart: bool = False) -> dict[str, Any]:
+    def retry(self, job_id: str, restart: bool = False) -> JobStatus:
         """Run a failed or cancelled (or done, with `restart`) job again: from its last good state, or from the
         beginning with `restart=True` (its state and result are kept aside, not deleted)."""
         with self._lock:
@@ -309,7 +310,7 @@ class JobManager:
             self._update(job_id, state="queued", error="", stop_reason="", pause_reason="", notice=notice,
                          **({"checkpoints": 0, "iteration": 0, "budget_used": 0, "metric_calls": 0, "pool_size": 0,
                              "best_dev_score": None, "accepted": 0} if restart else {}))
-            out = self._status[job_id].to_dict()
+            out = dataclasses.replace(self._status[job_id])
         self._queue.put(job_id)
         return out
 

@@ -3,8 +3,12 @@
     client = GEPAClient("http://node17:8431", token=os.environ.get("P2O_GEPA_TOKEN"))
     job_id = client.submit(spec)                       # idempotent by spec.idempotency_key
     status = client.wait(job_id, timeout_s=3600, poll_s=1.0, on_progress=lambda st: log.info("%s", st))
+    status.state, status.error                         # a JobStatus (protocol.py), parsed from the service's JSON
     result = client.result(job_id)                     # GEPAResult; result.assignment[pid] -> K templates
     client.retry(job_id, restart=False)                # a failed/cancelled job again, from its last good state
+
+`SubmittedJob` is the trainer's record of a job it submitted (kept in its checkpoint until collected),
+`RoundOutcome` what a finished job gives the trainer.
 
 Errors from the service raise `GEPAServiceError` with the HTTP status and the service's message.
 Connection errors and 5xx while polling are retried until the wait's deadline (the service may be
@@ -14,12 +18,47 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
 
-from p2o.gepa.protocol import FINAL_STATES, GEPAJobSpec
-from p2o.gepa.result import GEPAResult
+from p2o.gepa.core.result import GEPAResult
+from p2o.gepa.service.protocol import FINAL_STATES, GEPAJobSpec, JobStatus
+
+
+@dataclass
+class SubmittedJob:
+    """A GEPA job the trainer submitted at the end of `epoch` for `policy_version`, over the hard samples
+    `hard_ids`; `submitted_at` is a Unix time in seconds."""
+
+    job_id: str
+    epoch: int
+    policy_version: int
+    hard_ids: list[str]
+    submitted_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: Any) -> SubmittedJob:
+        if not isinstance(d, dict):
+            raise ValueError(f"a submitted GEPA job must be an object, got {type(d).__name__}")
+        missing = [k for k in ("job_id", "epoch", "policy_version", "hard_ids") if k not in d]
+        if missing:
+            raise ValueError(f"submitted GEPA job {d.get('job_id', '?')}: missing {', '.join(missing)}")
+        return SubmittedJob(str(d["job_id"]), int(d["epoch"]), int(d["policy_version"]),
+                            [str(i) for i in d["hard_ids"]], float(d.get("submitted_at", 0.0)))
+
+
+@dataclass
+class RoundOutcome:
+    """A finished GEPA job, as the trainer uses it: problem id -> K templates ({} when the job failed or found
+    none) and the round's metrics (iteration, budget, pool size, best dev score, wall seconds, ...)."""
+
+    assignment: dict[str, list[str]]
+    metrics: dict[str, Any]
 
 
 class GEPAServiceError(RuntimeError):
@@ -49,24 +88,24 @@ class GEPAClient:
     def submit(self, spec: GEPAJobSpec) -> str:
         return self._call("POST", "/v1/jobs", spec.to_dict())["job_id"]
 
-    def status(self, job_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/jobs/{job_id}")
+    def status(self, job_id: str) -> JobStatus:
+        return JobStatus.from_dict(self._call("GET", f"/v1/jobs/{job_id}"))
 
     def result(self, job_id: str) -> GEPAResult:
         return GEPAResult.from_dict(self._call("GET", f"/v1/jobs/{job_id}/result"))
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+    def cancel(self, job_id: str) -> JobStatus:
+        return JobStatus.from_dict(self._call("POST", f"/v1/jobs/{job_id}/cancel"))
 
-    def retry(self, job_id: str, restart: bool = False) -> dict[str, Any]:
+    def retry(self, job_id: str, restart: bool = False) -> JobStatus:
         """Run a failed or cancelled job again (from its last good state, or from the beginning)."""
-        return self._call("POST", f"/v1/jobs/{job_id}/retry", {"restart": restart})
+        return JobStatus.from_dict(self._call("POST", f"/v1/jobs/{job_id}/retry", {"restart": restart}))
 
     def wait(self, job_id: str, timeout_s: float = 3600.0, poll_s: float = 1.0,
-             on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             on_progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
         """Poll until the job is done, failed or cancelled; returns the final status. Raises TimeoutError."""
         deadline = time.monotonic() + timeout_s
-        last: dict[str, Any] | None = None
+        last: JobStatus | None = None
         while True:
             try:
                 st = self.status(job_id)
@@ -78,7 +117,7 @@ class GEPAClient:
                 if on_progress is not None and st != last:
                     on_progress(st)
                 last = st
-                if st["state"] in FINAL_STATES:
+                if st.state in FINAL_STATES:
                     return st
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"GEPA job {job_id} not finished after {timeout_s} s (last status: {last})")

@@ -6,8 +6,8 @@ import pytest
 
 from p2o.config import RewardConfig
 from p2o.data.problem import Problem
-from p2o.gepa.evaluate import EvalItem, RequestRefused
-from p2o.gepa.policy_evaluator import PolicyEvaluator, v1_url
+from p2o.gepa.adapters.policy_evaluator import PolicyEvaluator, v1_url
+from p2o.gepa.core.evaluate import EvalItem, RequestRefused
 from p2o.reward import Verifier
 from tests.p2o.gepa.fake_servers import _Server, chat_response
 

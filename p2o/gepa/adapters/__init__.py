@@ -1,0 +1,1 @@
+"""The core's seams over OpenAI-compatible endpoints: the policy evaluator and the reflection client."""

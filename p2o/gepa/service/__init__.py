@@ -1,0 +1,1 @@
+"""GEPA as a resumable HTTP service: job records, the run-directory store, routes, client and CLI."""
