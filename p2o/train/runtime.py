@@ -5,7 +5,7 @@ Rank 0 owns the rollout side: the scheduler and the OpenAI-compatible gateway in
 second gateway for Self-Ref reflection (an HF engine), the verifier, the GEPA client (and, when
 `gepa.service_url` is empty, the GEPA service as a child process on 127.0.0.1), and the metrics sinks.
 Every rank holds its part of the Megatron policy. Small Python objects move between ranks with
-`broadcast` (torch.distributed object broadcast over the default group).
+`broadcast` over the gloo control group (`p2o.train.distributed_control`), never over the default group.
 
 Engines: `rollout.engine=hf` is one engine on rank 0. `rollout.engine=vllm` is an engine on *every* rank (vLLM's
 `external_launcher` needs every rank to build it together), in replicas of `rollout.vllm_tp` ranks; rank 0's
@@ -26,17 +26,18 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from p2o.config import RunConfig, to_yaml
 from p2o.data import load_eval_problems, load_train_problems
 from p2o.data.problem import Problem
 from p2o.limits import check_prompt_lengths, reflection_rollout, resolve_limits
 from p2o.models import resolve_model_dir
+from p2o.train.distributed_control import DistributedControl, ProcessGroupControl
 from p2o.train.rows import plan_requests, to_rows
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Runtime:
     model_dir: Path
     train_problems: list[Problem]
     eval_problems: list[Problem]
+    control: DistributedControl = field(default_factory=ProcessGroupControl.single)
+    """Barriers and object broadcasts over the gloo control group (never the default group)."""
     reference: Any = None
     """The frozen initial policy when grpo.kl_coef > 0 (KL reference; rebuilt from model.path on resume)."""
     gateway: Any = None
@@ -68,29 +71,20 @@ class Runtime:
     """`p2o.rollout.phases.PhaseGroup` when every rank holds an engine and there are several ranks, else None."""
     _closers: list = field(default_factory=list)
 
-    # ------------------------------------------------------------------ collectives
+    # ------------------------------------------------------------------ collectives (the gloo control group)
     @property
     def is_rank0(self) -> bool:
         return self.rank == 0
 
     def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
+        self.control.barrier()
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""
-        if self.world_size == 1:
-            return obj
-        box = [obj if self.is_rank0 else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return self.control.broadcast(obj)
 
     def any_rank(self, flag: bool) -> bool:
-        if self.world_size == 1:
-            return flag
-        t = torch.tensor([1 if flag else 0])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return self.control.any_rank(flag)
 
     # ------------------------------------------------------------------ rollout side (rank 0)
     @property
@@ -406,14 +400,14 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     from megatron_bridge.policy import MegatronPolicy, MegatronScorer
 
     layout = init_parallel(cfg.parallel, seed=cfg.train.seed)
-    rank, world = dist.get_rank(), dist.get_world_size()
+    control = ProcessGroupControl.create(timedelta(minutes=cfg.parallel.control_timeout_min))
+    rank, world = control.rank, control.world_size
     torch.manual_seed(cfg.train.seed)
     run_dir = Path(cfg.logging.run_dir)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         model_dir = resolve_model_dir(cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
-    if world > 1:
-        dist.barrier()
+    control.barrier()  # the others wait (on the control group) while rank 0 fetches or converts the model
     model_dir = resolve_model_dir(cfg.model.path, cfg.model.cache_dir, cfg.model.init_seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     train_problems, eval_problems = load_train_problems(cfg.data), load_eval_problems(cfg.data)
@@ -423,7 +417,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     policy = MegatronPolicy.from_config(cfg, model_dir, layout)
     reference = MegatronScorer.frozen(cfg, model_dir, layout) if cfg.grpo.kl_coef > 0 else None
     rt = Runtime(cfg=cfg, run_dir=run_dir, rank=rank, world_size=world, policy=policy, tokenizer=tokenizer,
-                 model_dir=model_dir, reference=reference, train_problems=train_problems,
+                 model_dir=model_dir, control=control, reference=reference, train_problems=train_problems,
                  eval_problems=eval_problems)
     rt._closers.append(lambda: policy.close() if hasattr(policy, "close") else None)
     if cfg.rollout.engine == "vllm":
@@ -446,7 +440,7 @@ def _build_engines(rt: Runtime) -> None:
                          f"({rt.world_size})")
     rt.engine = build_engine(cfg.rollout, cfg.model, rt.model_dir)
     if rt.world_size > 1:
-        rt.phases = PhaseGroup(cfg.rollout.vllm_tp)
+        rt.phases = PhaseGroup(cfg.rollout.vllm_tp, timedelta(minutes=cfg.parallel.control_timeout_min))
         if rt.is_rank0:
             rt.engine = CollectiveEngine(rt.engine, rt.phases, seed=cfg.rollout.seed)
     log.info("rank %d: vLLM engine ready (%d replica(s) of vllm_tp=%d)", rt.rank, rt.world_size // cfg.rollout.vllm_tp,
