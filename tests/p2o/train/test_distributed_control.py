@@ -70,3 +70,96 @@ def test_one_process_needs_no_group():
     assert control.is_rank0 and control.broadcast(3) == 3 and control.any_rank(True) and not control.any_rank(False)
     with pytest.raises(ValueError, match="control process group"):
         ProcessGroupControl(0, 2, None)
+
+
+# ---------------------------------------------------------------------------- the trainer's control traffic
+def _trainer_epoch(rank: int, init_file: str, model_dir: str, run_dir: str) -> None:
+    """Two ranks run a step, the epoch end (a synchronous GEPA round: rank 0 waits for the job while rank 1 waits
+    on the control group) and checkpoints, with a default group that fails any CPU collective."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from torch_policy import TorchPolicy
+    from transformers import AutoTokenizer
+
+    from p2o import prompts
+    from p2o.config import load_config
+    from p2o.data.problem import Problem
+    from p2o.reward import Verifier
+    from p2o.telemetry.metrics import MetricsLogger, read_metrics
+    from p2o.train import checkpoint as ckpt
+    from p2o.train.gepa_round import GEPAOutcome
+    from p2o.train.loop import Trainer
+    from p2o.train.metrics_sink import RunMetrics
+    from p2o.train.rows import TrainRow
+    from p2o.train.runtime import Runtime
+
+    control = _init(rank, init_file, "cuda:gloo", LONG)
+    problems = [Problem("p0", "What is 2 + 2?", "4"), Problem("p1", "What is 3 + 5?", "8")]
+    cfg = load_config(None, ["model.path=tiny-qwen3", "rollout.n=2", "rollout.prompts_per_step=2", "train.epochs=2",
+                             "train.steps_per_epoch=1", "p2o.tau=2", "p2o.min_hard=1", "p2o.gepa_mode=sync",
+                             "train.skip_zero_advantage_rows=false", f"logging.run_dir={run_dir}"])
+    tok = AutoTokenizer.from_pretrained(model_dir)
+
+    class RankPolicy(TorchPolicy):
+        def save(self, path: str) -> None:  # each rank its own shard, as Megatron's checkpoints are
+            Path(path).mkdir(parents=True, exist_ok=True)
+            (Path(path) / f"rank{rank}").write_text("saved")
+
+    def rollouts(batch, assignment, step):
+        if rank != 0:
+            return None
+        ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        rows = []
+        for g, p in enumerate(batch):
+            x = prompts.encode(tok, prompts.messages(p.question))
+            rows += [TrainRow(p.id, g, x, x, ids(t), t, "stop", "", 0) for t in (f"\\boxed{{{p.answer}}}", "no")]
+        return rows
+
+    waits = []
+
+    def serve_while(wait):  # rank 0 waits for the job while its engine serves; the other ranks return at once
+        if rank != 0:
+            return None
+        waits.append(1)
+        return wait()
+
+    job = {"job_id": "j1", "epoch": 0, "policy_version": 1, "hard_ids": ["p0", "p1"], "submitted_at": 0.0}
+    gepa = SimpleNamespace(submit=lambda hard, epoch, version: dict(job, hard_ids=sorted(hard.samples)),
+                           poll=lambda j: None,
+                           wait=lambda j: GEPAOutcome({"p0": ["Count.", ""], "p1": ["", "Add."]}, {"pool_size": 3}))
+    synced: list[int] = []
+    with Verifier(cfg.reward) as verifier:
+        rollout = SimpleNamespace(rollouts=rollouts, serve_while=serve_while, verify=verifier.score_many,
+                                  sync_weights=synced.append, evaluate_heldout=lambda epoch: {},
+                                  evaluate_plain=lambda problems, name, epoch: {})
+        logger = MetricsLogger(run_dir) if rank == 0 else None
+        trainer = Trainer(cfg, Runtime(run_dir=Path(run_dir), control=control, policy=RankPolicy(model_dir),
+                                       rollout=rollout, metrics=RunMetrics(cfg, Path(run_dir), logger),
+                                       train_problems=problems, gepa=gepa if rank == 0 else None))
+        assert not trainer.resume()
+        trainer.train_step(problems)
+        trainer._after_step()
+        trainer.state.epoch_done = True
+        trainer.end_epoch()
+    st = trainer.state
+    assert waits == ([1] if rank == 0 else [])
+    assert st.epoch == 1 and st.gepa_job is None and st.prev_hard == ["p0", "p1"] and st.assignment_version == 1
+    assert st.assignment == {"p0": ["Count.", ""], "p1": ["", "Add."]}  # rank 0's outcome, on every rank
+    assert synced == [1]
+    control.barrier()
+    trainer.metrics.close()
+    if rank == 0:
+        path = ckpt.checkpoint_root(Path(run_dir)) / "step_000001"
+        assert (path / ckpt.COMPLETE).is_file()
+        assert sorted(p.name for p in (path / "policy").iterdir()) == ["rank0", "rank1"]
+        kinds = [r["kind"] for r in read_metrics(Path(run_dir))]
+        assert kinds == ["step", "gepa", "epoch"], kinds
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_the_trainer_step_and_gepa_round_keep_off_the_default_group(tmp_path, tiny_model_dir):
+    """Step rows, pre-emption flags, the GEPA job and its outcome, checkpoint barriers: all on the control group."""
+    mp.spawn(_trainer_epoch, args=(str(tmp_path / "pg"), str(tiny_model_dir), str(tmp_path / "run")), nprocs=2,
+             join=True)
