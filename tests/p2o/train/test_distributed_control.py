@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
@@ -17,10 +18,16 @@ import torch.multiprocessing as mp
 from p2o.train.distributed_control import DistributedControl, ProcessGroupControl
 
 LONG = datetime.timedelta(minutes=10)
-SHORT = datetime.timedelta(seconds=2)
+SHORT = datetime.timedelta(seconds=5)
 
 
 def _init(rank: int, init_file: str, backend: str, timeout: datetime.timedelta) -> ProcessGroupControl:
+    # both processes arrive before the default group is built, so its (short) timeout only bounds collectives
+    Path(f"{init_file}.rank{rank}").touch()
+    deadline = time.monotonic() + 300
+    while not all(Path(f"{init_file}.rank{r}").exists() for r in range(2)):
+        assert time.monotonic() < deadline, "the other rank did not start"
+        time.sleep(0.05)
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=2, timeout=timeout)
     return ProcessGroupControl.create(LONG)
 
@@ -45,16 +52,14 @@ def test_control_messages_never_use_the_default_group(tmp_path):
 def _long_rank0_phase(rank: int, init_file: str) -> None:
     control = _init(rank, init_file, "gloo", SHORT)
     if rank == 0:
-        time.sleep(3 * SHORT.total_seconds())  # a rank-0-only phase (a GEPA round, an evaluation)
+        time.sleep(2 * SHORT.total_seconds())  # a rank-0-only phase (a GEPA round, an evaluation)
         control.broadcast("phase done")
     else:  # waits on the control group past the default group's timeout
         assert control.broadcast(None) == "phase done"
     control.barrier()
-    if rank == 1:  # the same wait on the default group is aborted by its timeout
+    if rank == 1:  # the same wait on the default group is aborted by its timeout (rank 0 never joins it)
         with pytest.raises(RuntimeError):
             dist.barrier()
-    else:
-        time.sleep(3 * SHORT.total_seconds())
     control.barrier()
 
 
@@ -76,7 +81,6 @@ def test_one_process_needs_no_group():
 def _trainer_epoch(rank: int, init_file: str, model_dir: str, run_dir: str) -> None:
     """Two ranks run a step, the epoch end (a synchronous GEPA round: rank 0 waits for the job while rank 1 waits
     on the control group) and checkpoints, with a default group that fails any CPU collective."""
-    from pathlib import Path
     from types import SimpleNamespace
 
     from torch_policy import TorchPolicy
