@@ -270,9 +270,12 @@ class ParallelConfig(_Section):
     """Shard optimizer state over data-parallel ranks."""
     backend: DistBackend = DistBackend.AUTO
     """torch.distributed backend: auto (nccl with CUDA, else gloo) | nccl | gloo."""
+    control_timeout_min: int = 1440
+    """Timeout of the gloo control group (barriers, broadcasts, generation phases) in minutes: how long a rank may
+    wait while rank 0 alone runs a phase (a synchronous GEPA round, an evaluation)."""
 
     def _check(self) -> None:
-        self._at_least(1, "tp", "pp", "vpp")
+        self._at_least(1, "tp", "pp", "vpp", "control_timeout_min")
         if self.sequence_parallel and self.tp == 1:
             self._fail("sequence_parallel", "false when parallel.tp = 1")
         if self.vpp > 1 and self.pp == 1:

@@ -65,7 +65,7 @@ def _serve(cfg) -> int:
     try:
         trainer = Trainer(cfg, rt)
         if cfg.rollout.share_weights:
-            rt.sync_weights(trainer.state.policy_version)  # the engine adopts the policy's weights now
+            trainer.rollout.sync_weights(trainer.state.policy_version)  # the engine adopts the policy's weights now
         k = cfg.rollout.prompts_per_step
         emit({"event": "ready", "side": "ours", "load_s": time.perf_counter() - t0})
         for i in commands():

@@ -93,7 +93,7 @@ def load_records(run_dir: Path) -> list[dict]:
 
 def read_eval(run_dir: Path, name: str, epoch: int) -> dict[str, dict] | None:
     """Per-problem results of the trainer's `name` evaluation at the end of `epoch` (evals/, written by
-    `Runtime.evaluate_plain`): problem id -> {"greedy", "correct", "n"}; None when the file is absent."""
+    `RolloutService.evaluate_plain`): problem id -> {"greedy", "correct", "n"}; None when the file is absent."""
     from p2o.jsonl import read_jsonl
 
     p = run_dir / "evals" / f"{name}_epoch{epoch:03d}.jsonl"

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 _GENERATE, _END = "generate", "end"
 PHASE_TIMEOUT = timedelta(days=1)
-"""Timeout of the phase messages' gloo group (a phase lasts as long as the GEPA round in it)."""
+"""Default timeout of the phase messages' gloo group (a phase lasts as long as the GEPA round in it); the trainer
+passes `parallel.control_timeout_min`."""
 
 
 @dataclass
@@ -53,7 +54,7 @@ class PhaseGroup:
     """This rank's place among the engines (replica = `tp` consecutive ranks) and the gloo group of the phase
     messages. Collective to construct (every rank, after the engines are built)."""
 
-    def __init__(self, tp: int):
+    def __init__(self, tp: int, timeout: timedelta = PHASE_TIMEOUT):
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
         if tp < 1 or self.world % tp:
             raise ValueError(f"rollout.vllm_tp: got {tp}; expected a divisor of the number of ranks ({self.world})")
@@ -62,7 +63,7 @@ class PhaseGroup:
         self.replica = self.rank // tp
         self.is_leader = self.rank % tp == 0
         # followers wait in a phase as long as rank 0 waits for its GEPA round: far beyond the default 30 min
-        self.group = dist.new_group(backend="gloo", timeout=PHASE_TIMEOUT)
+        self.group = dist.new_group(backend="gloo", timeout=timeout)
 
     def split(self, seqs: list[Sequence]) -> list[list[Sequence]]:
         """Contiguous, nearly equal shares, one per replica (a request's samples stay together where possible)."""

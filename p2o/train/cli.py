@@ -133,7 +133,7 @@ def run(cfg) -> int:
         trainer.install_signal_handlers()
         resumed = trainer.resume()  # a resume syncs the engine to the restored weights
         if not resumed and cfg.rollout.share_weights and cfg.rollout.engine == "hf":
-            rt.sync_weights(trainer.state.policy_version)  # the engine adopts the policy's weights before step 1
+            trainer.rollout.sync_weights(trainer.state.policy_version)  # the engine adopts the policy's weights before step 1
         summary = trainer.fit()
         export_at_run_end(cfg, rt)  # checkpoint.export_hf: run_dir/hf_export/
         summary["resumed"] = resumed
@@ -147,7 +147,7 @@ def run(cfg) -> int:
     finally:
         if rt is not None:
             rt.close()
-    if rt is None or rt.is_rank0:
+    if rt is None or rt.control.is_rank0:
         _write_summary(run_dir, summary)
         if (run_dir / "metrics.jsonl").is_file():
             from p2o.telemetry.report import write_report

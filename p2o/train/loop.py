@@ -15,9 +15,10 @@ service; `sync` waits for the assignment, `async` trains on and attaches it when
 computed for a policy more than `p2o.max_staleness` versions old).
 
 Distributed layout: every rank of the Megatron job runs this loop; rank 0 owns the rollout side (engine,
-scheduler, gateway, verifier, GEPA client) and broadcasts the step's rows, every rank takes part in the
-backend's collective calls and in the generation phases (with vLLM every rank's engine generates a share).
-The runtime objects come from `p2o.train.runtime.build_runtime`.
+scheduler, gateway, verifier, GEPA client) and broadcasts the step's rows over the control group, every rank takes
+part in the backend's collective calls and in the generation phases (with vLLM every rank's engine generates a
+share). The trainer's parts (control, policy, rollout, gepa, metrics) come from
+`p2o.train.runtime.build_runtime`.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,10 +35,17 @@ from p2o.algo.dynamic_batch import verl_update_plan
 from p2o.algo.grpo import group_advantages, make_loss_fn, token_weights, update_is_on_policy, zero_variance_groups
 from p2o.algo.hard_samples import HardStore, is_hard
 from p2o.data.loaders import epoch_order
-from p2o.gepa.service.client import SubmittedJob
+from p2o.gepa.service.client import RoundOutcome, SubmittedJob
 from p2o.train import checkpoint as ckpt
-from p2o.train.policy import SequenceBatch
+from p2o.train.distributed_control import DistributedControl
+from p2o.train.gepa_round import GEPARound
+from p2o.train.metrics_sink import MetricsSink
+from p2o.train.policy import PolicyBackend, SequenceBatch
+from p2o.train.rollout_service import RolloutService
 from p2o.train.rows import TrainRow
+
+if TYPE_CHECKING:
+    from p2o.train.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +74,32 @@ class StepTokens:
 
 
 class Trainer:
-    """Owns the loop state; `rt` (p2o.train.runtime.Runtime) holds the policy, rollout side and services."""
+    """Owns the loop state and the run's parts (`p2o.train.runtime.Runtime`, each a typed field)."""
 
-    def __init__(self, cfg, rt):
-        self.cfg, self.rt = cfg, rt
+    control: DistributedControl
+    """Rank identity, barriers and broadcasts (the gloo control group)."""
+    policy: PolicyBackend
+    reference: Any
+    """The frozen initial policy (`grpo.kl_coef > 0`, else None): `logprobs(batch)` gives the KL term's reference
+    log-probs."""
+    rollout: RolloutService
+    gepa: GEPARound | None
+    """The GEPA service's jobs (rank 0 with P2O on)."""
+    metrics: MetricsSink
+
+    def __init__(self, cfg, parts: Runtime):
+        self.cfg = cfg
+        self.run_dir = parts.run_dir
+        self.control, self.policy, self.reference = parts.control, parts.policy, parts.reference
+        self.rollout, self.gepa, self.metrics = parts.rollout, parts.gepa, parts.metrics
         self.state = ckpt.LoopState()
         self.hard = HardStore()
         self.loss_fn = make_loss_fn(cfg.grpo)
-        self.reference = getattr(rt, "reference", None)
-        """The frozen initial policy (`grpo.kl_coef > 0`): scores the KL term's reference log-probs."""
         if cfg.grpo.kl_coef and self.reference is None:
             raise ValueError(f"grpo.kl_coef = {cfg.grpo.kl_coef} needs a reference policy; the runtime has none "
                              "(build_runtime creates it when grpo.kl_coef > 0)")
         self._signal: int | None = None
-        self.problems = rt.train_problems
+        self.problems = parts.train_problems
         self.steps_per_epoch = max(1, len(self.problems) // cfg.rollout.prompts_per_step)
         if cfg.train.steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
@@ -102,9 +122,9 @@ class Trainer:
         warning for the previous complete one; an explicit path is used or fails. metrics.jsonl is cut back
         to the checkpoint (to nothing on a fresh start), so redone steps are not logged twice."""
         mode = self.cfg.checkpoint.resume
-        candidates, explicit = ckpt.resume_candidates(mode, self.rt.run_dir)
-        if self.rt.is_rank0:
-            ckpt.clean_staging(self.rt.run_dir)
+        candidates, explicit = ckpt.resume_candidates(mode, self.run_dir)
+        if self.control.is_rank0:
+            ckpt.clean_staging(self.run_dir)
         failures: list[str] = []
         for path in candidates:
             try:
@@ -114,10 +134,10 @@ class Trainer:
                 error = e
             if error is None:
                 try:
-                    self.rt.policy.load(str(path) + "/policy")
+                    self.policy.load(str(path) + "/policy")
                 except Exception as e:  # noqa: BLE001 - reported below, with the checkpoint's path
                     error = ckpt.CheckpointError(f"{path / 'policy'}: could not be loaded ({type(e).__name__}: {e})")
-            if self.rt.any_rank(error is not None):
+            if self.control.any_rank(error is not None):
                 reason = str(error) if error is not None else f"{path}: another rank could not load it"
                 if explicit:
                     raise error or ckpt.CheckpointError(reason)
@@ -127,34 +147,32 @@ class Trainer:
             self.state = state
             self.hard.load_dict(self.state.hard_store)
             self.state.restore_rng()
-            self.rt.sync_weights(self.state.policy_version)
-            self.rt.truncate_metrics(self.state.global_step, self.state.metrics_bytes)
+            self.rollout.sync_weights(self.state.policy_version)
+            self.metrics.truncate(self.state.global_step, self.state.metrics_bytes)
             log.info("resumed from %s (epoch %d, step %d, version %d)%s", path, self.state.epoch,
                      self.state.step_in_epoch, self.state.policy_version,
                      f" after skipping {len(failures)} damaged checkpoint(s)" if failures else "")
             return True
         if failures:
-            raise ckpt.CheckpointError("no usable checkpoint in " + str(ckpt.checkpoint_root(self.rt.run_dir))
+            raise ckpt.CheckpointError("no usable checkpoint in " + str(ckpt.checkpoint_root(self.run_dir))
                                        + ": " + "; ".join(failures) + " (checkpoint.resume=none starts over)")
-        self.rt.truncate_metrics(0, 0)  # records of an attempt killed before its first checkpoint are redone
+        self.metrics.truncate(0, 0)  # records of an attempt killed before its first checkpoint are redone
         return False
 
     def save(self) -> None:
         self.state.hard_store = self.hard.to_dict()
         self.state.capture_rng()
-        if self.rt.is_rank0:
-            from p2o.telemetry.metrics import metrics_size
-
-            self.state.metrics_bytes = metrics_size(self.rt.run_dir)
-        with ckpt.saving(self.rt.run_dir, self.state.global_step, self.rt.is_rank0) as tmp:
-            if self.rt.is_rank0:
+        if self.control.is_rank0:
+            self.state.metrics_bytes = self.metrics.size_bytes()
+        with ckpt.saving(self.run_dir, self.state.global_step, self.control.is_rank0) as tmp:
+            if self.control.is_rank0:
                 tmp.mkdir(parents=True, exist_ok=True)
-            self.rt.barrier()
-            self.rt.policy.save(str(tmp / "policy"))
-            self.rt.barrier()
-            if self.rt.is_rank0:
-                ckpt.commit(self.rt.run_dir, self.state.global_step, self.state, self.cfg.checkpoint.keep_last)
-            self.rt.barrier()
+            self.control.barrier()
+            self.policy.save(str(tmp / "policy"))
+            self.control.barrier()
+            if self.control.is_rank0:
+                ckpt.commit(self.run_dir, self.state.global_step, self.state, self.cfg.checkpoint.keep_last)
+            self.control.barrier()
 
     def fit(self) -> dict:
         """Run to the configured number of epochs; returns the run summary."""
@@ -175,7 +193,7 @@ class Trainer:
 
     def _preempt_pending(self) -> bool:
         """Collective (every rank calls it at the same points): True once any rank got SIGUSR1/SIGTERM."""
-        return self.rt.any_rank(self._signal is not None)
+        return self.control.any_rank(self._signal is not None)
 
     def _check_preempt(self) -> None:
         """At a boundary where nothing of the current step has been kept (after its generation phase): on a
@@ -197,20 +215,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self, problems) -> dict[str, float]:
-        _cfg, rt = self.cfg, self.rt
         step = self.state.global_step + 1
         times: dict[str, float] = {}
-        self._poll_gepa(block=False)
+        self._collect_gepa(block=False)  # async GEPA: templates as soon as the round has ended
 
         t = time.time()
-        rows = rt.rollouts(problems, self._active_assignment(), step)  # a generation phase: every rank calls it
+        rows = self.rollout.rollouts(problems, self._active_assignment(), step)  # a generation phase: every rank calls it
         times["time_generate_s"] = time.time() - t
         self._check_preempt()
         t = time.time()
-        metrics = self._score_and_mine(rows, problems) if rt.is_rank0 else None
+        metrics = self._score_and_mine(rows, problems) if self.control.is_rank0 else None
         times["time_verify_s"] = time.time() - t
-        rows, metrics = rt.broadcast((rows, metrics))
-        rt.save_rollouts(rows, step)
+        rows, metrics = self.control.broadcast((rows, metrics))
+        self.metrics.save_rollouts(rows, step)
 
         t = time.time()
         tokens = self._old_logprobs(rows, metrics)
@@ -222,7 +239,7 @@ class Trainer:
 
         t = time.time()
         self.state.policy_version += 1
-        rt.sync_weights(self.state.policy_version)
+        self.rollout.sync_weights(self.state.policy_version)
         times["time_weight_sync_s"] = time.time() - t
 
         self.state.global_step = step
@@ -235,9 +252,9 @@ class Trainer:
             "time_step_s": sum(times.values()), "gen_tokens": gen_tokens,
             "gen_tokens_per_s": gen_tokens / max(times["time_generate_s"], 1e-9),
             "train_tokens_per_s": update.get("train_tokens", 0) / max(times["time_update_s"], 1e-9),
-            **rt.gpu_metrics(),
+            **self.metrics.gpu(),
         })
-        rt.log_metrics(metrics, step)
+        self.metrics.log(metrics, step)
         return metrics
 
     def _active_assignment(self) -> dict[str, list[str]]:
@@ -254,7 +271,7 @@ class Trainer:
         """Rewards, hard-sample mining and advantages (rank 0; rows are updated in place)."""
         cfg = self.cfg
         by_id = {p.id: p for p in problems}
-        verdicts = self.rt.verify([(r.text, by_id[r.problem_id].answer) for r in rows])
+        verdicts = self.rollout.verify([(r.text, by_id[r.problem_id].answer) for r in rows])
         for r, v in zip(rows, verdicts, strict=True):
             r.reward, r.verdict_reason = (1.0 if v.correct else 0.0), v.reason
         rewards = torch.tensor([r.reward for r in rows])
@@ -297,7 +314,7 @@ class Trainer:
         update never reads. Rows trained on the context they were sampled from are flagged on-policy instead of
         scored when `grpo.skip_old_logprob_pass` applies (`p2o.algo.grpo.update_is_on_policy`); distilled rows
         (templated, trained on x) get the dual-context pass and `p2o.distill`'s old log-probs and mask."""
-        cfg, policy = self.cfg, self.rt.policy
+        cfg, policy = self.cfg, self.policy
         offsets = [0]
         for r in rows:
             offsets.append(offsets[-1] + len(r.response_ids))
@@ -345,7 +362,7 @@ class Trainer:
 
     def _update(self, rows: list[TrainRow], tokens: StepTokens) -> dict[str, float]:
         """PPO minibatches over the step's rows; each minibatch is one optimizer step with fixed per-token weights."""
-        cfg, policy = self.cfg, self.rt.policy
+        cfg, policy = self.cfg, self.policy
         offsets = [0]
         for r in rows:
             offsets.append(offsets[-1] + len(r.response_ids))
@@ -354,7 +371,7 @@ class Trainer:
         out: dict[str, float] = {"grad_norm": 0.0, "loss": 0.0, "train_tokens": 0, "clip_frac": 0.0,
                                  "optimizer_steps": 0, "skipped_rows": 0}
         clip_sum = active_sum = 0.0
-        bar = self.rt.progress(f"step {self.state.global_step + 1} update", cfg.grpo.ppo_epochs * len(minibatches))
+        bar = self.metrics.progress(f"step {self.state.global_step + 1} update", cfg.grpo.ppo_epochs * len(minibatches))
         for _ in range(cfg.grpo.ppo_epochs):
             for idx, agg in minibatches:
                 bar.update(1)
@@ -435,27 +452,18 @@ class Trainer:
     # ------------------------------------------------------------------ epoch end
     def end_epoch(self) -> None:
         """Held-out evaluation, the GEPA round for this epoch's hard samples, then a checkpoint."""
-        cfg, st, rt = self.cfg, self.state, self.rt
+        cfg, st = self.cfg, self.state
         epoch_metrics: dict[str, Any] = {"epoch": st.epoch, "hard_count": len(self.hard)}
         # generation phases: every rank calls them (rank 0 returns the metrics); the templated hard samples of this
         # epoch are evaluated again with the plain prompt x
-        epoch_metrics.update(rt.evaluate_heldout(st.epoch))
-        epoch_metrics.update(rt.evaluate_plain(self._templated_this_epoch(), "hard_plain", st.epoch))
+        epoch_metrics.update(self.rollout.evaluate_heldout(st.epoch))
+        epoch_metrics.update(self.rollout.evaluate_plain(self._templated_this_epoch(), "hard_plain", st.epoch))
         last_epoch = st.epoch + 1 >= cfg.train.epochs  # templates found now could never be used
         if cfg.p2o.enabled and st.gepa_job is None and not last_epoch:
-            job: SubmittedJob | None = None
-            if rt.is_rank0 and len(self.hard) >= cfg.p2o.min_hard:
-                job = rt.submit_gepa(self.hard, st.epoch, st.policy_version)
-            elif rt.is_rank0:
-                log.info("epoch %d: %d hard samples < p2o.min_hard = %d: no GEPA round, no templates next epoch",
-                         st.epoch, len(self.hard), cfg.p2o.min_hard)
-            st.gepa_job = rt.broadcast(job)
-            epoch_metrics["gepa_submitted"] = int(st.gepa_job is not None)
-            if st.gepa_job is None:
-                st.assignment, st.prev_hard = {}, []
-        if st.gepa_job and cfg.p2o.gepa_mode == "sync":
-            self._poll_gepa(block=True)
-        rt.log_metrics(epoch_metrics, st.global_step, kind="epoch")
+            epoch_metrics["gepa_submitted"] = int(self._submit_gepa())
+        if st.gepa_job and cfg.p2o.gepa_mode == "sync":  # the next epoch starts with this round's templates
+            self._collect_gepa(block=True)
+        self.metrics.log(epoch_metrics, st.global_step, kind="epoch")
         self.hard.clear()
         st.epoch += 1
         st.step_in_epoch = 0
@@ -473,19 +481,43 @@ class Trainer:
         seen = order[: self.steps_per_epoch * self.cfg.rollout.prompts_per_step]
         return [self.problems[i] for i in seen if self.problems[i].id in assigned]
 
-    def _poll_gepa(self, block: bool) -> None:
-        """Collect a finished GEPA job's assignment (rank 0 polls, every rank receives the outcome)."""
+    # ------------------------------------------------------------------ the GEPA round
+    def _submit_gepa(self) -> bool:
+        """Epoch end: this epoch's hard samples go to the GEPA service (rank 0 submits when there are at least
+        `p2o.min_hard`, every rank keeps the job record). False when no round was started: then the next epoch
+        runs without templates."""
+        st = self.state
+        job: SubmittedJob | None = None
+        if self.control.is_rank0 and len(self.hard) >= self.cfg.p2o.min_hard:
+            assert self.gepa is not None, "rank 0 of a P2O run holds a GEPA round"
+            job = self.gepa.submit(self.hard, st.epoch, st.policy_version)
+        elif self.control.is_rank0:
+            log.info("epoch %d: %d hard samples < p2o.min_hard = %d: no GEPA round, no templates next epoch",
+                     st.epoch, len(self.hard), self.cfg.p2o.min_hard)
+        st.gepa_job = self.control.broadcast(job)
+        if st.gepa_job is None:
+            st.assignment, st.prev_hard = {}, []
+        return st.gepa_job is not None
+
+    def _collect_gepa(self, block: bool) -> None:
+        """The submitted round's templates become the assignment of its hard samples once the job has ended.
+        Blocking, every rank waits in a generation phase (the engines serve the service's candidate evaluations
+        while rank 0 waits for the job); else rank 0 polls once. Every rank receives the outcome."""
         st = self.state
         if not st.gepa_job:
             return
-        outcome = self.rt.collect_gepa(st.gepa_job, block)  # every rank (blocking: a generation phase)
-        outcome = self.rt.broadcast(outcome)
+        job = st.gepa_job
+        outcome: RoundOutcome | None = None
+        if block:
+            outcome = self.rollout.serve_while(lambda: self.gepa.wait(job))
+        elif self.control.is_rank0:
+            outcome = self.gepa.poll(job)
+        outcome = self.control.broadcast(outcome)
         if outcome is None:
             return
-        job = st.gepa_job
         st.gepa_job = None
         st.assignment = outcome.assignment
         st.assignment_version = job.policy_version
         st.prev_hard = list(job.hard_ids)
-        self.rt.log_metrics({**outcome.metrics, "epoch": job.epoch,
-                             "assigned": len(st.assignment)}, st.global_step, kind="gepa")
+        self.metrics.log({**outcome.metrics, "epoch": job.epoch, "assigned": len(st.assignment)},
+                         st.global_step, kind="gepa")

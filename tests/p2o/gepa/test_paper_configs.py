@@ -65,7 +65,7 @@ def problems() -> list[Problem]:
 
 
 def job_spec(cfg, policy_url: str, reflection_url: str) -> GEPAJobSpec:
-    """What `Runtime.submit_gepa` sends for this config (Self-Ref: the reflection gateway, model 'reflection')."""
+    """What `ServiceGEPARound.submit` sends for this config (Self-Ref: the reflection gateway, model 'reflection')."""
     reflection = {**job_section("reflection", cfg.reflection), "base_url": reflection_url + "/v1",
                   "model": "reflection"}
     return GEPAJobSpec(problems=problems(), policy_url=policy_url + "/v1", policy_model="policy", policy_version=0,

@@ -58,7 +58,9 @@ def _trainer_step(model_dir: str, use_kernels: bool, ratio_low: float | None, ve
     from p2o.algo.grpo import GRPOLoss
     from p2o.config import load_config
     from p2o.telemetry.progress import make_bar
+    from p2o.train.distributed_control import ProcessGroupControl
     from p2o.train.loop import Trainer
+    from p2o.train.runtime import Runtime
 
     cfg = load_config(None, ["model.path=tiny-qwen3", "rollout.n=2", "rollout.prompts_per_step=3",
                              "grpo.ppo_epochs=2", "grpo.micro_batch_size=2", "optim.lr=1e-2", "optim.eps=1e-3",
@@ -67,18 +69,18 @@ def _trainer_step(model_dir: str, use_kernels: bool, ratio_low: float | None, ve
         cfg.p2o.ratio_low = ratio_low
     policy = MegatronPolicy.from_config(cfg, model_dir)
     calls = {"dual": 0, "fused_loss": 0}
-
     def counted(*a, _f=policy.dual_logprobs, **kw):
         calls["dual"] += 1
         return _f(*a, **kw)
     policy.dual_logprobs = counted
-    rt = SimpleNamespace(train_problems=_problems(), policy=policy, is_rank0=True, verify=verify,
-                         progress=lambda desc, total: make_bar(desc, total, enabled=False),
-                         any_rank=lambda flag: flag)
+    parts = Runtime(run_dir=Path("."), control=ProcessGroupControl.single(), policy=policy,
+                    rollout=SimpleNamespace(verify=verify),
+                    metrics=SimpleNamespace(progress=lambda desc, total: make_bar(desc, total, enabled=False)),
+                    train_problems=_problems())
     # count the calls of the loss's hidden-state capability (the fused GRPO-loss kernel path)
     patcher = mock.patch.object(GRPOLoss, "loss_from_hidden", autospec=True, side_effect=GRPOLoss.loss_from_hidden)
     fused = patcher.start()
-    t = Trainer(cfg, rt)
+    t = Trainer(cfg, parts)
     rows = _rows()
     metrics = t._score_and_mine(rows, _problems())
     tokens = t._old_logprobs(rows, metrics)

@@ -6,6 +6,7 @@ the real verifier; the Megatron backend is exercised by the end-to-end test.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,9 +20,11 @@ from p2o.config import load_config
 from p2o.data.problem import Problem
 from p2o.reward import Verifier
 from p2o.telemetry.progress import make_bar
+from p2o.train.distributed_control import ProcessGroupControl
 from p2o.train.loop import Trainer
 from p2o.train.policy import SequenceBatch
 from p2o.train.rows import TrainRow
+from p2o.train.runtime import Runtime
 
 PROBLEMS = [Problem("p0", "What is 2 + 2?", "4"), Problem("p1", "What is 3 + 5?", "8")]
 
@@ -40,10 +43,11 @@ def verifier():
 def _trainer(tiny_model_dir, verifier, overrides=(), reference=None):
     cfg = load_config(None, ["model.path=tiny-qwen3", "rollout.n=2", "rollout.prompts_per_step=2",
                              "grpo.ppo_minibatches=1", "optim.lr=1e-3", *overrides])
-    rt = SimpleNamespace(train_problems=PROBLEMS, policy=TorchPolicy(tiny_model_dir), is_rank0=True,
-                         progress=lambda desc, total: make_bar(desc, total, enabled=False),
-                         verify=verifier.score_many, reference=reference, any_rank=lambda flag: flag)
-    return Trainer(cfg, rt)
+    parts = Runtime(run_dir=Path("."), control=ProcessGroupControl.single(), policy=TorchPolicy(tiny_model_dir),
+                    rollout=SimpleNamespace(verify=verifier.score_many),
+                    metrics=SimpleNamespace(progress=lambda desc, total: make_bar(desc, total, enabled=False)),
+                    train_problems=PROBLEMS, reference=reference)
+    return Trainer(cfg, parts)
 
 
 def _rows(tok):
@@ -84,9 +88,9 @@ def test_loss_is_computed_on_x(tiny_model_dir, verifier, tok):
     """The gradient of the loop's update equals the one from a batch built directly from the x contexts."""
     t = _trainer(tiny_model_dir, verifier, ["p2o.distill=replace_prompts"])
     rows = _rows(tok)
-    reference = copy.deepcopy(t.rt.policy)
+    reference = copy.deepcopy(t.policy)
     _step(t, rows)
-    (batch,) = t.rt.policy.calls
+    (batch,) = t.policy.calls
     assert batch.prompt_ids == [r.train_prompt_ids for r in rows]
     direct = SequenceBatch([prompts.encode(tok, prompts.messages(PROBLEMS[int(r.problem_id[1])].question)) for r in rows],
                            [r.response_ids for r in rows])
@@ -96,7 +100,7 @@ def test_loss_is_computed_on_x(tiny_model_dir, verifier, tok):
     adv = torch.cat([torch.full((n,), r.advantage) for n, r in zip(lens, rows, strict=False)])
     w = token_weights(lens, "token-mean", len(rows), sum(lens), t.cfg.rollout.max_new_tokens)
     reference.train_step(direct, {"old_logprobs": old, "advantages": adv, "weights": w}, make_loss_fn(t.cfg.grpo))
-    for name, g in t.rt.policy.last_grads.items():
+    for name, g in t.policy.last_grads.items():
         assert torch.allclose(g, reference.last_grads[name], atol=1e-6), name
 
 
@@ -106,8 +110,8 @@ def test_distill_switch_changes_only_templated_rows(tiny_model_dir, verifier, to
     t = _trainer(tiny_model_dir, verifier, [f"p2o.distill={mode}"])
     rows_a, rows_b = _rows(tok), _rows(tok)
     # A random tiny model barely depends on the context: put the mask's lower bound at the median ratio.
-    lp_x = t.rt.policy.logprobs(SequenceBatch([r.train_prompt_ids for r in rows_b[:2]], [r.response_ids for r in rows_b[:2]]))
-    lp_xz = t.rt.policy.logprobs(SequenceBatch([r.gen_prompt_ids for r in rows_b[:2]], [r.response_ids for r in rows_b[:2]]))
+    lp_x = t.policy.logprobs(SequenceBatch([r.train_prompt_ids for r in rows_b[:2]], [r.response_ids for r in rows_b[:2]]))
+    lp_xz = t.policy.logprobs(SequenceBatch([r.gen_prompt_ids for r in rows_b[:2]], [r.response_ids for r in rows_b[:2]]))
     t.cfg.p2o.ratio_low = float(torch.exp((lp_x - lp_xz).median()))
     base._score_and_mine(rows_a, PROBLEMS)
     t._score_and_mine(rows_b, PROBLEMS)
@@ -121,7 +125,7 @@ def test_distill_switch_changes_only_templated_rows(tiny_model_dir, verifier, to
         assert torch.equal(old_a, old_b) and 0 < mask_b[:n_templ].sum() < n_templ
     if mode == "fix_importance_ratio":  # old log-probs on x+z for templated tokens, no mask
         assert not torch.allclose(old_a[:n_templ], old_b[:n_templ]) and torch.equal(mask_a, mask_b)
-        lp_xz = t.rt.policy.logprobs(SequenceBatch([r.gen_prompt_ids for r in rows_b[:2]], [r.response_ids for r in rows_b[:2]]))
+        lp_xz = t.policy.logprobs(SequenceBatch([r.gen_prompt_ids for r in rows_b[:2]], [r.response_ids for r in rows_b[:2]]))
         assert torch.allclose(old_b[:n_templ], lp_xz)
 
 
@@ -130,12 +134,12 @@ def test_drop_failed_template_rollouts(tiny_model_dir, verifier, tok):
     mask), but still counts in its group's advantages: the gradient equals a token-mean over the other rows."""
     t = _trainer(tiny_model_dir, verifier, ["p2o.drop_failed_template_rollouts=true", "p2o.distill=replace_prompts"])
     rows = _rows(tok)
-    reference = copy.deepcopy(t.rt.policy)
+    reference = copy.deepcopy(t.policy)
     metrics, tokens = _step(t, rows)
     assert tokens.keep.tolist() == [True, False, True, True]  # only the failed templated rollout is dropped
     assert metrics["dropped_rows"] == 1 and metrics["skipped_rows"] == 1
     assert rows[0].advantage == pytest.approx(1 / (2 ** 0.5 + 1e-6))  # group {1, 0}: the dropped row counts here
-    (batch,) = t.rt.policy.calls
+    (batch,) = t.policy.calls
     assert batch.response_ids == [rows[i].response_ids for i in (0, 2, 3)]
     # By hand: token-mean over the three kept rows only.
     kept = [rows[i] for i in (0, 2, 3)]
@@ -145,7 +149,7 @@ def test_drop_failed_template_rollouts(tiny_model_dir, verifier, tok):
     adv = torch.cat([torch.full((n,), r.advantage) for n, r in zip(lens, kept, strict=True)])
     reference.train_step(direct, {"old_logprobs": reference.logprobs(direct), "advantages": adv, "weights": w},
                          make_loss_fn(t.cfg.grpo))
-    for name, g in t.rt.policy.last_grads.items():
+    for name, g in t.policy.last_grads.items():
         assert torch.allclose(g, reference.last_grads[name], atol=1e-6), name
 
 
@@ -169,20 +173,20 @@ def test_without_context_distillation_templated_rows_train_on_x_plus_z(tiny_mode
     for r in rows[:2]:
         r.train_prompt_ids = list(r.gen_prompt_ids)  # what to_rows builds from the plan above
     assert not any(r.distilled for r in rows)
-    reference = copy.deepcopy(t.rt.policy)
-    t.rt.policy.dual_logprobs = lambda *a: pytest.fail("no dual-context pass without distillation")
+    reference = copy.deepcopy(t.policy)
+    t.policy.dual_logprobs = lambda *a: pytest.fail("no dual-context pass without distillation")
     metrics, tokens = _step(t, rows)
     assert "mask_rate" not in metrics and torch.equal(tokens.mask, torch.ones_like(tokens.mask))
     on_xz = SequenceBatch([r.gen_prompt_ids for r in rows], [r.response_ids for r in rows])
     torch.testing.assert_close(tokens.old, reference.logprobs(on_xz), rtol=0, atol=1e-6)
-    (batch,) = t.rt.policy.calls
+    (batch,) = t.policy.calls
     assert batch.prompt_ids == on_xz.prompt_ids
     lens = [len(r) for r in on_xz.response_ids]
     adv = torch.cat([torch.full((n,), r.advantage) for n, r in zip(lens, rows, strict=True)])
     w = token_weights(lens, "token-mean", len(rows), sum(lens), t.cfg.rollout.max_new_tokens)
     reference.train_step(on_xz, {"old_logprobs": reference.logprobs(on_xz), "advantages": adv, "weights": w},
                          make_loss_fn(t.cfg.grpo))
-    for name, g in t.rt.policy.last_grads.items():
+    for name, g in t.policy.last_grads.items():
         assert torch.allclose(g, reference.last_grads[name], atol=1e-6), name
 
 
@@ -204,13 +208,13 @@ def test_kl_term_uses_the_frozen_reference_on_the_training_context(tiny_model_di
     tokens = t._old_logprobs(rows, metrics)
     torch.testing.assert_close(tokens.ref, frozen.logprobs(on_x), rtol=0, atol=0)
     seen = []
-    real_step = t.rt.policy.train_step
+    real_step = t.policy.train_step
 
     def step(batch, inputs, loss_fn):  # record the policy's log-probs before each optimizer step
-        seen.append((t.rt.policy.logprobs(batch).double(), {k: v.double() for k, v in inputs.items()}))
+        seen.append((t.policy.logprobs(batch).double(), {k: v.double() for k, v in inputs.items()}))
         return real_step(batch, inputs, loss_fn)
 
-    t.rt.policy.train_step = step
+    t.policy.train_step = step
     update = t._update(rows, tokens)
     assert update["optimizer_steps"] == 2 and update["skipped_rows"] == 0  # zero-advantage rows still learn
     assert len(seen[0][0]) == on_x.num_response_tokens
@@ -244,8 +248,8 @@ def test_verl_dynamic_bsz_weights_in_the_loop(tiny_model_dir, verifier, tok):
     assert sorted(range(4), key=lambda i: (gen[i], i)) == [2, 3, 0, 1]  # pairs (smallest, largest) = {2, 1}
     assert sorted(range(4), key=lambda i: (train[i], i))[::3] == [2, 0]  # as trained it would be {2, 0}
     seen = []
-    real_step = t.rt.policy.train_step
-    t.rt.policy.train_step = lambda batch, inputs, fn: seen.append((batch, inputs)) or real_step(batch, inputs, fn)
+    real_step = t.policy.train_step
+    t.policy.train_step = lambda batch, inputs, fn: seen.append((batch, inputs)) or real_step(batch, inputs, fn)
     _step(t, rows)
     ((batch, inputs),) = seen
     assert batch.response_ids == [rows[i].response_ids for i in (0, 2, 3)]  # row 1 dropped, skipped
@@ -262,8 +266,8 @@ def test_skipping_zero_advantage_rows_keeps_the_gradient(tiny_model_dir, verifie
         rows = _rows(tok)
         rows[3].text = "So \\boxed{8}"  # p1 all correct: a zero-advantage group
         _step(t, rows)
-        grads[skip] = t.rt.policy.last_grads
-        assert len(t.rt.policy.calls[0]) == (2 if skip else 4)
+        grads[skip] = t.policy.last_grads
+        assert len(t.policy.calls[0]) == (2 if skip else 4)
     for name, g in grads[True].items():
         assert torch.allclose(g, grads[False][name], atol=1e-7), name
 
@@ -289,14 +293,14 @@ def test_on_policy_update_skips_the_old_logprob_pass(tiny_model_dir, verifier, t
         t = _trainer(tiny_model_dir, verifier, ["p2o.distill=replace_prompts",
                                                 f"grpo.skip_old_logprob_pass={str(skip).lower()}"])
         scored = []
-        plain_pass = t.rt.policy.logprobs
-        t.rt.policy.logprobs = lambda batch, f=plain_pass, seen=scored: seen.append(batch) or f(batch)
+        plain_pass = t.policy.logprobs
+        t.policy.logprobs = lambda batch, f=plain_pass, seen=scored: seen.append(batch) or f(batch)
         rows = _rows(tok)
         metrics = t._score_and_mine(rows, PROBLEMS)
         tokens = t._old_logprobs(rows, metrics)
         update = t._update(rows, tokens)
         n_templ = sum(len(r.response_ids) for r in rows[:2])
-        runs[skip] = (t.rt.policy.last_grads, tokens.on_policy, scored, update)
+        runs[skip] = (t.policy.last_grads, tokens.on_policy, scored, update)
     grads_skip, on_policy, scored, update = runs[True]
     assert not on_policy[:n_templ].any() and on_policy[n_templ:].all()
     assert [len(b) for b in scored] == [2, 2]  # the dual pass's two halves on the templated rows only
@@ -317,7 +321,7 @@ def test_several_optimizer_steps_keep_the_old_logprob_pass(tiny_model_dir, verif
     n_templ = sum(len(r.response_ids) for r in rows[:2])
     assert not tokens.on_policy.any()
     plain = SequenceBatch([r.train_prompt_ids for r in rows[2:]], [r.response_ids for r in rows[2:]])
-    assert torch.allclose(old[n_templ:], t.rt.policy.logprobs(plain))
+    assert torch.allclose(old[n_templ:], t.policy.logprobs(plain))
 
 
 def test_templated_this_epoch_counts_only_problems_with_a_non_empty_template(tiny_model_dir, verifier):

@@ -93,16 +93,19 @@ def _loop_scenario(tp: int, model_dir: str, ckpt: str, verify) -> dict:
 
     from megatron_bridge.policy import MegatronPolicy, MegatronScorer
     from p2o.telemetry.progress import make_bar
+    from p2o.train.distributed_control import ProcessGroupControl
     from p2o.train.loop import Trainer
     from p2o.train.policy import SequenceBatch
+    from p2o.train.runtime import Runtime
 
     cfg = _cfg(tp, extra=("grpo.kl_coef=0.1", "grpo.kl_type=k3", "rollout.n=2", "rollout.prompts_per_step=2"))
     policy = MegatronPolicy.from_config(cfg, model_dir)
     reference = MegatronScorer.frozen(cfg, model_dir)
-    rt = SimpleNamespace(train_problems=_problems(), policy=policy, reference=reference, is_rank0=True,
-                         verify=verify, progress=lambda desc, total: make_bar(desc, total, enabled=False),
-                         any_rank=lambda flag: flag)
-    t = Trainer(cfg, rt)
+    parts = Runtime(run_dir=Path("."), control=ProcessGroupControl.single(), policy=policy, reference=reference,
+                    rollout=SimpleNamespace(verify=verify),
+                    metrics=SimpleNamespace(progress=lambda desc, total: make_bar(desc, total, enabled=False)),
+                    train_problems=_problems())
+    t = Trainer(cfg, parts)
     rows = _loop_rows()
     on_x = SequenceBatch([r.train_prompt_ids for r in rows], [r.response_ids for r in rows])
     res: dict = {"steps": []}

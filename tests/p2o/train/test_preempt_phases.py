@@ -3,8 +3,9 @@ checkpoints the loop as it was before the step (nothing of the step kept: no min
 the resumed run redoes it; one that arrives during the update ends the step after the minibatch in progress, which
 is then checkpointed as done.
 
-The Trainer runs over `TorchPolicy` (a real transformers backend) and the real verifier; the runtime is the
-part of `p2o.train.runtime.Runtime` the loop calls, with a generation phase that returns fixed rollouts and
+The Trainer runs over `TorchPolicy` (a real transformers backend), the real verifier and the one-process control
+plane; its rollout service and metrics sink are the parts of `p2o.train.rollout_service.RolloutService` and
+`p2o.train.metrics_sink.MetricsSink` the step calls, with a generation phase that returns fixed rollouts and
 receives the signal while it runs (the real runtime and Slurm are exercised by tests/slurm/test_p2o_job.py).
 """
 from __future__ import annotations
@@ -26,8 +27,10 @@ from p2o.data.problem import Problem
 from p2o.reward import Verifier
 from p2o.telemetry.progress import make_bar
 from p2o.train import checkpoint as ckpt
+from p2o.train.distributed_control import ProcessGroupControl
 from p2o.train.loop import Preempted, Trainer
 from p2o.train.rows import TrainRow
+from p2o.train.runtime import Runtime
 
 PROBLEMS = [Problem("p0", "What is 2 + 2?", "4"), Problem("p1", "What is 3 + 5?", "8")]
 
@@ -84,15 +87,15 @@ def _trainer(tiny_model_dir, verifier, run_dir: Path, signal_in: str) -> tuple[T
             return plain_step(batch, token_inputs, loss_fn)
 
         policy.train_step = train_step
-    rt = SimpleNamespace(
-        train_problems=PROBLEMS, policy=policy, is_rank0=True, run_dir=run_dir,
-        progress=lambda desc, total: make_bar(desc, total, enabled=False), verify=verifier.score_many,
-        rollouts=rollouts, barrier=lambda: None, any_rank=lambda flag: flag, broadcast=lambda obj: obj,
+    rollout = SimpleNamespace(verify=verifier.score_many, rollouts=rollouts,
+                              sync_weights=lambda version: seen.synced.append(version))
+    metrics = SimpleNamespace(
+        progress=lambda desc, total: make_bar(desc, total, enabled=False),
         save_rollouts=lambda rows, step: seen.saved_rollouts.append(step),
-        sync_weights=lambda version: seen.synced.append(version),
-        log_metrics=lambda metrics, step, kind="step": seen.logged.append((kind, step, dict(metrics))),
-        gpu_metrics=lambda: {})
-    trainer = Trainer(cfg, rt)
+        log=lambda metrics, step, kind="step": seen.logged.append((kind, step, dict(metrics))),
+        gpu=lambda: {}, size_bytes=lambda: 0)
+    trainer = Trainer(cfg, Runtime(run_dir=run_dir, control=ProcessGroupControl.single(), policy=policy,
+                                   rollout=rollout, metrics=metrics, train_problems=PROBLEMS))
     trainer.install_signal_handlers()
     return trainer, seen
 
@@ -106,21 +109,21 @@ def _state(run_dir: Path, step: int) -> dict:
 def test_signal_during_generation_checkpoints_the_state_before_the_step(tiny_model_dir, verifier, tmp_path,
                                                                         restore_handlers):
     trainer, seen = _trainer(tiny_model_dir, verifier, tmp_path, "generation")
-    weights = {k: v.clone() for k, v in trainer.rt.policy.model.state_dict().items()}
+    weights = {k: v.clone() for k, v in trainer.policy.model.state_dict().items()}
     with pytest.raises(Preempted):
         trainer.train_step(PROBLEMS)
     state = _state(tmp_path, 0)
     assert state["global_step"] == 0 and state["step_in_epoch"] == 0 and state["policy_version"] == 0
     assert state["hard_store"] == {}  # the step's rollouts were not mined
-    assert trainer.rt.policy.calls == [] and seen.logged == [] and seen.saved_rollouts == [] and seen.synced == []
-    assert all(torch.equal(v, weights[k]) for k, v in trainer.rt.policy.model.state_dict().items())
+    assert trainer.policy.calls == [] and seen.logged == [] and seen.saved_rollouts == [] and seen.synced == []
+    assert all(torch.equal(v, weights[k]) for k, v in trainer.policy.model.state_dict().items())
 
 
 def test_signal_during_the_update_ends_the_step_after_the_minibatch(tiny_model_dir, verifier, tmp_path,
                                                                     restore_handlers):
     trainer, seen = _trainer(tiny_model_dir, verifier, tmp_path, "update")
     metrics = trainer.train_step(PROBLEMS)
-    assert len(trainer.rt.policy.calls) == 1  # of grpo.ppo_minibatches = 2
+    assert len(trainer.policy.calls) == 1  # of grpo.ppo_minibatches = 2
     assert metrics["optimizer_steps"] == 1 and metrics["preempted_update"] == 1
     assert [k for k, *_ in seen.logged] == ["step"] and seen.synced == [1]
     with pytest.raises(Preempted):
@@ -133,4 +136,4 @@ def test_no_signal_runs_every_minibatch(tiny_model_dir, verifier, tmp_path, rest
     trainer, _ = _trainer(tiny_model_dir, verifier, tmp_path, "none")
     metrics = trainer.train_step(PROBLEMS)
     trainer._after_step()  # no checkpoint requested (save_every_steps) beyond the configured ones
-    assert len(trainer.rt.policy.calls) == 2 and "preempted_update" not in metrics
+    assert len(trainer.policy.calls) == 2 and "preempted_update" not in metrics

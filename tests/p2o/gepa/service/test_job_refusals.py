@@ -101,7 +101,7 @@ def test_trainer_stops_on_a_job_failed_by_a_refusal(tmp_path, old_limit_gateway)
     from p2o.config import RunConfig
     from p2o.gepa.service.client import GEPAClient, SubmittedJob
     from p2o.gepa.service.server import GEPAService
-    from p2o.train.runtime import Runtime
+    from p2o.train.gepa_round import ServiceGEPARound
 
     reflection = FakeReflectionServer().start()
     svc = GEPAService(JobManager(tmp_path / "run").start()).start(port=0)
@@ -109,10 +109,9 @@ def test_trainer_stops_on_a_job_failed_by_a_refusal(tmp_path, old_limit_gateway)
         client = GEPAClient(svc.url)
         job_id = client.submit(spec(old_limit_gateway.url, reflection.url, gepa=dict(eval_max_tokens=12288)))
         assert client.wait(job_id, timeout_s=120, poll_s=0.05).state == "failed"
-        rt = Runtime(cfg=RunConfig(), run_dir=tmp_path, rank=0, world_size=1, policy=None, tokenizer=None,
-                     model_dir=tmp_path, train_problems=[], eval_problems=[], gepa_client=client)
+        gepa = ServiceGEPARound(RunConfig(), tmp_path, client, policy_url=old_limit_gateway.url)
         with pytest.raises(RuntimeError, match="configuration error .*gepa.eval_max_tokens = 12288"):
-            rt.collect_gepa(SubmittedJob(job_id, epoch=0, policy_version=0, hard_ids=[]), block=False)
+            gepa.poll(SubmittedJob(job_id, epoch=0, policy_version=0, hard_ids=[]))
     finally:
         svc.stop()
         reflection.stop()
