@@ -2,7 +2,7 @@
 
 Rank 0 owns the rollout side: the scheduler and the OpenAI-compatible gateway in front of the policy's engine
 (which the GEPA service uses to score candidates with the current policy), the frozen initial model behind a
-second gateway for Self-Ref reflection (an HF engine), the verifier, the GEPA client (and, when
+second gateway for Self-Ref reflection (`p2o.rollout.reflection_server`), the verifier, the GEPA client (and, when
 `gepa.service_url` is empty, the GEPA service as a child process on 127.0.0.1), and the metrics sinks.
 Every rank holds its part of the Megatron policy. Small Python objects move between ranks with
 `broadcast` (torch.distributed object broadcast over the default group).
@@ -16,7 +16,6 @@ ranks return at once. Every rank loads the exported weights into its own engine 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import secrets
@@ -35,7 +34,7 @@ import torch.distributed as dist
 from p2o.config import RunConfig, to_yaml
 from p2o.data import load_eval_problems, load_train_problems
 from p2o.data.problem import Problem
-from p2o.limits import check_prompt_lengths, reflection_rollout, resolve_limits
+from p2o.limits import check_prompt_lengths, resolve_limits
 from p2o.models import resolve_model_dir
 from p2o.train.rows import plan_requests, to_rows
 
@@ -260,7 +259,7 @@ class Runtime:
         from p2o.gepa.protocol import job_section
 
         r = job_section("reflection", self.cfg.reflection)  # the service's endpoint table chooses keys
-        if self.cfg.reflection.mode == "self":
+        if self.reflection_gateway is not None:  # Self-Ref served by this run
             r["base_url"] = advertised_url(self.reflection_gateway.url) + "/v1"
             r["model"] = "reflection"
         return r
@@ -475,14 +474,12 @@ def _build_rank0(rt: Runtime) -> None:
     rt.gateway.scheduler.pause()
     if not cfg.p2o.enabled:
         return
-    if cfg.reflection.mode == "self":  # Self-Ref: the frozen initial model behind a second gateway
-        # a free port, prompts up to the reflection context; always an HF engine on rank 0: it never receives
-        # weight updates, and a second vLLM engine would have to be built by every rank and driven in phases too
-        frozen_rollout = dataclasses.replace(reflection_rollout(cfg, limits), engine="hf")
-        frozen = build_engine(frozen_rollout, cfg.model, rt.model_dir)
-        rt.reflection_gateway = build_gateway(frozen, rt.tokenizer, frozen_rollout, "reflection", cfg.model.thinking,
-                                              limits.reflection_gateway).start()
-        rt._closers.append(rt.reflection_gateway.stop)
+    if cfg.reflection.mode == "self":  # Self-Ref: the frozen initial model, where reflection.server says
+        from p2o.rollout.reflection_server import start_reflection_server
+
+        rt.reflection_gateway = start_reflection_server(cfg, limits, rt.tokenizer, rt.model_dir, rt.run_dir)
+        if rt.reflection_gateway is not None:  # None: external, at reflection.base_url
+            rt._closers.append(rt.reflection_gateway.stop)
     from p2o.gepa.client import GEPAClient
 
     token = os.environ.get(cfg.gepa.token_env)

@@ -160,7 +160,8 @@ start_reflection() {  # het group 2: the frozen initial model behind an OpenAI-c
     if [[ $REFLECTION_SERVER == vllm ]]; then
         server=(vllm serve "$REFLECTION_MODEL")
     else
-        server=("$PYTHON" -m p2o.cli serve --model "$REFLECTION_MODEL")
+        # sized from the run config's reflection.* (meta-prompts up to reflection.context_tokens)
+        server=("$PYTHON" -m p2o.cli serve --reflection --config "$JOB_DIR/config.yaml" --model "$REFLECTION_MODEL")
     fi
     # The server listens on a fixed port; the wrapper publishes the URL, GET /health gates its use.
     start_component reflection "$JOB_DIR/reflection.log" "$node" \
@@ -291,8 +292,10 @@ EOF
     local train_args=(train --config "$CONFIG")
     [[ -n $gepa_url ]] && train_args+=("gepa.service_url=$gepa_url" "rollout.gateway_host=$master_addr")
     [[ -n $gepa_url && -n $policy_endpoint ]] && train_args+=("rollout.gateway_port=$GATEWAY_PORT")
-    # The reflection component serves the frozen initial model: to the trainer it is an external endpoint.
-    [[ -n $reflection_url ]] && train_args+=(reflection.mode=teacher "reflection.base_url=$reflection_url" reflection.model=reflection)
+    # The reflection component serves the frozen initial model: Self-Ref at an external endpoint. Without it
+    # the trainer serves the frozen model itself (reflection.server: a process of its own next to a vLLM policy
+    # on rank 0's GPU, with reflection.gpu_memory_utilization of it; see docs/gpu.md).
+    [[ -n $reflection_url ]] && train_args+=(reflection.server=external "reflection.base_url=$reflection_url" reflection.model=reflection)
     train_args+=("${overrides[@]}" "logging.run_dir=$RUN_DIR")
     local cmd=()
     mapfile -d '' -t cmd < <(trainer_srun_cmd "$NODES" "$per_node" "$master_addr" "$master_port" \
