@@ -713,9 +713,10 @@ class LoggingConfig(_Section):
     run_dir: str = "runs/demo"
     """Run directory: metrics, checkpoints, report."""
     tensorboard: bool = False
-    """Also write TensorBoard event files."""
+    """Also write TensorBoard event files (run_dir/tensorboard; the logging extra)."""
     wandb: bool = False
-    """Also log to Weights & Biases (project from WANDB_PROJECT)."""
+    """Also log to Weights & Biases (project from WANDB_PROJECT, default p2o; the resolved config; one W&B run per
+    run directory, id in run_dir/wandb_run_id, continued on resume)."""
     progress: bool = True
     """Progress bars on long phases."""
     save_rollouts: bool = True

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from p2o.config import RunConfig, to_yaml
+from p2o.config import RunConfig, to_dict, to_yaml
 from p2o.data import load_eval_problems, load_train_problems
 from p2o.data.problem import Problem
 from p2o.limits import check_prompt_lengths, resolve_limits
@@ -337,11 +337,7 @@ class Runtime:
     def truncate_metrics(self, step: int, size_bytes: int = -1) -> None:
         """Cut metrics.jsonl back to a checkpoint (its recorded size, else its step); see telemetry.metrics."""
         if self.is_rank0:
-            from p2o.telemetry.metrics import truncate_metrics
-            self.metrics.close()
-            truncate_metrics(self.run_dir, step, size_bytes)
-            from p2o.telemetry.metrics import MetricsLogger
-            self.metrics = MetricsLogger(self.run_dir, self.cfg.logging.tensorboard, self.cfg.logging.wandb)
+            self.metrics.truncate(step, size_bytes)  # TensorBoard purges the redone steps; the W&B run continues
 
     def progress(self, desc: str, total: int):
         """A progress bar for a phase, shown by rank 0 only (close it when the phase ends)."""
@@ -460,7 +456,8 @@ def _build_rank0(rt: Runtime) -> None:
 
     cfg = rt.cfg
     (rt.run_dir / "config.yaml").write_text(to_yaml(cfg))
-    rt.metrics = MetricsLogger(rt.run_dir, cfg.logging.tensorboard, cfg.logging.wandb, run_name=rt.run_dir.name)
+    rt.metrics = MetricsLogger(rt.run_dir, cfg.logging.tensorboard, cfg.logging.wandb, run_name=rt.run_dir.name,
+                               config=to_dict(cfg))
     rt._closers.append(rt.metrics.close)
     rt.gpu = GPUSampler()
     rt.verifier = Verifier(cfg.reward)
