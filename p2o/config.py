@@ -651,8 +651,8 @@ class ReflectionConfig(_Section):
     (`p2o serve --reflection`, a child process of rank 0 on its GPU) | external (reflection.base_url: a server the
     job started, e.g. the Slurm job's reflection component). See p2o.rollout.reflection_server."""
     gpu_memory_utilization: float = 0.2
-    """Self-Ref subprocess with vLLM: its fraction of rank 0's GPU, in (0, 1); with
-    rollout.vllm_gpu_memory_utilization it must sum to < 1 (both engines hold their share during generation)."""
+    """Self-Ref server with vLLM (`p2o serve --reflection`): its share of the GPU, in (0, 1). As a subprocess on
+    rank 0's GPU it must sum with rollout.vllm_gpu_memory_utilization to < 1 (both engines hold their share)."""
     server_timeout_s: float = 900.0
     """Self-Ref subprocess: seconds it may take to listen (model load, vLLM start-up)."""
     base_url: str = ""

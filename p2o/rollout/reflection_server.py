@@ -65,6 +65,18 @@ def placement(cfg: RunConfig) -> ReflectionServer:
     return ReflectionServer.IN_PROCESS
 
 
+def describe_placement(cfg: RunConfig) -> str:
+    """Where `placement(cfg)` serves the frozen model, in words (for `p2o train --dry-run`)."""
+    where = placement(cfg)
+    if where == ReflectionServer.EXTERNAL:
+        return f"served at reflection.base_url = {cfg.reflection.base_url}"
+    if where == ReflectionServer.IN_PROCESS:
+        return "an HF engine in rank 0's process behind a second gateway"
+    share = (f", {cfg.reflection.gpu_memory_utilization:g} of rank 0's GPU" if cfg.rollout.engine == Engine.VLLM
+             else "")
+    return f"a `p2o serve --reflection` process of its own ({cfg.rollout.engine} engine{share})"
+
+
 def check_placement(cfg: RunConfig) -> None:
     """The Self-Ref placement against the policy engine; raises ConfigError naming the keys.
 

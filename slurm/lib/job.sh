@@ -27,6 +27,7 @@
 #   REFLECTION_MODEL    model served for Self-Ref by component 2       [the config's model.path]
 #   REFLECTION_SERVER   p2o (`p2o serve`, OpenAI-compatible gateway) | vllm (`vllm serve`)   [p2o]
 #   REFLECTION_PORT     port of the reflection server on its node      [8000]
+#   REFLECTION_GPU_MEMORY_UTILIZATION  vLLM's share of component 2's GPUs (`p2o serve` with rollout.engine=vllm)  [0.9]
 #   GATEWAY_PORT        port of the trainer's policy gateway when the gateway token variable
 #                       (rollout.gateway_token_env) is set: the GEPA service registers it as its `policy`
 #                       endpoint, the only URL it sends that key to    [8001]
@@ -39,6 +40,7 @@
 : "${MAX_REQUEUES:=20}"
 : "${REFLECTION_SERVER:=p2o}"
 : "${REFLECTION_PORT:=8000}"
+: "${REFLECTION_GPU_MEMORY_UTILIZATION:=0.9}"
 : "${GATEWAY_PORT:=8001}"
 
 PREEMPT_SIGNAL=""
@@ -160,8 +162,11 @@ start_reflection() {  # het group 2: the frozen initial model behind an OpenAI-c
     if [[ $REFLECTION_SERVER == vllm ]]; then
         server=(vllm serve "$REFLECTION_MODEL")
     else
-        # sized from the run config's reflection.* (meta-prompts up to reflection.context_tokens)
-        server=("$PYTHON" -m p2o.cli serve --reflection --config "$JOB_DIR/config.yaml" --model "$REFLECTION_MODEL")
+        # sized from the run config's reflection.* (meta-prompts up to reflection.context_tokens); the config as
+        # the trainer gets it (an external Self-Ref server), with this node's share of its own GPUs
+        server=("$PYTHON" -m p2o.cli serve --reflection --config "$JOB_DIR/config.yaml" --model "$REFLECTION_MODEL"
+            reflection.server=external "reflection.base_url=http://$node:$REFLECTION_PORT"
+            "reflection.gpu_memory_utilization=$REFLECTION_GPU_MEMORY_UTILIZATION")
     fi
     # The server listens on a fixed port; the wrapper publishes the URL, GET /health gates its use.
     start_component reflection "$JOB_DIR/reflection.log" "$node" \

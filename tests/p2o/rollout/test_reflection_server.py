@@ -85,6 +85,13 @@ def test_gpu_configs_place_self_ref_out_of_the_trainer_on_cuda(path):
         assert cfg.rollout.vllm_gpu_memory_utilization + cfg.reflection.gpu_memory_utilization < 1
 
 
+def test_the_dry_run_says_where_the_reflection_model_runs(capsys):
+    from p2o.cli import main
+
+    assert main(["train", "--config", str(REPO / "configs" / "demo_cpu.yaml"), "--dry-run", *CUDA_VLLM]) == 0
+    assert "`p2o serve --reflection` process of its own (vllm engine, 0.2 of rank 0's GPU)" in capsys.readouterr().out
+
+
 def test_server_env_leaves_the_trainers_world(monkeypatch):
     for k in TORCHRUN_VARIABLES:
         monkeypatch.setenv(k, "0")
@@ -103,13 +110,23 @@ def _cuda() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.network
-def test_subprocess_server_answers_the_reflection_client(tmp_path, tiny_model_dir, monkeypatch):
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_subprocess_server_answers_the_reflection_client(engine, tmp_path, tiny_model_dir, hd32_model_dir,
+                                                         monkeypatch):
     """`reflection.server = subprocess`: the run starts `p2o serve --reflection` as a real child process on
-    127.0.0.1; the reflection client calls it through the openai client, with the run's gateway key, a meta-prompt
-    longer than the policy's prompt limit (the server is sized from reflection.*), and the server ends on stop."""
+    127.0.0.1 (with vLLM: a one-rank world of its own, although the trainer's torchrun variables are set); the
+    reflection client calls it through the openai client, with the run's gateway key, a meta-prompt longer than
+    the policy's prompt limit (the server is sized from reflection.*), and the server ends on stop."""
     from p2o.gepa.reflect_client import ReflectionClient
     from p2o.limits import resolve_limits
     from p2o.rollout.reflection_server import SERVED_MODEL_NAME
+
+    model, extra = tiny_model_dir, ["rollout.engine=hf"]
+    if engine == "vllm":
+        from tests.p2o.rollout.helpers import require_vllm
+
+        require_vllm()
+        model, extra = hd32_model_dir, ["rollout.engine=vllm", "rollout.vllm_kv_cache_bytes=67108864"]
 
     monkeypatch.setenv("P2O_GATEWAY_TOKEN", "reflection-test-key")
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -118,15 +135,16 @@ def test_subprocess_server_answers_the_reflection_client(tmp_path, tiny_model_di
     run = tmp_path / "run"
     run.mkdir()
     cfg = load_config(str(REPO / "configs" / "demo_cpu.yaml"),
-                      [f"model.path={tiny_model_dir}", "rollout.engine=hf", "rollout.device=cpu",
+                      [f"model.path={model}", *extra, "rollout.device=cpu",
                        "rollout.max_prompt_tokens=40", "rollout.gateway_host=127.0.0.1", "reflection.server=subprocess",
                        "reflection.max_tokens=8", "reflection.temperature=0", f"logging.run_dir={run}"])
     (run / "config.yaml").write_text(to_yaml(cfg))
-    limits = resolve_limits(cfg, tiny_model_dir)
-    server = start_reflection_server(cfg, limits, None, tiny_model_dir, run)
+    limits = resolve_limits(cfg, model)
+    server = start_reflection_server(cfg, limits, None, model, run)
     assert isinstance(server, ReflectionProcess) and server.process.poll() is None
     try:
         assert server.url.startswith("http://127.0.0.1:")
+        assert f"({engine} engine) listening on {server.url}" in server.log_path.read_text()
         assert httpx.get(server.url + "/health").json()["status"] == "ok"
         models = httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer reflection-test-key"}).json()
         assert [m["id"] for m in models["data"]] == [SERVED_MODEL_NAME]
@@ -139,7 +157,7 @@ def test_subprocess_server_answers_the_reflection_client(tmp_path, tiny_model_di
         prompt = "Improve this instruction for solving arithmetic word problems. " * 12
         from transformers import AutoTokenizer
 
-        assert len(AutoTokenizer.from_pretrained(tiny_model_dir)(prompt)["input_ids"]) > cfg.rollout.max_prompt_tokens
+        assert len(AutoTokenizer.from_pretrained(model)(prompt)["input_ids"]) > cfg.rollout.max_prompt_tokens
         completion = client(prompt)
         client.close()
         assert isinstance(completion.text, str) and completion.finish_reason in ("stop", "length")
