@@ -655,6 +655,9 @@ class ReflectionConfig(_Section):
     rank 0's GPU it must sum with rollout.vllm_gpu_memory_utilization to < 1 (both engines hold their share)."""
     server_timeout_s: float = 900.0
     """Self-Ref subprocess: seconds it may take to listen (model load, vLLM start-up)."""
+    port: int = 0
+    """Self-Ref server started by the run (in_process, subprocess): its port on rollout.gateway_host (0: a free
+    port; the Slurm job pins it so that its GEPA service can send the gateway key there)."""
     base_url: str = ""
     """Endpoint base URL for teacher mode, or for self mode with server = external ('' otherwise: started by the
     run)."""
@@ -701,6 +704,8 @@ class ReflectionConfig(_Section):
         if self.gpu_memory_utilization >= 1:
             self._fail("gpu_memory_utilization", "a number in (0, 1): the policy's vLLM engine shares the GPU")
         self._above(0, "server_timeout_s")
+        if self.port > 65535:
+            self._fail("port", "a TCP port (0: a free one)")
         if self.mode == ReflectionMode.SELF and self.server == ReflectionServer.EXTERNAL and not self.base_url:
             self._fail("base_url", "the frozen model's server URL when reflection.server = external")
 

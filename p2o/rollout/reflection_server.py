@@ -105,10 +105,10 @@ def check_placement(cfg: RunConfig) -> None:
 
 def server_rollout(cfg: RunConfig, limits: Any):
     """The `RolloutConfig` of the reflection engine and gateway: `p2o.limits.reflection_rollout` (prompts up to the
-    reflection context, a free port) with the server's own vLLM share of the GPU."""
+    reflection context) on reflection.port, with the server's own vLLM share of the GPU."""
     from p2o.limits import reflection_rollout
 
-    return dataclasses.replace(reflection_rollout(cfg, limits),
+    return dataclasses.replace(reflection_rollout(cfg, limits), gateway_port=cfg.reflection.port,
                                vllm_gpu_memory_utilization=cfg.reflection.gpu_memory_utilization)
 
 
@@ -119,15 +119,15 @@ class ReflectionProcess:
         self.process, self.url, self.log_path = process, url, log_path
 
     @classmethod
-    def start(cls, config_file: Path, model_dir: str | Path, host: str, out_dir: Path,
-              timeout_s: float) -> ReflectionProcess:
+    def start(cls, config_file: Path, model_dir: str | Path, host: str, out_dir: Path, timeout_s: float,
+              port: int = 0) -> ReflectionProcess:
         """Start the server for the run config `config_file` (its reflection.* and rollout.*), serving `model_dir`
-        on `host` at a free port; waits until it listens (raises RuntimeError naming its log otherwise)."""
+        on `host`:`port` (0: a free port); waits until it listens (raises RuntimeError naming its log otherwise)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         endpoint, log_path = out_dir / "endpoint", out_dir / "server.log"
         endpoint.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "p2o.cli", "serve", "--reflection", "--config", str(config_file),
-               "--model", str(model_dir), "--served-model-name", SERVED_MODEL_NAME, "--host", host, "--port", "0",
+               "--model", str(model_dir), "--served-model-name", SERVED_MODEL_NAME, "--host", host, "--port", str(port),
                "--endpoint-file", str(endpoint)]
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=server_env())
@@ -181,7 +181,8 @@ def start_reflection_server(cfg: RunConfig, limits: Any, tokenizer: Any, model_d
         return None
     if where == ReflectionServer.SUBPROCESS:
         return ReflectionProcess.start(run_dir / "config.yaml", model_dir, cfg.rollout.gateway_host,
-                                       run_dir / "reflection_server", cfg.reflection.server_timeout_s)
+                                       run_dir / "reflection_server", cfg.reflection.server_timeout_s,
+                                       cfg.reflection.port)
     from p2o.rollout.factory import build_engine, build_gateway
 
     # in process: always an HF engine on rank 0 (it never receives weight updates; a second vLLM engine would

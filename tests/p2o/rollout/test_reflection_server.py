@@ -169,6 +169,33 @@ def test_subprocess_server_answers_the_reflection_client(engine, tmp_path, tiny_
         httpx.get(server.url + "/health", timeout=2)
 
 
+@pytest.mark.slow
+def test_the_server_listens_on_reflection_port(tmp_path, tiny_model_dir):
+    """reflection.port pins the server's port (the Slurm job registers it with its GEPA service)."""
+    import socket
+
+    from p2o.limits import resolve_limits
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(str(REPO / "configs" / "demo_cpu.yaml"),
+                      [f"model.path={tiny_model_dir}", "rollout.engine=hf", "rollout.device=cpu",
+                       "reflection.server=subprocess", f"reflection.port={port}", f"logging.run_dir={run}"])
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    server = start_reflection_server(cfg, resolve_limits(cfg, tiny_model_dir), None, tiny_model_dir, run)
+    try:
+        assert server.url == f"http://127.0.0.1:{port}"
+        assert httpx.get(server.url + "/health").json()["status"] == "ok"
+    finally:
+        server.stop()
+    with pytest.raises(ConfigError) as info:
+        load_config(str(REPO / "configs" / "demo_cpu.yaml"), ["reflection.port=70000"])
+    assert info.value.key == "reflection.port"
+
+
 def test_a_failing_server_names_its_log(tmp_path):
     bad = tmp_path / "config.yaml"
     bad.write_text("rollout: {engine: nonsense}\n")
