@@ -151,6 +151,13 @@ class ReflectionMode(Choice):
     TEACHER = "teacher"
 
 
+class ReflectionServer(Choice):
+    AUTO = "auto"
+    IN_PROCESS = "in_process"
+    SUBPROCESS = "subprocess"
+    EXTERNAL = "external"
+
+
 class KernelBackend(Choice):
     AUTO = "auto"
     TRITON = "triton"
@@ -641,8 +648,22 @@ class ReflectionConfig(_Section):
 
     mode: ReflectionMode = ReflectionMode.SELF
     """self (frozen initial policy served by a second gateway) | teacher (external OpenAI-compatible API)."""
+    server: ReflectionServer = ReflectionServer.AUTO
+    """Self-Ref: where the frozen model is served: auto (subprocess when rollout.engine = vllm on CUDA, else
+    in_process) | in_process (an HF engine in rank 0's process; refused with vLLM on CUDA) | subprocess
+    (`p2o serve --reflection`, a child process of rank 0 on its GPU) | external (reflection.base_url: a server the
+    job started, e.g. the Slurm job's reflection component). See p2o.rollout.reflection_server."""
+    gpu_memory_utilization: float = 0.2
+    """Self-Ref server with vLLM (`p2o serve --reflection`): its share of the GPU, in (0, 1). As a subprocess on
+    rank 0's GPU it must sum with rollout.vllm_gpu_memory_utilization to < 1 (both engines hold their share)."""
+    server_timeout_s: float = 900.0
+    """Self-Ref subprocess: seconds it may take to listen (model load, vLLM start-up)."""
+    port: int = 0
+    """Self-Ref server started by the run (in_process, subprocess): its port on rollout.gateway_host (0: a free
+    port; the Slurm job pins it so that its GEPA service can send the gateway key there)."""
     base_url: str = ""
-    """Endpoint base URL for teacher mode ('' in self mode: started by the run)."""
+    """Endpoint base URL for teacher mode, or for self mode with server = external ('' otherwise: started by the
+    run)."""
     model: str = ""
     """Model name sent to the endpoint."""
     api_key_env: str = "P2O_REFLECTION_API_KEY"
@@ -682,6 +703,14 @@ class ReflectionConfig(_Section):
             self._fail("max_tokens", f"less than reflection.context_tokens = {self.context_tokens}")
         if self.mode == ReflectionMode.TEACHER and not (self.base_url and self.model):
             self._fail("base_url", "a URL (and reflection.model) when reflection.mode = teacher")
+        self._fraction("gpu_memory_utilization")
+        if self.gpu_memory_utilization >= 1:
+            self._fail("gpu_memory_utilization", "a number in (0, 1): the policy's vLLM engine shares the GPU")
+        self._above(0, "server_timeout_s")
+        if self.port > 65535:
+            self._fail("port", "a TCP port (0: a free one)")
+        if self.mode == ReflectionMode.SELF and self.server == ReflectionServer.EXTERNAL and not self.base_url:
+            self._fail("base_url", "the frozen model's server URL when reflection.server = external")
 
 
 # ----------------------------------------------------------------------------- run plumbing
@@ -692,9 +721,10 @@ class LoggingConfig(_Section):
     run_dir: str = "runs/demo"
     """Run directory: metrics, checkpoints, report."""
     tensorboard: bool = False
-    """Also write TensorBoard event files."""
+    """Also write TensorBoard event files (run_dir/tensorboard; the logging extra)."""
     wandb: bool = False
-    """Also log to Weights & Biases (project from WANDB_PROJECT)."""
+    """Also log to Weights & Biases (project from WANDB_PROJECT, default p2o; the resolved config; one W&B run per
+    run directory, id in run_dir/wandb_run_id, continued on resume)."""
     progress: bool = True
     """Progress bars on long phases."""
     save_rollouts: bool = True

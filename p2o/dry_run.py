@@ -33,7 +33,9 @@ def plan_lines(cfg: RunConfig, limits: RunLimits) -> list[str]:
              f"{cfg.grpo.ppo_minibatches} minibatch(es) x {cfg.grpo.ppo_epochs} epoch(s)"]
     if p.enabled:
         service = g.service_url or "a local child process on 127.0.0.1"
-        reflector = ("self: the frozen initial model behind a second gateway" if refl.mode == "self"
+        from p2o.rollout.reflection_server import describe_placement
+
+        reflector = (f"self: the frozen initial model, {describe_placement(cfg)}" if refl.mode == "self"
                      else f"teacher: {refl.model} at {refl.base_url}")
         lines += [f"  P2O              hard: fewer than tau={p.tau} of K correct (on {p.hard_on} rollouts); "
                   f"distillation {p.distill} [{p.ratio_low}, {p.ratio_high}]; GEPA {p.gepa_mode}",

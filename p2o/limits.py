@@ -10,6 +10,8 @@ such request fails (GEPA once scored those failures as 0, and a whole run silent
   reflection.max_tokens - 64) and max_tokens = reflection.max_tokens;
 - rollouts and GEPA scoring -> the policy engine: prompt + response tokens within the model's
   max_position_embeddings; the Self-Ref reflector -> the frozen model: reflection.context_tokens likewise;
+- the Self-Ref server -> the policy engine: not in the trainer's process with vLLM on CUDA, and its share of
+  the GPU with the policy's (`p2o.rollout.reflection_server.check_placement`);
 - problems -> rollouts: every prompt x within rollout.max_prompt_tokens (`check_prompt_lengths`, at train
   start, once the tokenizer is loaded).
 
@@ -156,6 +158,9 @@ def resolve_limits(cfg: RunConfig, model_dir: str | Path | None = None) -> RunLi
                           f"less than reflection.context_tokens - {PROMPT_MARGIN_TOKENS} = "
                           f"{context - PROMPT_MARGIN_TOKENS} (reflection.context_tokens = {context}; the "
                           "meta-prompt needs room in the context)")
+    from p2o.rollout.reflection_server import check_placement
+
+    check_placement(cfg)  # where the Self-Ref model runs, against the policy engine
     reflection = None
     if gepa_on and self_mode:
         reflection = GatewaySize(max_prompt_tokens=context - refl.max_tokens, max_tokens=refl.max_tokens, max_n=1,

@@ -5,6 +5,12 @@
 #   component 1  a CPU node: the GEPA prompt-evolution service (`p2o gepa-serve`)
 #   component 2  optional, a GPU node: the Self-Ref reflection model (frozen initial policy; REFLECTION_GPUS > 0)
 #
+# Self-Ref topology: with REFLECTION_GPUS > 0 the frozen model runs on its own GPU node (component 2, the
+# trainer gets reflection.server=external). Without it (the default) the trainer starts it as a server process
+# of its own on rank 0's GPU (reflection.server=auto -> subprocess with a vLLM policy on CUDA), holding
+# reflection.gpu_memory_utilization of that GPU; the config load refuses a sum with
+# rollout.vllm_gpu_memory_utilization >= 1. See docs/gpu.md ("Self-Ref reflection model").
+#
 # Submit (either way):
 #   CONFIG=configs/qwen3_4b_p2o_deepscaler.yaml sbatch slurm/p2o_qwen3.sh          # sizes from #SBATCH below
 #   CONFIG=... NODES=4 GPUS_PER_NODE=8 REFLECTION_GPUS=1 bash slurm/p2o_qwen3.sh  # sizes from the environment

@@ -72,7 +72,7 @@ class ServiceGEPARound:
         from p2o.gepa.service.protocol import job_section
 
         r = job_section("reflection", self.cfg.reflection)  # the service's endpoint table chooses keys
-        if self.cfg.reflection.mode == "self":
+        if self.reflection_url is not None:  # Self-Ref served by this run
             r["base_url"] = f"{self.reflection_url}/v1"
             r["model"] = "reflection"
         return r

@@ -56,14 +56,10 @@ class RunMetrics:
         log.info("%s: %s", where, " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
 
     def truncate(self, step: int, size_bytes: int = -1) -> None:
-        """See `p2o.telemetry.metrics.truncate_metrics`; the logger is reopened on the cut file."""
+        """See `p2o.telemetry.metrics.MetricsLogger.truncate`: metrics.jsonl cut back to the checkpoint."""
         if self.logger is None:
             return
-        from p2o.telemetry.metrics import MetricsLogger, truncate_metrics
-
-        self.logger.close()
-        truncate_metrics(self.run_dir, step, size_bytes)
-        self.logger = MetricsLogger(self.run_dir, self.cfg.logging.tensorboard, self.cfg.logging.wandb)
+        self.logger.truncate(step, size_bytes)  # TensorBoard purges the redone steps; the W&B run continues
 
     def size_bytes(self) -> int:
         from p2o.telemetry.metrics import metrics_size

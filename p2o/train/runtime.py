@@ -11,14 +11,13 @@ The trainer (`p2o.train.loop.Trainer`) holds each part as a typed field; tests r
 
 Rank 0 owns the rollout side: the scheduler and the OpenAI-compatible gateway in front of the policy's engine
 (which the GEPA service uses to score candidates with the current policy), the frozen initial model behind a
-second gateway for Self-Ref reflection (an HF engine), the verifier, the GEPA client (and, when
+second gateway for Self-Ref reflection (`p2o.rollout.reflection_server`), the verifier, the GEPA client (and, when
 `gepa.service_url` is empty, the GEPA service as a child process on 127.0.0.1), and the metrics sinks.
 With `rollout.engine=vllm` every rank builds an engine (vLLM's `external_launcher` needs every rank to build it
 together); see `p2o.train.rollout_service`.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import secrets
@@ -31,10 +30,10 @@ from typing import Any
 
 import torch
 
-from p2o.config import RunConfig, to_yaml
+from p2o.config import RunConfig, to_dict, to_yaml
 from p2o.data import load_eval_problems, load_train_problems
 from p2o.data.problem import Problem
-from p2o.limits import check_prompt_lengths, reflection_rollout, resolve_limits
+from p2o.limits import check_prompt_lengths, resolve_limits
 from p2o.models import resolve_model_dir
 from p2o.train.distributed_control import DistributedControl, ProcessGroupControl
 from p2o.train.gepa_round import GEPARound, ServiceGEPARound, endpoint_args, start_gepa_service
@@ -139,7 +138,8 @@ def _build_rank0(cfg: RunConfig, rt: Runtime, rollout: EngineRolloutService, met
     from p2o.telemetry.metrics import MetricsLogger
 
     (rt.run_dir / "config.yaml").write_text(to_yaml(cfg))
-    metrics.logger = MetricsLogger(rt.run_dir, cfg.logging.tensorboard, cfg.logging.wandb, run_name=rt.run_dir.name)
+    metrics.logger = MetricsLogger(rt.run_dir, cfg.logging.tensorboard, cfg.logging.wandb, run_name=rt.run_dir.name,
+                                   config=to_dict(cfg))
     rt.closers.append(metrics.close)
     metrics.gpu_sampler = GPUSampler()
     rollout.verifier = Verifier(cfg.reward)
@@ -154,15 +154,13 @@ def _build_rank0(cfg: RunConfig, rt: Runtime, rollout: EngineRolloutService, met
     if not cfg.p2o.enabled:
         return
     reflection_url = None
-    if cfg.reflection.mode == "self":  # Self-Ref: the frozen initial model behind a second gateway
-        # a free port, prompts up to the reflection context; always an HF engine on rank 0: it never receives
-        # weight updates, and a second vLLM engine would have to be built by every rank and driven in phases too
-        frozen_rollout = dataclasses.replace(reflection_rollout(cfg, limits), engine="hf")
-        frozen = build_engine(frozen_rollout, cfg.model, model_dir)
-        reflection_gateway = build_gateway(frozen, rollout.tokenizer, frozen_rollout, "reflection",
-                                           cfg.model.thinking, limits.reflection_gateway).start()
-        rt.closers.append(reflection_gateway.stop)
-        reflection_url = advertised_url(reflection_gateway.url)
+    if cfg.reflection.mode == "self":  # Self-Ref: the frozen initial model, where reflection.server says
+        from p2o.rollout.reflection_server import start_reflection_server
+
+        reflection_gateway = start_reflection_server(cfg, limits, rollout.tokenizer, model_dir, rt.run_dir)
+        if reflection_gateway is not None:  # None: external, at reflection.base_url
+            rt.closers.append(reflection_gateway.stop)
+            reflection_url = advertised_url(reflection_gateway.url)
     from p2o.gepa.service.client import GEPAClient
 
     token = os.environ.get(cfg.gepa.token_env)

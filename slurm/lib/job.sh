@@ -27,9 +27,12 @@
 #   REFLECTION_MODEL    model served for Self-Ref by component 2       [the config's model.path]
 #   REFLECTION_SERVER   p2o (`p2o serve`, OpenAI-compatible gateway) | vllm (`vllm serve`)   [p2o]
 #   REFLECTION_PORT     port of the reflection server on its node      [8000]
+#   REFLECTION_GPU_MEMORY_UTILIZATION  vLLM's share of component 2's GPUs (`p2o serve` with rollout.engine=vllm)  [0.9]
 #   GATEWAY_PORT        port of the trainer's policy gateway when the gateway token variable
 #                       (rollout.gateway_token_env) is set: the GEPA service registers it as its `policy`
 #                       endpoint, the only URL it sends that key to    [8001]
+#   TRAINER_REFLECTION_PORT  likewise, the port of the Self-Ref server the trainer starts itself (no
+#                       component 2; reflection.port), registered as the `reflection` endpoint   [8002]
 #   ENDPOINT_TIMEOUT_S  seconds a service may take to answer /health   [600]
 #   MAX_REQUEUES        give up requeueing after this many restarts    [20]
 #
@@ -39,7 +42,9 @@
 : "${MAX_REQUEUES:=20}"
 : "${REFLECTION_SERVER:=p2o}"
 : "${REFLECTION_PORT:=8000}"
+: "${REFLECTION_GPU_MEMORY_UTILIZATION:=0.9}"
 : "${GATEWAY_PORT:=8001}"
+: "${TRAINER_REFLECTION_PORT:=8002}"
 
 PREEMPT_SIGNAL=""
 TERMINATED=0
@@ -160,7 +165,11 @@ start_reflection() {  # het group 2: the frozen initial model behind an OpenAI-c
     if [[ $REFLECTION_SERVER == vllm ]]; then
         server=(vllm serve "$REFLECTION_MODEL")
     else
-        server=("$PYTHON" -m p2o.cli serve --model "$REFLECTION_MODEL")
+        # sized from the run config's reflection.* (meta-prompts up to reflection.context_tokens); the config as
+        # the trainer gets it (an external Self-Ref server), with this node's share of its own GPUs
+        server=("$PYTHON" -m p2o.cli serve --reflection --config "$JOB_DIR/config.yaml" --model "$REFLECTION_MODEL"
+            reflection.server=external "reflection.base_url=http://$node:$REFLECTION_PORT"
+            "reflection.gpu_memory_utilization=$REFLECTION_GPU_MEMORY_UTILIZATION")
     fi
     # The server listens on a fixed port; the wrapper publishes the URL, GET /health gates its use.
     start_component reflection "$JOB_DIR/reflection.log" "$node" \
@@ -263,13 +272,17 @@ run_training_job() {
     # The reflection server comes up first: the GEPA service is started knowing the endpoints it may call
     # with credentials. When the gateways need a key, the trainer's gateway is pinned to GATEWAY_PORT of the
     # first trainer node so that the service can register it (without a key it keeps a free port).
+    # Without component 2 the trainer serves Self-Ref itself; with a key its server is pinned likewise.
     local groups=${SLURM_HET_SIZE:-1} gepa_url="" reflection_url="" gepa_args=() policy_endpoint=""
+    local reflection_endpoint=""
     if [[ -n $gateway_token_env && -n ${!gateway_token_env:-} ]]; then
         policy_endpoint="http://$master_addr:$GATEWAY_PORT/v1"
+        ((groups >= 3)) || reflection_endpoint="http://$master_addr:$TRAINER_REFLECTION_PORT/v1"
     fi
     if ((groups >= 3)); then start_reflection; await reflection; reflection_url=$AWAITED_URL; fi
     if ((groups >= 2)); then
-        mapfile -t gepa_args < <(gepa_endpoint_args "$policy_endpoint" "$reflection_url" "$gateway_token_env")
+        mapfile -t gepa_args < <(gepa_endpoint_args "$policy_endpoint" "${reflection_url:-$reflection_endpoint}" \
+            "$gateway_token_env")
         start_gepa "${gepa_args[@]}"
         await gepa; gepa_url=$AWAITED_URL
     fi
@@ -291,8 +304,11 @@ EOF
     local train_args=(train --config "$CONFIG")
     [[ -n $gepa_url ]] && train_args+=("gepa.service_url=$gepa_url" "rollout.gateway_host=$master_addr")
     [[ -n $gepa_url && -n $policy_endpoint ]] && train_args+=("rollout.gateway_port=$GATEWAY_PORT")
-    # The reflection component serves the frozen initial model: to the trainer it is an external endpoint.
-    [[ -n $reflection_url ]] && train_args+=(reflection.mode=teacher "reflection.base_url=$reflection_url" reflection.model=reflection)
+    [[ -n $gepa_url && -n $reflection_endpoint ]] && train_args+=("reflection.port=$TRAINER_REFLECTION_PORT")
+    # The reflection component serves the frozen initial model: Self-Ref at an external endpoint. Without it
+    # the trainer serves the frozen model itself (reflection.server: a process of its own next to a vLLM policy
+    # on rank 0's GPU, with reflection.gpu_memory_utilization of it; see docs/gpu.md).
+    [[ -n $reflection_url ]] && train_args+=(reflection.server=external "reflection.base_url=$reflection_url" reflection.model=reflection)
     train_args+=("${overrides[@]}" "logging.run_dir=$RUN_DIR")
     local cmd=()
     mapfile -d '' -t cmd < <(trainer_srun_cmd "$NODES" "$per_node" "$master_addr" "$master_port" \
