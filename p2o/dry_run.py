@@ -33,7 +33,7 @@ def plan_lines(cfg: RunConfig, limits: RunLimits) -> list[str]:
              f"{cfg.grpo.ppo_minibatches} minibatch(es) x {cfg.grpo.ppo_epochs} epoch(s)"]
     if p.enabled:
         service = g.service_url or "a local child process on 127.0.0.1"
-        from p2o.rollout.reflection_server import describe_placement
+        from p2o.limits import describe_placement
 
         reflector = (f"self: the frozen initial model, {describe_placement(cfg)}" if refl.mode == "self"
                      else f"teacher: {refl.model} at {refl.base_url}")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2o.config import ConfigError, ReflectionMode, RunConfig, read_hf_config
+from p2o.config import ConfigError, Engine, ReflectionMode, ReflectionServer, RunConfig, read_hf_config
 from p2o.gepa.core.reflect import PROMPT_MARGIN_TOKENS
 
 DEFAULT_REFLECTION_CONTEXT_TOKENS = 32768
@@ -158,8 +158,6 @@ def resolve_limits(cfg: RunConfig, model_dir: str | Path | None = None) -> RunLi
                           f"less than reflection.context_tokens - {PROMPT_MARGIN_TOKENS} = "
                           f"{context - PROMPT_MARGIN_TOKENS} (reflection.context_tokens = {context}; the "
                           "meta-prompt needs room in the context)")
-    from p2o.rollout.reflection_server import check_placement
-
     check_placement(cfg)  # where the Self-Ref model runs, against the policy engine
     reflection = None
     if gepa_on and self_mode:
@@ -198,3 +196,63 @@ def check_prompt_lengths(cfg: RunConfig, tokenizer: Any, problems: Sequence[Any]
                               f"{getattr(cfg.data, source.split('.')[-1], '')!r} has {len(ids)} tokens")
         longest = max(longest, len(ids))
     return longest
+
+
+# ----------------------------------------------------------------------------- where Self-Ref runs
+def cuda_generation(cfg: RunConfig) -> bool:
+    """True when the policy engine generates on CUDA: rollout.device = cuda, or auto (vLLM: any) with CUDA here."""
+    if cfg.rollout.device == "cuda":
+        return True
+    if cfg.rollout.device == "cpu" and cfg.rollout.engine != Engine.VLLM:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def placement(cfg: RunConfig) -> ReflectionServer:
+    """`reflection.server` with auto resolved for this machine (`cuda_generation`)."""
+    server = cfg.reflection.server
+    if server != ReflectionServer.AUTO:
+        return server
+    if cfg.rollout.engine == Engine.VLLM and cuda_generation(cfg):
+        return ReflectionServer.SUBPROCESS
+    return ReflectionServer.IN_PROCESS
+
+
+def check_placement(cfg: RunConfig) -> None:
+    """The Self-Ref placement against the policy engine; raises ConfigError naming the keys.
+
+    - in_process with rollout.engine = vllm on CUDA is refused (one CuMemAllocator per process: sleeping the
+      policy engine would unmap the reflection engine's memory);
+    - a vLLM server process (subprocess or auto) on rank 0's GPU next to the vLLM policy engine: the two
+      gpu_memory_utilization fractions must sum to < 1. Checked whatever this machine has (the config may be
+      checked on a login node without GPUs)."""
+    refl, r = cfg.reflection, cfg.rollout
+    if not cfg.p2o.enabled or refl.mode != ReflectionMode.SELF or r.engine != Engine.VLLM:
+        return
+    if refl.server == ReflectionServer.IN_PROCESS and cuda_generation(cfg):
+        raise ConfigError("reflection.server", str(refl.server),
+                          "subprocess or external (or auto) with rollout.engine = vllm on CUDA and "
+                          "reflection.mode = self: vLLM has one CuMemAllocator per process, and sleeping the policy "
+                          "engine would unmap an in-process reflection engine's memory")
+    if refl.server in (ReflectionServer.AUTO, ReflectionServer.SUBPROCESS):
+        total = r.vllm_gpu_memory_utilization + refl.gpu_memory_utilization
+        if total >= 1:
+            raise ConfigError("reflection.gpu_memory_utilization", refl.gpu_memory_utilization,
+                              f"less than 1 - rollout.vllm_gpu_memory_utilization = "
+                              f"{1 - r.vllm_gpu_memory_utilization:.3g} (the Self-Ref server process shares rank "
+                              f"0's GPU with the policy's vLLM engine; their sum is {total:.3g}); or run it on its "
+                              "own GPUs: reflection.server = external")
+
+
+def describe_placement(cfg: RunConfig) -> str:
+    """Where `placement(cfg)` serves the frozen model, in words (for `p2o train --dry-run`)."""
+    where = placement(cfg)
+    if where == ReflectionServer.EXTERNAL:
+        return f"served at reflection.base_url = {cfg.reflection.base_url}"
+    if where == ReflectionServer.IN_PROCESS:
+        return "an HF engine in rank 0's process behind a second gateway"
+    share = (f", {cfg.reflection.gpu_memory_utilization:g} of rank 0's GPU" if cfg.rollout.engine == Engine.VLLM
+             else "")
+    return f"a `p2o serve --reflection` process of its own ({cfg.rollout.engine} engine{share})"

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from p2o.config import ConfigError, Engine, ReflectionMode, ReflectionServer, RunConfig
+from p2o.config import Engine, ReflectionServer, RunConfig
+from p2o.limits import check_placement, placement
 
 log = logging.getLogger(__name__)
 
@@ -42,65 +43,6 @@ TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "G
                       "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
 """The trainer's torch.distributed variables; the server process must not join the trainer's world (with vLLM it
 forms a one-rank world of its own)."""
-
-
-def cuda_generation(cfg: RunConfig) -> bool:
-    """True when the policy engine generates on CUDA: rollout.device = cuda, or auto (vLLM: any) with CUDA here."""
-    if cfg.rollout.device == "cuda":
-        return True
-    if cfg.rollout.device == "cpu" and cfg.rollout.engine != Engine.VLLM:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def placement(cfg: RunConfig) -> ReflectionServer:
-    """`reflection.server` with auto resolved for this machine (`cuda_generation`)."""
-    server = cfg.reflection.server
-    if server != ReflectionServer.AUTO:
-        return server
-    if cfg.rollout.engine == Engine.VLLM and cuda_generation(cfg):
-        return ReflectionServer.SUBPROCESS
-    return ReflectionServer.IN_PROCESS
-
-
-def describe_placement(cfg: RunConfig) -> str:
-    """Where `placement(cfg)` serves the frozen model, in words (for `p2o train --dry-run`)."""
-    where = placement(cfg)
-    if where == ReflectionServer.EXTERNAL:
-        return f"served at reflection.base_url = {cfg.reflection.base_url}"
-    if where == ReflectionServer.IN_PROCESS:
-        return "an HF engine in rank 0's process behind a second gateway"
-    share = (f", {cfg.reflection.gpu_memory_utilization:g} of rank 0's GPU" if cfg.rollout.engine == Engine.VLLM
-             else "")
-    return f"a `p2o serve --reflection` process of its own ({cfg.rollout.engine} engine{share})"
-
-
-def check_placement(cfg: RunConfig) -> None:
-    """The Self-Ref placement against the policy engine; raises ConfigError naming the keys.
-
-    - in_process with rollout.engine = vllm on CUDA is refused (one CuMemAllocator per process: sleeping the
-      policy engine would unmap the reflection engine's memory);
-    - a vLLM server process (subprocess or auto) on rank 0's GPU next to the vLLM policy engine: the two
-      gpu_memory_utilization fractions must sum to < 1. Checked whatever this machine has (the config may be
-      checked on a login node without GPUs)."""
-    refl, r = cfg.reflection, cfg.rollout
-    if not cfg.p2o.enabled or refl.mode != ReflectionMode.SELF or r.engine != Engine.VLLM:
-        return
-    if refl.server == ReflectionServer.IN_PROCESS and cuda_generation(cfg):
-        raise ConfigError("reflection.server", str(refl.server),
-                          "subprocess or external (or auto) with rollout.engine = vllm on CUDA and "
-                          "reflection.mode = self: vLLM has one CuMemAllocator per process, and sleeping the policy "
-                          "engine would unmap an in-process reflection engine's memory")
-    if refl.server in (ReflectionServer.AUTO, ReflectionServer.SUBPROCESS):
-        total = r.vllm_gpu_memory_utilization + refl.gpu_memory_utilization
-        if total >= 1:
-            raise ConfigError("reflection.gpu_memory_utilization", refl.gpu_memory_utilization,
-                              f"less than 1 - rollout.vllm_gpu_memory_utilization = "
-                              f"{1 - r.vllm_gpu_memory_utilization:.3g} (the Self-Ref server process shares rank "
-                              f"0's GPU with the policy's vLLM engine; their sum is {total:.3g}); or run it on its "
-                              "own GPUs: reflection.server = external")
 
 
 def server_rollout(cfg: RunConfig, limits: Any):

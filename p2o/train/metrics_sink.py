@@ -2,7 +2,6 @@
 samples and the saved rollouts. Rank 0 writes; on the other ranks every call is a no-op."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,12 +77,10 @@ class RunMetrics:
         """rollouts/step_N.jsonl: problem, template, reward, verdict, text of every rollout."""
         if self.logger is None or not self.cfg.logging.save_rollouts:
             return
-        d = self.run_dir / "rollouts"
-        d.mkdir(exist_ok=True)
-        tmp = d / f"step_{step:06d}.jsonl.tmp"
-        tmp.write_text("".join(json.dumps({k: getattr(r, k) for k in ROLLOUT_KEYS}, ensure_ascii=False) + "\n"
-                               for r in rows))
-        tmp.replace(d / f"step_{step:06d}.jsonl")
+        from p2o.jsonl import write_jsonl
+
+        write_jsonl(self.run_dir / "rollouts" / f"step_{step:06d}.jsonl",
+                    ({k: getattr(r, k) for k in ROLLOUT_KEYS} for r in rows))
 
     def close(self) -> None:
         if self.logger is not None:

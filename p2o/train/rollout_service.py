@@ -10,7 +10,6 @@ the control group). Every rank loads the exported weights into its own engine (`
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -190,10 +189,8 @@ class EngineRolloutService:
                 "correct": sum(v.correct for v in verdicts[n + j * samples: n + (j + 1) * samples]), "n": samples}
                for j, p in enumerate(problems)]
         if epoch is not None:
-            d = self.run_dir / "evals"
-            d.mkdir(exist_ok=True)
-            tmp = d / f"{name}_epoch{epoch:03d}.jsonl.tmp"
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in per))
-            tmp.replace(d / f"{name}_epoch{epoch:03d}.jsonl")
+            from p2o.jsonl import write_jsonl
+
+            write_jsonl(self.run_dir / "evals" / f"{name}_epoch{epoch:03d}.jsonl", per)
         return {f"{name}_greedy": sum(r["greedy"] for r in per) / n,
                 f"{name}_avg{samples}": sum(r["correct"] for r in per) / (samples * n), f"{name}_size": n}

@@ -71,10 +71,9 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"p2o gepa-serve: {e} (--token-env {args.token_env})") from None
     if args.endpoint_file:
         path = Path(args.endpoint_file)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(f"{args.host}:{service.port}\n")
-        os.replace(tmp, path)
+        from p2o.atomic import atomic_write_text
+
+        atomic_write_text(path, f"{args.host}:{service.port}\n")
     jobs.start()
     log.info("GEPA service on %s (run dir %s, token %s, endpoints: %s%s)", service.url, args.run_dir,
              "set" if token else "not set", endpoints.describe(), ", only these" if endpoints.only else "")

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from p2o.atomic import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 FORMAT = "p2o-gepa-record/1"
@@ -71,18 +73,8 @@ def prev_path(path: Path) -> Path:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Plain JSON `data` at `path`: temp file + fsync + rename (no envelope, no previous copy)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Plain JSON `data` at `path` (`p2o.atomic`: temp file + fsync + rename; no envelope, no previous copy)."""
+    atomic_write_json(path, data)
     _fsync_dir(path.parent)
 
 
@@ -100,13 +92,13 @@ def write_record(path: Path, data: Any) -> None:
             os.fsync(f.fileno())
         if path.exists() and _check(path) is None:  # keep the current good copy; never keep a bad one
             prev = prev_path(path)
-            link_tmp = prev.with_name(prev.name + ".tmp")
-            link_tmp.unlink(missing_ok=True)
-            try:
-                os.link(path, link_tmp)
-            except OSError:  # no hard links on this file system
-                shutil.copyfile(path, link_tmp)
-            os.replace(link_tmp, prev)
+            # a copy, not a hard link: a link would make both names one file until the rename below, and
+            # damage to `path` in that window (a kill, then a torn or edited file) would reach the copy too
+            copy_tmp = prev.with_name(prev.name + ".tmp")
+            shutil.copyfile(path, copy_tmp)
+            with open(copy_tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(copy_tmp, prev)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

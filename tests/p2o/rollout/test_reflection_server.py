@@ -12,14 +12,8 @@ import httpx
 import pytest
 
 from p2o.config import ConfigError, ReflectionServer, load_config, to_yaml
-from p2o.rollout.reflection_server import (
-    TORCHRUN_VARIABLES,
-    ReflectionProcess,
-    check_placement,
-    placement,
-    server_env,
-    start_reflection_server,
-)
+from p2o.limits import check_placement, placement
+from p2o.rollout.reflection_server import TORCHRUN_VARIABLES, ReflectionProcess, server_env, start_reflection_server
 
 REPO = Path(__file__).resolve().parents[3]
 GPU_CONFIGS = sorted(glob.glob(str(REPO / "configs" / "qwen3_4b_p2o_*.yaml")))
@@ -117,8 +111,7 @@ def test_subprocess_server_answers_the_reflection_client(engine, tmp_path, tiny_
     127.0.0.1 (with vLLM: a one-rank world of its own, although the trainer's torchrun variables are set); the
     reflection client calls it through the openai client, with the run's gateway key, a meta-prompt longer than
     the policy's prompt limit (the server is sized from reflection.*), and the server ends on stop."""
-    from p2o.gepa.reflect_client import ReflectionClient
-
+    from p2o.gepa.adapters.reflection_client import ReflectionClient
     from p2o.limits import resolve_limits
     from p2o.rollout.reflection_server import SERVED_MODEL_NAME
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from p2o.gepa.protocol import GEPAJobSpec, job_section
-
 from p2o.algo.hard_samples import HardStore
 from p2o.config import load_config
 from p2o.data.problem import Problem
+from p2o.gepa.service.protocol import GEPAJobSpec, job_section
 from p2o.train.gepa_round import ServiceGEPARound, endpoint_args
 
 
