@@ -328,7 +328,7 @@ def export_at_run_end(cfg, rt) -> Path | None:
 
     out = Path(rt.run_dir) / HF_EXPORT
     path = write_hf_dir(rt.policy.export_weights(cfg.rollout.weight_bucket_bytes), rt.model_dir, out)
-    rt.barrier()
+    rt.control.barrier()
     if path is not None:
         log.info("Hugging Face export of the final policy: %s", path)
     return path

@@ -56,6 +56,8 @@ class Runtime:
     train_problems: list[Problem]
     gepa: GEPARound | None = None
     reference: Any = None
+    model_dir: Path | None = None
+    """The resolved initial model's HF directory (config and tokenizer of the run-end HF export)."""
     """The frozen initial policy when grpo.kl_coef > 0 (`logprobs(batch)` like the policy's)."""
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
@@ -103,7 +105,7 @@ def build_runtime(cfg: RunConfig) -> Runtime:
     closers: list[Callable[[], Any]] = [lambda: policy.close() if hasattr(policy, "close") else None]
     rollout = EngineRolloutService(cfg, run_dir, control, policy, tokenizer, eval_problems)
     metrics = RunMetrics(cfg, run_dir)
-    rt = Runtime(run_dir=run_dir, control=control, policy=policy, rollout=rollout, metrics=metrics,
+    rt = Runtime(run_dir=run_dir, control=control, policy=policy, rollout=rollout, metrics=metrics, model_dir=model_dir,
                  train_problems=train_problems, reference=reference, closers=closers)
     if cfg.rollout.engine == "vllm":
         _build_engines(cfg, control, rollout, model_dir)

@@ -44,7 +44,9 @@ def test_gpu_config_fits_its_target(name):
 
 @pytest.mark.parametrize("overrides, reason", [
     (["grpo.micro_batch_size=8", "train.use_kernels=false", "train.recompute=none"], "in update"),
-    (["rollout.vllm_gpu_memory_utilization=0.9"], "in generation"),
+    # (the Self-Ref server moved to its own GPUs, so only the planner can object to the policy engine's share)
+    (["rollout.vllm_gpu_memory_utilization=0.9", "reflection.server=external",
+      "reflection.base_url=http://node2:8002/v1"], "in generation"),
 ])
 def test_a_config_that_does_not_fit_is_rejected(overrides, reason):
     cfg = load_config(str(REPO / "configs" / "qwen3_4b_p2o_deepmath.yaml"), overrides=overrides)

@@ -7,6 +7,7 @@ with NCCL's error), or with a timeout of a few seconds, and the control messages
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 from pathlib import Path
@@ -42,6 +43,8 @@ def _cpu_less_default_group(rank: int, init_file: str) -> None:
     assert control.broadcast(None) is None
     assert control.any_rank(rank == 1) and control.any_rank(rank == 0)
     assert not control.any_rank(False)
+    control.barrier()  # neither rank tears its groups down while the other still uses them
+    dist.destroy_process_group()
 
 
 @pytest.mark.multiproc
@@ -129,7 +132,7 @@ def _trainer_epoch(rank: int, init_file: str, model_dir: str, run_dir: str) -> N
         return wait()
 
     job = SubmittedJob("j1", epoch=0, policy_version=1, hard_ids=["p0", "p1"], submitted_at=0.0)
-    gepa = SimpleNamespace(submit=lambda hard, epoch, version: dict(job, hard_ids=sorted(hard.samples)),
+    gepa = SimpleNamespace(submit=lambda hard, epoch, version: dataclasses.replace(job, hard_ids=sorted(hard.samples)),
                            poll=lambda j: None,
                            wait=lambda j: RoundOutcome({"p0": ["Count.", ""], "p1": ["", "Add."]}, {"pool_size": 3}))
     synced: list[int] = []
