@@ -1,4 +1,5 @@
-"""`p2o experiment arithmetic`: GRPO (K=4), GRPO with 2x rollouts (K=8) and P2O Self-Ref (K=4) on the same
+"""`p2o experiment arithmetic`: GRPO (K=4), GRPO with 2x rollouts (K=8), P2O Self-Ref (K=4) and its ablation
+without context distillation (K=4, `p2o.distill=none`: templated rollouts trained on x+z) on the same
 arithmetic problems and token accounting, each arm run with `--seeds N` seeds, each (arm, seed) a resumable
 `p2o train` run.
 
@@ -63,10 +64,11 @@ ARMS = {a.name: a for a in (
     Arm("grpo-k4", "GRPO (K=4)", ("p2o.enabled=false", "rollout.n=4")),
     Arm("grpo-k8", "GRPO 2x rollouts (K=8)", ("p2o.enabled=false", "rollout.n=8")),
     Arm("p2o-k4", "P2O Self-Ref (K=4)", ("p2o.enabled=true", "rollout.n=4", "reflection.mode=self")),
-    # An ablation is one more line: the P2O arm's overrides plus the switch, e.g. the arm without context
-    # distillation (templated rollouts trained on x+z) once `p2o.distill` has that mode.
+    # An ablation is one more line: the P2O arm's overrides plus the switch.
+    Arm("p2o-k4-nodistill", "P2O w/o context distillation (K=4)",
+        ("p2o.enabled=true", "rollout.n=4", "reflection.mode=self", "p2o.distill=none")),
 )}
-DEFAULT_ARMS = ["grpo-k4", "grpo-k8", "p2o-k4"]
+DEFAULT_ARMS = ["grpo-k4", "grpo-k8", "p2o-k4", "p2o-k4-nodistill"]
 
 TASK = ("reward.fallback=last_number",)
 """The task setting on top of the base config (docs/results.md, the learning-rate study): under the strict

@@ -175,6 +175,11 @@ def test_arms_differ_only_in_their_overrides_and_seeds_only_in_theirs(tmp_path):
             assert shared(o) == base
             assert o[-1] == f"logging.run_dir={arithmetic.run_dir(tmp_path, name, seed)}"
     assert "rollout.n=8" in overrides("grpo-k8") and "p2o.enabled=true" in overrides("p2o-k4")
+    # the ablation is the P2O arm plus its switch, nothing else
+    p2o, ablation = overrides("p2o-k4", 2), overrides("p2o-k4-nodistill", 2)
+    assert [o for o in ablation if o != "p2o.distill=none" and not o.startswith("logging.run_dir=")] == [
+        o for o in p2o if not o.startswith("logging.run_dir=")]
+    assert "p2o.distill=none" in ablation and not any(o.startswith("p2o.distill=") for o in p2o)
     assert "checkpoint.resume=auto" in base and "data.eval_source=" + str(tmp_path / "h.jsonl") in base
     assert "reward.fallback=last_number" in base and "optim.lr=1e-05" in base
     assert not {o.split("=")[0] for o in overrides("p2o-k4", 0)} & seed_keys  # seed 0: the config as given
