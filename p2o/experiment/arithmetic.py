@@ -219,8 +219,10 @@ def arm_summary(records: list[dict], eval_tokens_per_call: int, rollouts: list[d
         "hard_plain_before": pooled("plain_rollouts_prev_epoch", "plain_success_prev_epoch"),
         "hard_plain_after_greedy": pooled("plain_after_problems", "plain_after_greedy"),
         "hard_plain_after_sampled": pooled("plain_after_problems", "plain_after_sampled"),
-        "templated_problems": sum(r["problems"] for r in templ) if templ else None,
+        # 0 (not missing) for a P2O run whose GEPA rounds produced no template: it trained like GRPO
+        "templated_problems": sum(r["problems"] for r in templ) if templ else (0 if gepa else None),
         "gepa_rounds": len(gepa), "assigned": sum(int(r.get("assigned") or 0) for r in gepa),
+        "gepa_rounds_with_template": sum(1 for r in gepa if int(r.get("covered_templates") or 0) > 0),
         "gepa_iterations": sum(int(r.get("iteration") or 0) for r in gepa),
         "step_s": _mean(steps, "time_step_s"), "gepa_wall_s": sum(float(r.get("gepa_wall_s") or 0) for r in gepa),
     }
@@ -237,17 +239,22 @@ SUMMARY_COLUMNS = [("signal_frac", "groups with signal"), ("reward_first_epoch",
                    ("hard_plain_before", "plain success when mined (hard)"),
                    ("hard_plain_after_greedy", "plain after, greedy (hard)"),
                    ("hard_plain_after_sampled", "plain after, sampled (hard)"), ("mask_rate", "mask rate"),
-                   ("gepa_rounds", "GEPA rounds"), ("templated_problems", "hard samples rolled out with templates"),
+                   ("gepa_rounds", "GEPA rounds"), ("gepa_rounds_with_template", "rounds with a template"),
+                   ("templated_problems", "hard samples rolled out with templates"),
                    ("gepa_tokens", "GEPA eval tokens"), ("gepa_wall_s", "GEPA s"), ("tokens", "tokens"),
                    ("step_s", "s/step")]
 
 
 def _cell(vals: list, key: str) -> str:
+    """Mean [t-interval] over the seeds that have the value; "(n of N seeds)" when some seeds lack it (e.g. the
+    hard-sample rates of a P2O seed whose GEPA rounds produced no template)."""
     m, lo, hi = _interval(vals)
     digits = 0 if key in ("gepa_tokens", "tokens", "gepa_wall_s", "gepa_rounds", "templated_problems") else 3
-    if key == "step_s":
+    if key in ("step_s", "gepa_rounds_with_template"):
         digits = 1
-    return fmt_interval(m, lo, hi, digits)
+    cell = fmt_interval(m, lo, hi, digits)
+    have = sum(isinstance(v, (int, float)) for v in vals)
+    return cell if m is None or have == len(vals) else f"{cell} ({have} of {len(vals)} seeds)"
 
 
 def heldout_units(out: Path, arm: str, seeds: list[int], epoch: int) -> dict[str, dict[str, float]] | None:
@@ -335,7 +342,10 @@ def summary_markdown(s: Settings, per_arm: dict[str, list[dict]], comparisons: l
                   f"epoch (the trainer's evaluation, greedy and 4 samples), pooled over templated epochs. GEPA eval "
                   f"tokens = budget_used x gepa.eval_n x gepa.eval_max_tokens (an upper bound). The paired "
                   f"bootstrap treats (seed, problem) pairs as exchangeable units; the t-interval over the per-seed "
-                  f"differences is the more conservative reading with few seeds."]
+                  f"differences is the more conservative reading with few seeds. '(n of N seeds)': the mean over the "
+                  f"seeds that have the value (a P2O seed whose GEPA rounds kept no template has no templated "
+                  f"rollouts and trains like GRPO; 'rounds with a template' counts the rounds whose assignment "
+                  f"holds a non-empty template)."]
     return "\n".join(lines) + "\n"
 
 

@@ -52,9 +52,14 @@ def paired_delta(base: dict[str, float], other: dict[str, float], samples: int =
 
 
 def fmt_interval(m: float | None, lo: float | None, hi: float | None, digits: int = 3) -> str:
-    """'m [lo, hi]', or 'm' without bounds, or '-' without a value."""
+    """'m [lo, hi]', or 'm' without bounds, or '-' without a value; a value that rounds to zero prints without a
+    sign ('0', not '-0')."""
     if m is None:
         return "-"
+
+    def f(x: float) -> str:
+        return f"{x if round(x, digits) != 0 else 0.0:.{digits}f}"
+
     if lo is None or hi is None:
-        return f"{m:.{digits}f}"
-    return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+        return f(m)
+    return f"{f(m)} [{f(lo)}, {f(hi)}]"

@@ -7,7 +7,9 @@ builds prompts (`p2o.prompts.messages(question, template, user_template, system)
     min_policy_version   = the policy version the job was submitted for (the gateway waits for it)
     priority             = "evaluation"
 
-and `temperature`/`n`/`max_tokens` from the job's GEPA config (greedy, one sample by default). A wave is
+and `temperature`/`n`/`max_tokens` from the job's GEPA config (greedy, one sample by default). With
+`seed` set, each request also carries `seed = request_seed(seed, problem id)` (see `request_seed`): the samples
+do not depend on the order the concurrent requests arrive in. A wave is
 sent with at most `concurrency` requests in flight; all responses are then verified with one
 `scorer.score_many` call (`p2o.reward.Verifier`). The score of a pair is the fraction of its `n` responses
 the verifier accepts.
@@ -28,6 +30,7 @@ from typing import Any, Protocol
 
 import openai
 
+from p2o.gepa.adapters.request_seed import request_seed
 from p2o.gepa.core.evaluate import EvalItem, EvalOutcome, RequestRefused
 from p2o.prompts import DEFAULT_USER_TEMPLATE, messages
 
@@ -90,13 +93,15 @@ class PolicyEvaluator:
     def __init__(self, base_url: str, model: str, scorer: Scorer, *, user_template: str = DEFAULT_USER_TEMPLATE,
                  system: str = "", thinking: str = "off", temperature: float = 0.0, n: int = 1,
                  max_tokens: int = 64, min_policy_version: int | None = None, concurrency: int = 64,
-                 timeout_s: float = 600.0, api_key: str = "none", priority: str = "evaluation"):
+                 timeout_s: float = 600.0, api_key: str = "none", priority: str = "evaluation",
+                 seed: int | None = None):
         self.client = openai.OpenAI(base_url=v1_url(base_url), api_key=api_key or "none", max_retries=0,
                                     timeout=timeout_s)
         self.model, self.scorer = model, scorer
         self.user_template, self.system, self.thinking = user_template, system, thinking
         self.temperature, self.n, self.max_tokens = temperature, n, max_tokens
         self.min_policy_version, self.concurrency, self.priority = min_policy_version, concurrency, priority
+        self.seed = seed
 
     def _extra_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"chat_template_kwargs": {"enable_thinking": self.thinking == "on"}}
@@ -112,7 +117,8 @@ class PolicyEvaluator:
             resp = self.client.chat.completions.create(
                 model=self.model, messages=messages(item.problem.question, item.template, self.user_template,
                                                     self.system),
-                temperature=self.temperature, n=self.n, max_tokens=self.max_tokens, extra_body=self._extra_body())
+                temperature=self.temperature, n=self.n, max_tokens=self.max_tokens, extra_body=self._extra_body(),
+                seed=request_seed(self.seed, item.problem.id) if self.seed is not None else openai.NOT_GIVEN)
         except Exception as e:  # noqa: BLE001 - classified below
             unavailable, text = classify_error(e)
             if not unavailable and isinstance(e, openai.APIStatusError) and 400 <= e.status_code < 500:

@@ -6,7 +6,11 @@
 One user message with the meta-prompt; `temperature`, `max_tokens`, and body extras
 `chat_template_kwargs={"enable_thinking": cfg.enable_thinking}` (the switch Qwen3 on vLLM honours; the
 authors sent a top-level flag that vLLM ignores) and `priority` (our gateway's scheduling class; set
-`priority: ''` for external APIs). A null `content` falls back to `reasoning_content` (handled by
+`priority: ''` for external APIs), and with `seed` set `seed = request_seed(seed, prompt, k)` for the k-th
+sending of that prompt (the GEPA service
+sets it for the Self-Ref model, whose server honours it, so a round's reflections do not depend on the order
+of concurrent calls; a prompt sent again, e.g. the same parent with the same minibatch, gets the next seed of its
+own sequence, so it is not answered with the same text). A null `content` falls back to `reasoning_content` (handled by
 `reflect.completion_text`).
 
 Failures: 429, 5xx, connection errors and timeouts are retried up to `retries` times with jittered
@@ -22,6 +26,7 @@ names the config keys behind the request (reflection.context_tokens, reflection.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -34,6 +39,7 @@ import openai
 
 from p2o.config import ReflectionConfig
 from p2o.gepa.adapters.policy_evaluator import error_detail, v1_url
+from p2o.gepa.adapters.request_seed import request_seed
 from p2o.gepa.core.evaluate import RequestRefused
 from p2o.gepa.core.reflect import Completion, CompletionFailed, CompletionUnavailable, PromptTooLong
 
@@ -121,10 +127,14 @@ def refusal(e: Exception, cfg: ReflectionConfig) -> RequestRefused | None:
 
 class ReflectionClient:
     def __init__(self, cfg: ReflectionConfig, *, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, jitter: random.Random | None = None):
+                 clock: Callable[[], float] = time.monotonic, jitter: random.Random | None = None,
+                 seed: int | None = None):
         if not cfg.base_url:
             raise ValueError("reflection.base_url: empty; expected the reflection endpoint's base URL")
         self.cfg = cfg
+        self.seed = seed
+        self._sent: dict[bytes, int] = {}  # prompt digest -> times sent (the seed sequence of a repeated prompt)
+        self._sent_lock = threading.Lock()
         self.client = openai.OpenAI(base_url=v1_url(cfg.base_url), api_key=os.environ.get(cfg.api_key_env) or "none",
                                     max_retries=0, timeout=cfg.timeout_s)
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s, clock)
@@ -145,7 +155,17 @@ class ReflectionClient:
             u = self.jitter.uniform(0.5, 1.5)
         return min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** attempt) * u
 
+    def _seed(self, prompt: str) -> int | openai.NotGiven:
+        if self.seed is None:
+            return openai.NOT_GIVEN
+        digest = hashlib.sha256(prompt.encode()).digest()
+        with self._sent_lock:
+            k = self._sent.get(digest, 0)
+            self._sent[digest] = k + 1
+        return request_seed(self.seed, digest.hex(), k)
+
     def __call__(self, prompt: str) -> Completion:
+        seed = self._seed(prompt)  # retries of this call resend the same seed
         if not self.breaker.allow():
             raise CompletionUnavailable(f"reflection endpoint {self.cfg.base_url} is down (circuit breaker open "
                                         f"after {self.breaker.consecutive} consecutive failed calls)")
@@ -155,7 +175,8 @@ class ReflectionClient:
             try:
                 resp = self.client.chat.completions.create(
                     model=self.cfg.model, messages=[{"role": "user", "content": prompt}],
-                    temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens, extra_body=self._extra_body())
+                    temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens, extra_body=self._extra_body(),
+                    seed=seed)
             except Exception as e:  # noqa: BLE001 - classified: a configuration error, retry, or fail this call
                 refused = refusal(e, self.cfg)
                 if refused is not None:

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from p2o.config import GEPAConfig, ReflectionConfig, RewardConfig
+from p2o.config import GEPAConfig, ReflectionConfig, ReflectionMode, RewardConfig
 from p2o.gepa.adapters.endpoints import Endpoints
 from p2o.gepa.core.evaluate import Evaluator
 from p2o.gepa.core.reflect import Reflector
@@ -63,6 +63,14 @@ class JobStateError(RuntimeError):
     """An operation that the job's state does not allow (e.g. retrying a running job)."""
 
 
+def round_seed(spec: GEPAJobSpec, gepa: GEPAConfig) -> int:
+    """The seed of one round's sampled requests: `gepa.seed` and the policy version the round scores (every round
+    of a run has its own; the same round run twice has the same)."""
+    from p2o.gepa.adapters.request_seed import request_seed
+
+    return request_seed("gepa-round", gepa.seed, spec.policy_version)
+
+
 def default_evaluator(spec: GEPAJobSpec, gepa: GEPAConfig, reward: RewardConfig, endpoints: Endpoints) -> Evaluator:
     from p2o.gepa.adapters.policy_evaluator import PolicyEvaluator
     from p2o.reward import Verifier
@@ -72,7 +80,7 @@ def default_evaluator(spec: GEPAJobSpec, gepa: GEPAConfig, reward: RewardConfig,
                          system=spec.system, thinking=spec.thinking, temperature=gepa.eval_temperature, n=gepa.eval_n,
                          max_tokens=gepa.eval_max_tokens, min_policy_version=spec.policy_version,
                          concurrency=gepa.eval_concurrency, timeout_s=gepa.eval_timeout_s,
-                         api_key=endpoints.api_key(spec.policy_url))
+                         api_key=endpoints.api_key(spec.policy_url), seed=round_seed(spec, gepa))
     close = ev.close
 
     def close_all() -> None:
@@ -92,7 +100,8 @@ def default_reflector(spec: GEPAJobSpec, gepa: GEPAConfig, reflection: Reflectio
         reflection = dataclasses.replace(reflection, context_tokens=DEFAULT_REFLECTION_CONTEXT_TOKENS)
     # the key variable is the service's choice for this URL ('' = none), never the job's
     keyed = dataclasses.replace(reflection, api_key_env=endpoints.key_env(reflection.base_url))
-    client = ReflectionClient(keyed)
+    # a seed only for the Self-Ref model on our own server; a teacher API may not take one
+    client = ReflectionClient(keyed, seed=round_seed(spec, gepa) if reflection.mode == ReflectionMode.SELF else None)
     return Reflector(client, reflection.context_tokens, reflection.max_tokens,
                      max_template_chars=gepa.max_template_chars, concurrency=reflection.concurrency)
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from p2o.experiment import arithmetic, runs
-from p2o.experiment.stats import t_interval
+from p2o.experiment.stats import fmt_interval, t_interval
 
 TINY = ["--model", "tiny-qwen3", "--num-problems", "16", "--eval-size", "4", "--epochs", "2", "--steps-per-epoch",
         "1", "--save-every-steps", "1", "--levels", "0", "--set", "rollout.max_new_tokens=8",
@@ -37,7 +37,7 @@ def test_arm_summary_counts_gepa_tokens_and_pools_hard_sample_success():
     recs = [{"kind": "step", "step": 1, "epoch": 0, "gen_tokens": 100, "reward_mean": 0.25, "zero_adv_frac": 0.5},
             {"kind": "epoch", "step": 1, "epoch": 0, "heldout_greedy": 0.1, "heldout_avg4": 0.05, "hard_count": 3},
             {"kind": "gepa", "step": 1, "epoch": 0, "budget_used": 7, "assigned": 2, "gepa_wall_s": 4.0,
-             "iteration": 3},
+             "iteration": 3, "covered_templates": 1},
             {"kind": "step", "step": 2, "epoch": 1, "gen_tokens": 50, "reward_mean": 0.75, "zero_adv_frac": 0.0,
              "templated_success": 0.5, "mask_rate": 0.1},
             {"kind": "epoch", "step": 2, "epoch": 1, "heldout_greedy": 0.3, "heldout_avg4": 0.2, "hard_count": 1,
@@ -52,9 +52,29 @@ def test_arm_summary_counts_gepa_tokens_and_pools_hard_sample_success():
     assert (s["hard_count_last"], s["templated_success"], s["gepa_rounds"], s["assigned"]) == (1, 0.5, 1, 2)
     # hard samples a, b: 1 of 4 plain rollouts right when mined; after their templated epoch 0.5 greedy, 0.25 sampled
     assert (s["hard_plain_before"], s["hard_plain_after_greedy"], s["hard_plain_after_sampled"]) == (0.25, 0.5, 0.25)
-    assert s["templated_problems"] == 2
+    assert (s["templated_problems"], s["gepa_rounds_with_template"]) == (2, 1)
     grpo = arithmetic.arm_summary(recs[:2], eval_tokens_per_call=48, rollouts=rollouts[:4])
     assert grpo["hard_plain_before"] is None and grpo["templated_success"] is None and grpo["gepa_tokens"] == 0
+    assert (grpo["templated_problems"], grpo["gepa_rounds_with_template"]) == (None, 0)
+    # a P2O run whose GEPA round kept no template: no templated rollout, counted as 0 problems (not missing)
+    empty = [*recs[:2], {**recs[2], "covered_templates": 0}, {**recs[3], "templated_success": None}, recs[4]]
+    none = arithmetic.arm_summary(empty, eval_tokens_per_call=48, rollouts=rollouts[:4])
+    assert (none["templated_problems"], none["gepa_rounds_with_template"], none["templated_success"]) == (0, 0, None)
+
+
+def test_summary_cell_says_how_many_seeds_have_the_value():
+    assert arithmetic._cell([0.2, None, 0.4], "templated_success").endswith("(2 of 3 seeds)")
+    m, lo, hi = t_interval([0.2, 0.4])
+    assert arithmetic._cell([0.2, None, 0.4], "templated_success").startswith(f"{m:.3f} [{lo:.3f}, {hi:.3f}]")
+    assert "seeds" not in arithmetic._cell([0.2, 0.3, 0.4], "templated_success")
+    assert arithmetic._cell([None, None], "templated_success") == "-"
+    assert arithmetic._cell([0, 2, 1], "templated_problems").startswith("1 [")
+
+
+def test_intervals_print_no_negative_zero():
+    assert fmt_interval(0.6667, -0.4, 2.1, 0) == "1 [0, 2]"
+    assert fmt_interval(-0.0004, -0.0123, 0.5, 3) == "0.000 [-0.012, 0.500]"
+    assert (fmt_interval(None, None, None), fmt_interval(0.25, None, None)) == ("-", "0.250")
 
 
 def _fake_run(out, arm, seed, greedy_last, reward):
