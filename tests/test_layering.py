@@ -12,6 +12,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tests.import_graph import from_module
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("p2o", "kernels", "megatron_bridge", "slurm")
 
@@ -89,11 +91,7 @@ def imports_of(path: Path, root: Path) -> Iterator[tuple[int, str, bool]]:
             for alias in node.names:
                 yield node.lineno, alias.name, at_top
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
+            module = from_module(node, package)
             for alias in node.names:
                 sub = f"{module}.{alias.name}"
                 as_path = root / sub.replace(".", "/")

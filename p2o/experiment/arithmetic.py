@@ -45,6 +45,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from p2o.atomic import atomic_write_text
 from p2o.experiment import runs
@@ -366,6 +367,17 @@ def summary_csv(per_arm: dict[str, list[dict]], seeds_of: dict[str, list[int]]) 
     return buf.getvalue()
 
 
+def _save_plot(fig: Any, ax: Any, path: Path, title: str, xlabel: str) -> Path:
+    """Title, x label, grid and legend on `ax`; `fig` saved to `path` (returned)."""
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
 def plot_curves(out: Path, s: Settings, records: dict[str, list[list[dict]]]) -> list[Path]:
     """Per arm: held-out accuracy per epoch (mean over seeds, 95% t-band) and step curves (mean over seeds)."""
     import matplotlib
@@ -396,13 +408,7 @@ def plot_curves(out: Path, s: Settings, records: dict[str, list[list[dict]]]) ->
                 ax.fill_between([p[0] for p in pts], [p[2] for p in pts], [p[3] for p in pts], alpha=0.15)
                 drawn += 1
         if drawn:
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(d / f"{key}.png")
-            written.append(d / f"{key}.png")
+            written.append(_save_plot(fig, ax, d / f"{key}.png", title, "epoch"))
         plt.close(fig)
     for key, title in (("reward_mean", "training reward (mean over seeds)"),
                        ("zero_adv_frac", "zero-variance group fraction (mean over seeds)"),
@@ -421,13 +427,7 @@ def plot_curves(out: Path, s: Settings, records: dict[str, list[list[dict]]]) ->
                 ax.plot(xs, [statistics.fmean(by_step[x]) for x in xs], label=ARMS[a].label)
                 drawn += 1
         if drawn:
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(d / f"{key}.png")
-            written.append(d / f"{key}.png")
+            written.append(_save_plot(fig, ax, d / f"{key}.png", title, "step"))
         plt.close(fig)
     return written
 

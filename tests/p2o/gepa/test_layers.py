@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.import_graph import from_module
+
 GEPA = Path(__file__).resolve().parents[3] / "p2o" / "gepa"
 
 IO_MODULES = {"socket", "ssl", "http", "urllib", "urllib3", "requests", "httpx", "aiohttp", "openai", "subprocess",
@@ -26,11 +28,7 @@ def imported_modules(path: Path, source: str | None = None) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
+            module = from_module(node, package)
             names.add(module)
             names.update(f"{module}.{a.name}" for a in node.names)  # `from p2o.gepa import service`
     return names
