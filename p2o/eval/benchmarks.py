@@ -7,12 +7,17 @@ protocol (the paper: fewer than 100 problems -> mean over 16 samples at T = 0.6;
 Files are found as `<data_dir>/<name>.{jsonl,json,parquet}` or as a folder `<data_dir>/<name>/` holding such
 files (read in sorted order and concatenated, e.g. the two AIME 2025 halves), or given explicitly.
 
+A name outside the registry given with its own file(s) is a *local* benchmark (`local_spec`): records in
+P2O's problem format (id, question or problem, answer), its protocol decided by its own size.
+
     problems = load_benchmark("math500", data_dir="benchmarks/")
     spec = get_spec("aime24"); spec.protocol()  # -> "sampled"
+    hard = load_benchmark("hard", files=["hard_seed0.jsonl"]); local_spec("hard", len(hard))
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,12 +96,31 @@ def get_spec(name: str) -> BenchmarkSpec:
     return BENCHMARKS[key]
 
 
-def parse_names(text: str) -> list[str]:
-    """'aime24,math500' or 'all' -> validated registry names (order kept, duplicates dropped)."""
-    names = list(PAPER_ORDER) if text.strip().lower() == "all" else [t for t in text.split(",") if t.strip()]
+LOCAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A local benchmark's name: also its results file stem (problems/<name>.jsonl), so no path characters."""
+
+
+def is_registered(name: str) -> bool:
+    return name.strip().lower() in BENCHMARKS
+
+
+def local_spec(name: str, size: int) -> BenchmarkSpec:
+    """A benchmark outside the registry, read from the user's file(s) in P2O's problem format (the training
+    data's records: id, question or problem, answer); `size` (its problem count) decides its protocol."""
+    if not LOCAL_NAME.fullmatch(name):
+        raise BenchmarkError(f"benchmark name '{name}': a local benchmark's name must match {LOCAL_NAME.pattern} "
+                             "(it names the results file)")
+    return BenchmarkSpec(name, name, "a local file in P2O's problem format (id, question or problem, answer)", size,
+                         question_keys=("question", "problem"), answer_keys=("answer",), id_keys=("id",))
+
+
+def parse_names(text: str, local: tuple[str, ...] = ()) -> list[str]:
+    """'aime24,math500' or 'all' -> validated names (order kept, duplicates dropped): registry names, or names
+    in `local` (local benchmarks given with their own files)."""
+    names = list(PAPER_ORDER) if text.strip().lower() == "all" else [t.strip() for t in text.split(",") if t.strip()]
     if not names:
         raise BenchmarkError("no benchmark named; give a comma-separated list or 'all'")
-    return list(dict.fromkeys(get_spec(n).name for n in names))
+    return list(dict.fromkeys(n if n in local and not is_registered(n) else get_spec(n).name for n in names))
 
 
 def find_files(name: str, data_dir: str | Path) -> list[Path]:
@@ -160,12 +184,13 @@ def problems_from_records(spec: BenchmarkSpec, rows: list[tuple[int, dict]], pat
 
 def load_benchmark(name: str, data_dir: str | Path | None = None, files: list[str | Path] | None = None,
                    limit: int = 0) -> list[Problem]:
-    """Problems of benchmark `name` from `files` (or those found under `data_dir`), with unique ids.
+    """Problems of benchmark `name` from `files` (or those found under `data_dir`), with unique ids; a name
+    outside the registry with `files` is a local benchmark (`local_spec`).
 
     Rows without an id field get '<name>-<index>'; `limit` > 0 keeps the first `limit` problems.
     Raises `BenchmarkError` for an unknown name, missing/corrupt files or records that do not fit.
     """
-    spec = get_spec(name)
+    spec = local_spec(name, 0) if files and not is_registered(name) else get_spec(name)
     if files:
         paths = [Path(f).expanduser() for f in files]
     elif data_dir is not None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--label", default=None, help="name of this run in tables (default: the output folder name)")
     # benchmarks
-    parser.add_argument("--benchmarks", default="all", help="comma-separated names or 'all' (the paper's six)")
+    parser.add_argument("--benchmarks", default=None,
+                        help="comma-separated names or 'all' (the paper's six); default: the --file names, else all")
     parser.add_argument("--data-dir", default=None, help="folder with <name>.jsonl/.json/.parquet or <name>/ per benchmark")
-    parser.add_argument("--file", action="append", default=[], metavar="NAME=PATH", help="explicit file for a benchmark")
+    parser.add_argument("--file", action="append", default=[], metavar="NAME=PATH",
+                        help="explicit file for a benchmark; a NAME outside the registry is a local benchmark "
+                             "in P2O's problem format (id, question, answer)")
     parser.add_argument("--limit", type=int, default=0, help="first N problems per benchmark (0: all)")
     parser.add_argument("--out", default=None, help="output run directory")
     # protocol
@@ -89,25 +94,28 @@ def compare_main(args: argparse.Namespace) -> int:
 
 def evaluate_main(args: argparse.Namespace) -> int:
     from p2o.config import ConfigError, load_config
-    from p2o.eval.benchmarks import BenchmarkError, get_spec, load_benchmark, parse_names
+    from p2o.eval.benchmarks import BenchmarkError, get_spec, is_registered, load_benchmark, local_spec, parse_names
     from p2o.eval.checkpoint import resolve_checkpoint
-    from p2o.eval.harness import EvalSettings, run_benchmark
-    from p2o.eval.results import load_finished, write_run
+    from p2o.eval.harness import EvalSettings
 
     try:
         cfg = load_config(args.config, args.override)
         if args.out is None:
             raise ValueError("--out: an output directory is required")
-        names = parse_names(args.benchmarks)
         files: dict[str, list[str]] = {}
         for item in args.file:
             name, sep, path = item.partition("=")
-            if not sep or not path:
+            name = name.strip()
+            if not sep or not path or not name:
                 raise ValueError(f"--file {item}: expected NAME=PATH")
-            files.setdefault(get_spec(name).name, []).append(path)
+            files.setdefault(get_spec(name).name if is_registered(name) else local_spec(name, 0).name, []).append(path)
+        names = parse_names(args.benchmarks or ",".join(files) or "all", local=tuple(files))
         if args.data_dir is None and not all(n in files for n in names):
             raise ValueError("--data-dir: required unless every benchmark is given with --file NAME=PATH")
-        problems = {n: load_benchmark(n, args.data_dir, files.get(n), args.limit) for n in names}
+        loaded = {n: load_benchmark(n, args.data_dir, files.get(n)) for n in names}
+        # a local benchmark's protocol follows its full size, as a registered one's follows its public release
+        specs = {n: get_spec(n) if is_registered(n) else local_spec(n, len(ps)) for n, ps in loaded.items()}
+        problems = {n: ps[:args.limit] if args.limit > 0 else ps for n, ps in loaded.items()}
         template = Path(args.template_file).read_text(encoding="utf-8") if args.template_file else ""
         settings = EvalSettings(
             samples=args.samples, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -121,13 +129,26 @@ def evaluate_main(args: argparse.Namespace) -> int:
     except (BenchmarkError, ConfigError, OSError, ValueError) as e:
         print(f"p2o eval: {e}", file=sys.stderr)
         return 2
+    from megatron_bridge.launch import single_rank_world
+
+    # vLLM's external launcher needs a torch.distributed world: this process alone, unless under torchrun
+    alone = (args.engine or cfg.rollout.engine) == "vllm" and "RANK" not in os.environ
+    with single_rank_world() if alone else nullcontext():
+        return _evaluate(args, cfg, model_dir, names, specs, problems, settings)
+
+
+def _evaluate(args: argparse.Namespace, cfg, model_dir: Path, names: list[str], specs: dict, problems: dict,
+              settings) -> int:
+    """Build the engine and score every benchmark in `names`, writing the run after each one."""
+    from p2o.eval.harness import run_benchmark
+    from p2o.eval.results import load_finished, write_run
+    from p2o.reward import Verifier
+
     try:
         engine = build_engine(args, cfg, model_dir)
     except (ImportError, RuntimeError, ValueError) as e:
         print(f"p2o eval: {e}", file=sys.stderr)
         return 2
-    from p2o.reward import Verifier
-
     label = args.label or Path(args.out).name
     info = {"model": str(args.model or cfg.model.path), "model_dir": str(model_dir),
             "engine": args.engine or cfg.rollout.engine, "settings": vars(settings), "limit": args.limit}
@@ -141,7 +162,7 @@ def evaluate_main(args: argparse.Namespace) -> int:
                 results.append(done)
                 continue
             log.info("evaluating %s (%d problems)", name, len(problems[name]))
-            results.append(run_benchmark(engine, engine.tokenizer, scorer, get_spec(name), problems[name], settings))
+            results.append(run_benchmark(engine, engine.tokenizer, scorer, specs[name], problems[name], settings))
             write_run(args.out, results, label, info)  # after every benchmark, so an interrupted run can resume
     out = write_run(args.out, results, label, info)
     print((out / "summary.md").read_text(encoding="utf-8"), end="")

@@ -16,6 +16,7 @@ from p2o.eval.benchmarks import (
     find_files,
     get_spec,
     load_benchmark,
+    local_spec,
     parse_names,
 )
 
@@ -125,3 +126,30 @@ def test_field_mapping_errors(tmp_path):
     (tmp_path / "amc23.jsonl").write_text(dup + "\n" + dup + "\n")
     with pytest.raises(BenchmarkError, match="duplicate problem id '3'"):
         load_benchmark("amc23", tmp_path)
+
+
+# ----------------------------------------------------------------------------- local benchmarks
+def _write_problems(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"arith-{i}", "question": f"What is {i} + 1?", "answer": str(i + 1),
+                                        "source": "arithmetic"}) + "\n" for i in range(n)))
+    return path
+
+
+def test_local_benchmark_reads_p2o_problem_records(tmp_path):
+    problems = load_benchmark("hard", files=[_write_problems(tmp_path / "hard.jsonl", 3)])
+    assert [(p.id, p.question, p.answer, p.source) for p in problems] == [
+        ("arith-0", "What is 0 + 1?", "1", "hard"), ("arith-1", "What is 1 + 1?", "2", "hard"),
+        ("arith-2", "What is 2 + 1?", "3", "hard")]
+    # its protocol follows its own size, like a registered benchmark's follows its public release
+    assert local_spec("hard", 3).protocol() == "sampled" and local_spec("hard", 100).protocol() == "greedy"
+    assert parse_names("hard, math500", local=("hard",)) == ["hard", "math500"]
+    with pytest.raises(BenchmarkError, match="unknown benchmark 'hard'"):
+        parse_names("hard")  # a local name needs its file
+    with pytest.raises(BenchmarkError, match="unknown benchmark 'hard'"):
+        load_benchmark("hard", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "", "x" * 65])
+def test_local_benchmark_names_cannot_be_paths(tmp_path, name):
+    with pytest.raises(BenchmarkError, match="must match"):
+        load_benchmark(name, files=[_write_problems(tmp_path / "p.jsonl", 1)])

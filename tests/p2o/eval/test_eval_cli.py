@@ -87,12 +87,13 @@ def test_compare_cli(tmp_path, capsys):
     (["--benchmarks", "math500", "--data-dir", "{tmp}"], "benchmark 'math500': no data file found"),
     (["--benchmarks", "math500"], "--data-dir: required"),
     (["--file", "math500"], "--file math500: expected NAME=PATH"),
+    (["--file", "../x={tmp}/x.jsonl"], "benchmark name '../x': a local benchmark's name must match"),
+    (["--benchmarks", "hard"], "unknown benchmark 'hard'"),
     (["--benchmarks", "math500", "--file", "math500={tmp}/x.jsonl"], "x.jsonl: file not found"),
     (["--data-dir", str(FIXTURES), "--model", "{tmp}/nope"], "no such directory"),
     (["--data-dir", str(FIXTURES), "--model", "{tmp}/megatron"], "Megatron-LM training checkpoint"),
     (["--data-dir", str(FIXTURES), "--model", "{tmp}/step_000004"], "pass --hf-config"),
     (["--data-dir", str(FIXTURES), "--override", "model.thinking=maybe"], "model.thinking"),
-    (["--data-dir", str(FIXTURES), "--engine", "vllm"], "needs the torch.distributed environment"),
     (["--data-dir", str(FIXTURES), "--device", "cuda"], "CUDA is not available"),
 ])
 def test_eval_cli_errors(tmp_path, capsys, argv, message):
@@ -105,6 +106,25 @@ def test_eval_cli_errors(tmp_path, capsys, argv, message):
         argv += ["--model", "tiny-qwen3"]
     assert main(["eval", "--out", str(tmp_path / "o"), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_local_benchmark_file(tmp_path, tiny_model_dir):
+    """`--file NAME=PATH` with a name outside the registry: the training data's records, evaluated alone when
+    --benchmarks is not given; the protocol follows the file's full size, not --limit."""
+    src = tmp_path / "hard.jsonl"
+    src.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
+                           for i in range(3)))
+    common = ["eval", "--model", str(tiny_model_dir), "--file", f"hard={src}", "--samples", "2", "--pass-k", "1,2",
+              "--max-new-tokens", "4", "--override", "reward.workers=1"]
+    assert main([*common, "--out", str(tmp_path / "sampled")]) == 0
+    [b] = json.loads((tmp_path / "sampled" / "run.json").read_text())["benchmarks"]
+    assert (b["name"], b["title"], b["protocol"], b["samples"]) == ("hard", "hard", "sampled", 2)
+    lines = [json.loads(x) for x in (tmp_path / "sampled" / "problems" / "hard.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["answer"], r["n"]) for r in lines] == [("q0", "1", 2), ("q1", "2", 2), ("q2", "3", 2)]
+    assert main([*common, "--sampled-below", "3", "--limit", "1", "--out", str(tmp_path / "greedy")]) == 0
+    [b] = json.loads((tmp_path / "greedy" / "run.json").read_text())["benchmarks"]
+    lines = (tmp_path / "greedy" / "problems" / "hard.jsonl").read_text().splitlines()
+    assert (b["protocol"], b["samples"], len(lines)) == ("greedy", 1, 1)
 
 
 @pytest.mark.slow

@@ -91,3 +91,32 @@ def test_bench_rollout_compares_hf_and_vllm(hd32_model_dir, tmp_path):
         mine = [r for r in rows if r["mode"] == engine]
         assert [r["metric"] for r in mine] == metrics and all(float(r["value"]) > 0 for r in mine)
         assert [r["x"] for r in mine if r["metric"] == "ttft_s"] == ["4", "1"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_eval_with_vllm_in_a_world_of_its_own(hd32_policy_dir, repo_root, tmp_path):
+    """`p2o eval --engine vllm` outside torchrun: the process forms its own one-rank world; its greedy answers are
+    the HF engine's, and the verdicts follow the tiny policy's rule (\\boxed{3} without "carefully")."""
+    require_vllm()
+    import json
+
+    from tests.p2o.gepa.tiny_policy import question
+
+    src = tmp_path / "probe.jsonl"
+    src.write_text("".join(json.dumps({"id": f"q{i}", "question": question(i), "answer": a}) + "\n"
+                           for i, a in enumerate(["3", "7", "3"])))
+    runs = {}
+    for engine in ("vllm", "hf"):
+        out = tmp_path / engine
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        proc = subprocess.run([sys.executable, "-m", "p2o.cli", "eval", "--model", str(hd32_policy_dir),
+                               "--engine", engine, "--file", f"probe={src}", "--sampled-below", "0",
+                               "--max-new-tokens", "8", "--out", str(out), "--override", "reward.workers=1",
+                               "rollout.vllm_kv_cache_bytes=67108864"],
+                              cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((out / "run.json").read_text())["engine"] == engine
+        runs[engine] = [json.loads(x) for x in (out / "problems" / "probe.jsonl").read_text().splitlines()]
+    assert [r["verdicts"] for r in runs["vllm"]] == [[True], [False], [True]]
+    assert [r["responses"] for r in runs["vllm"]] == [r["responses"] for r in runs["hf"]]
