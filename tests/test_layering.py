@@ -19,9 +19,9 @@ PACKAGES = ("p2o", "kernels", "megatron_bridge", "slurm")
 
 # ----------------------------------------------------------------------------- the rule (docs/design.md)
 FOUNDATION = {"p2o", "p2o.config", "p2o.limits", "p2o.jsonl", "p2o.atomic", "p2o.logs", "p2o.models", "p2o.prompts",
-              "p2o.policy_api", "p2o.server"}
+              "p2o.policy_api", "p2o.server", "p2o.seeds"}
 """Low-level p2o modules: configuration, limits, file formats and atomic writes, logging set-up, model paths, prompt
-formatting, the policy-backend contract and the guarded HTTP stack. They import only each other (plus the one exception below)."""
+formatting, derived seeds, the policy-backend contract and the guarded HTTP stack. They import only each other (plus the one exception below)."""
 BRIDGE_P2O = {"p2o", "p2o.config", "p2o.models", "p2o.policy_api", "p2o.jsonl", "p2o.atomic"}
 """The p2o modules megatron_bridge may import."""
 ENTRY_POINTS = {"p2o.cli", "p2o.config_cli", "p2o.convert_cli", "p2o.bench", "p2o.smoke", "p2o.doctor", "p2o.experiment", "p2o.plan",

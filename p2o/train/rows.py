@@ -8,7 +8,6 @@ sampled from).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ from p2o import prompts
 from p2o.config import RunConfig
 from p2o.data.problem import Problem
 from p2o.rollout.engine import Generation, GenerationRequest, SamplingParams
+from p2o.seeds import derive_seed
 
 
 @dataclass
@@ -56,14 +56,14 @@ class PlannedRequest:
     train_prompt_ids: list[int] = field(default_factory=list)
 
 
-def derive_seed(*parts: Any) -> int:
-    """A stable 31-bit seed from any parts (independent of PYTHONHASHSEED)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
-
-
 def plan_requests(cfg: RunConfig, tokenizer: Any, problems: list[Problem], assignment: dict[str, list[str]],
                   step: int, priority: int = 0) -> list[PlannedRequest]:
-    """Generation requests for one step's problems (templated for assigned hard samples when P2O is on)."""
+    """Generation requests for one step's problems (templated for assigned hard samples when P2O is on).
+
+    A group is one request for its `rollout.n` responses, seeded by (rollout.seed, step, group); a problem
+    assigned at least one non-empty template is K requests of one response each, seeded by (..., k). An
+    assignment of empty templates only is no assignment: that group is sampled exactly as plain GRPO samples it,
+    so a P2O run whose GEPA rounds keep no template reproduces the GRPO run of the same seeds."""
     r = cfg.rollout
     train_on_generation_prompt = cfg.p2o.distill == "none"  # the "w/o context distillation" ablation
     planned: list[PlannedRequest] = []
@@ -80,7 +80,7 @@ def plan_requests(cfg: RunConfig, tokenizer: Any, problems: list[Problem], assig
     for group, problem in enumerate(problems):
         x_ids = encode(problem)
         templates = assignment.get(problem.id) if cfg.p2o.enabled else None
-        if templates:
+        if templates and any(z.strip() for z in templates):
             if len(templates) != r.n:
                 raise ValueError(f"assignment for problem {problem.id} has {len(templates)} templates; "
                                  f"expected rollout.n = {r.n}")

@@ -8,7 +8,7 @@ builds prompts (`p2o.prompts.messages(question, template, user_template, system)
     priority             = "evaluation"
 
 and `temperature`/`n`/`max_tokens` from the job's GEPA config (greedy, one sample by default). With
-`seed` set, each request also carries `seed = request_seed(seed, problem id)` (see `request_seed`): the samples
+`seed` set, each request also carries `seed = derive_seed(seed, problem id)` (`p2o.seeds`): the samples
 do not depend on the order the concurrent requests arrive in. A wave is
 sent with at most `concurrency` requests in flight; all responses are then verified with one
 `scorer.score_many` call (`p2o.reward.Verifier`). The score of a pair is the fraction of its `n` responses
@@ -30,9 +30,9 @@ from typing import Any, Protocol
 
 import openai
 
-from p2o.gepa.adapters.request_seed import request_seed
 from p2o.gepa.core.evaluate import EvalItem, EvalOutcome, RequestRefused
 from p2o.prompts import DEFAULT_USER_TEMPLATE, messages
+from p2o.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class PolicyEvaluator:
                 model=self.model, messages=messages(item.problem.question, item.template, self.user_template,
                                                     self.system),
                 temperature=self.temperature, n=self.n, max_tokens=self.max_tokens, extra_body=self._extra_body(),
-                seed=request_seed(self.seed, item.problem.id) if self.seed is not None else openai.NOT_GIVEN)
+                seed=derive_seed(self.seed, item.problem.id) if self.seed is not None else openai.NOT_GIVEN)
         except Exception as e:  # noqa: BLE001 - classified below
             unavailable, text = classify_error(e)
             if not unavailable and isinstance(e, openai.APIStatusError) and 400 <= e.status_code < 500:

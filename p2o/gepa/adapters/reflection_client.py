@@ -6,7 +6,7 @@
 One user message with the meta-prompt; `temperature`, `max_tokens`, and body extras
 `chat_template_kwargs={"enable_thinking": cfg.enable_thinking}` (the switch Qwen3 on vLLM honours; the
 authors sent a top-level flag that vLLM ignores) and `priority` (our gateway's scheduling class; set
-`priority: ''` for external APIs), and with `seed` set `seed = request_seed(seed, prompt, k)` for the k-th
+`priority: ''` for external APIs), and with `seed` set `seed = derive_seed(seed, prompt, k)` for the k-th
 sending of that prompt (the GEPA service
 sets it for the Self-Ref model, whose server honours it, so a round's reflections do not depend on the order
 of concurrent calls; a prompt sent again, e.g. the same parent with the same minibatch, gets the next seed of its
@@ -39,9 +39,9 @@ import openai
 
 from p2o.config import ReflectionConfig
 from p2o.gepa.adapters.policy_evaluator import error_detail, v1_url
-from p2o.gepa.adapters.request_seed import request_seed
 from p2o.gepa.core.evaluate import RequestRefused
 from p2o.gepa.core.reflect import Completion, CompletionFailed, CompletionUnavailable, PromptTooLong
+from p2o.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class ReflectionClient:
         with self._sent_lock:
             k = self._sent.get(digest, 0)
             self._sent[digest] = k + 1
-        return request_seed(self.seed, digest.hex(), k)
+        return derive_seed(self.seed, digest.hex(), k)
 
     def __call__(self, prompt: str) -> Completion:
         seed = self._seed(prompt)  # retries of this call resend the same seed

@@ -66,9 +66,9 @@ class JobStateError(RuntimeError):
 def round_seed(spec: GEPAJobSpec, gepa: GEPAConfig) -> int:
     """The seed of one round's sampled requests: `gepa.seed` and the policy version the round scores (every round
     of a run has its own; the same round run twice has the same)."""
-    from p2o.gepa.adapters.request_seed import request_seed
+    from p2o.seeds import derive_seed
 
-    return request_seed("gepa-round", gepa.seed, spec.policy_version)
+    return derive_seed("gepa-round", gepa.seed, spec.policy_version)
 
 
 def default_evaluator(spec: GEPAJobSpec, gepa: GEPAConfig, reward: RewardConfig, endpoints: Endpoints) -> Evaluator:

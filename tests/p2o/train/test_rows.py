@@ -8,7 +8,8 @@ from p2o import prompts
 from p2o.config import load_config
 from p2o.data.problem import Problem
 from p2o.rollout.engine import Generation
-from p2o.train.rows import derive_seed, plan_requests, to_rows
+from p2o.seeds import derive_seed
+from p2o.train.rows import plan_requests, to_rows
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,21 @@ def test_rows_keep_x_for_training(tok):
     rows = to_rows(planned, gens)
     assert len(rows) == 2 and all(r.templated for r in rows)
     assert all(r.train_prompt_ids != r.gen_prompt_ids and r.train_prompt_ids == planned[0].train_prompt_ids for r in rows)
+
+
+def test_empty_templates_are_no_assignment(tok):
+    """GEPA keeping only the empty template: the group is planned exactly as plain GRPO plans it (one seeded
+    request for its n responses), so such a P2O epoch draws GRPO's samples; one real template splits it."""
+    cfg = load_config(None, ["rollout.n=2", "model.path=tiny-qwen3"])
+
+    def plan(assignment):
+        return [(p.group, p.template, p.request.prompt_ids, p.request.params, p.request.request_id, p.train_prompt_ids)
+                for p in plan_requests(cfg, tok, _problems(2), assignment, step=3)]
+
+    assert plan({"p0": ["", " "]}) == plan({}) and len(plan({})) == 2
+    mixed = plan({"p0": ["", "Hint"]})
+    assert [(g, z, params.n) for g, z, _, params, _, _ in mixed] == [(0, "", 1), (0, "Hint", 1), (1, "", 2)]
+    assert mixed[0][4:] != plan({})[0][4:]  # its own request id and seed
 
 
 def test_derive_seed_stable():

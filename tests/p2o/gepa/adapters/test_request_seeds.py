@@ -12,22 +12,23 @@ from p2o.data.problem import Problem
 from p2o.gepa.adapters.endpoints import Endpoints
 from p2o.gepa.adapters.policy_evaluator import PolicyEvaluator
 from p2o.gepa.adapters.reflection_client import ReflectionClient
-from p2o.gepa.adapters.request_seed import request_seed
 from p2o.gepa.core.evaluate import EvalItem
 from p2o.gepa.service.jobs import default_evaluator, default_reflector, round_seed
 from p2o.gepa.service.protocol import GEPAJobSpec
 from p2o.reward import Verifier
+from p2o.seeds import derive_seed
 from tests.p2o.gepa.fake_servers import _Server, chat_response
 
 pytestmark = pytest.mark.network
 
 
-def test_request_seed_is_a_31_bit_hash_of_its_parts():
-    digest = hashlib.sha256(b"7\x1fproblem-3").digest()
-    assert request_seed(7, "problem-3") == int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-    seeds = {request_seed(7, f"p{i}") for i in range(1000)}
+def test_derive_seed_is_a_31_bit_hash_of_its_parts():
+    digest = hashlib.sha256(b"(7, 'problem-3')").digest()
+    assert derive_seed(7, "problem-3") == int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+    seeds = {derive_seed(7, f"p{i}") for i in range(1000)}
     assert len(seeds) == 1000 and all(0 <= s < 2 ** 31 for s in seeds)
-    assert request_seed(7, "a", 1) != request_seed(7, "a1") and request_seed(1, 2) != request_seed(12)
+    assert derive_seed(7, "a", 1) != derive_seed(7, "a1") and derive_seed(1, 2) != derive_seed(12)
+    assert derive_seed(1, 2) != derive_seed("1", "2")  # parts keep their type
 
 
 def test_evaluator_sends_one_seed_per_problem_for_every_candidate():
@@ -44,7 +45,7 @@ def test_evaluator_sends_one_seed_per_problem_for_every_candidate():
     seeded, unseeded = server.requests[:4], server.requests[4:]
     for body in seeded:
         pid = "a" if "(a)" in body["messages"][-1]["content"] else "b"
-        assert body["seed"] == request_seed(11, pid)  # the template is not part of it: common random numbers
+        assert body["seed"] == derive_seed(11, pid)  # the template is not part of it: common random numbers
     assert len({b["seed"] for b in seeded}) == 2
     assert all("seed" not in b for b in unseeded)
 
@@ -61,7 +62,7 @@ def test_reflection_client_seeds_by_prompt_and_repeats():
         server.stop()
     seeds = [b.get("seed") for b in server.requests]
     a = hashlib.sha256(b"improve A").hexdigest()
-    assert seeds[0] == request_seed(5, a, 0) and seeds[2] == request_seed(5, a, 1)  # a repeat gets the next one
+    assert seeds[0] == derive_seed(5, a, 0) and seeds[2] == derive_seed(5, a, 1)  # a repeat gets the next one
     assert len(set(seeds[:3])) == 3 and seeds[3] is None
 
 
@@ -69,7 +70,7 @@ def test_service_seeds_each_round_and_only_the_self_ref_model():
     gepa = GEPAConfig(seed=3)
     spec = GEPAJobSpec(problems=[Problem("a", "q", "1")], policy_url="http://127.0.0.1:1", policy_model="m",
                        policy_version=4)
-    assert round_seed(spec, gepa) == request_seed("gepa-round", 3, 4)
+    assert round_seed(spec, gepa) == derive_seed("gepa-round", 3, 4)
     later = GEPAJobSpec(problems=spec.problems, policy_url=spec.policy_url, policy_model="m", policy_version=5)
     assert round_seed(later, gepa) != round_seed(spec, gepa)
     ev = default_evaluator(spec, gepa, RewardConfig(workers=1), Endpoints())
