@@ -368,7 +368,11 @@ def summary_csv(per_arm: dict[str, list[dict]], seeds_of: dict[str, list[int]]) 
 
 
 def _save_plot(fig: Any, ax: Any, path: Path, title: str, xlabel: str) -> Path:
-    """Title, x label, grid and legend on `ax`; `fig` saved to `path` (returned)."""
+    """Title, x label (integer ticks: epochs and steps), grid and legend on `ax`; `fig` saved to `path`
+    (returned)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
@@ -403,8 +407,10 @@ def plot_curves(out: Path, s: Settings, records: dict[str, list[list[dict]]]) ->
                     m, lo, hi = t_interval(vals)
                     pts.append((e + 1, m, m if lo is None else lo, m if hi is None else hi))
             if pts:
+                with_value = sum(any(r.get("kind") == "epoch" and isinstance(r.get(key), (int, float)) for r in recs)
+                                 for recs in seeds)  # a P2O seed without templates has no hard-sample points
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
-                        label=f"{ARMS[a].label} ({len(seeds)} seeds)")
+                        label=f"{ARMS[a].label} ({with_value} of {len(seeds)} seeds)")
                 ax.fill_between([p[0] for p in pts], [p[2] for p in pts], [p[3] for p in pts], alpha=0.15)
                 drawn += 1
         if drawn:
@@ -412,8 +418,8 @@ def plot_curves(out: Path, s: Settings, records: dict[str, list[list[dict]]]) ->
         plt.close(fig)
     for key, title in (("reward_mean", "training reward (mean over seeds)"),
                        ("zero_adv_frac", "zero-variance group fraction (mean over seeds)"),
-                       ("templated_success", "templated-rollout success (P2O, mean over seeds)"),
-                       ("mask_rate", "context-ratio mask rate (P2O, mean over seeds)")):
+                       ("templated_success", "templated-rollout success (P2O, seeds with templates)"),
+                       ("mask_rate", "context-ratio mask rate (P2O, seeds with templates)")):
         fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110)
         drawn = 0
         for a, seeds in records.items():
