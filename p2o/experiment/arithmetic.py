@@ -26,7 +26,8 @@ skipped, an unfinished one resumes from its latest checkpoint.
 Report (summary.md): per arm and epoch, held-out accuracy with the plain prompt (greedy, and avg@4 at the
 rollout temperature) as the mean over seeds with a 95% Student-t interval over seeds; per arm, the fraction of
 groups with signal, templated-rollout success on hard samples next to the same problems' plain success before
-(when mined) and after their templated epoch, the mask rate and GEPA's cost; and a paired comparison of the
+(when mined), in the same epoch by the GRPO arm with the same K and seed (the control), and after their
+templated epoch, the mask rate and GEPA's cost; and a paired comparison of the
 reference arm (`--compare`, P2O) against every other arm at the last epoch: a paired bootstrap over
 (seed, held-out problem) units (`p2o.eval.compare`) and a t-interval over the per-seed differences.
 
@@ -184,9 +185,20 @@ def _mean(rs: list[dict], key: str) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def arm_summary(records: list[dict], eval_tokens_per_call: int, rollouts: list[dict] | None = None) -> dict:
+def control_arm(arm: str, arms: list[str]) -> str | None:
+    """The GRPO arm among `arms` with the P2O arm `arm`'s K (its plain-prompt control), or None."""
+    k = next((o for o in ARMS[arm].overrides if o.startswith("rollout.n=")), None)
+    if "p2o.enabled=true" not in ARMS[arm].overrides or k is None:
+        return None
+    return next((a for a in arms if "p2o.enabled=false" in ARMS[a].overrides and k in ARMS[a].overrides), None)
+
+
+def arm_summary(records: list[dict], eval_tokens_per_call: int, rollouts: list[dict] | None = None,
+                control_rollouts: list[dict] | None = None) -> dict:
     """The summary of one run from its metrics records (and saved rollouts, for the hard samples' plain success
-    when mined); a GEPA metric call is charged `eval_tokens_per_call` tokens (gepa.eval_n x gepa.eval_max_tokens)."""
+    when mined); a GEPA metric call is charged `eval_tokens_per_call` tokens (gepa.eval_n x gepa.eval_max_tokens).
+    `control_rollouts`: the same seed's GRPO run with the same K, whose plain rollouts of the templated problems in
+    their templated epochs say what the plain prompt achieved on them at that point of training."""
     from p2o.telemetry.report import template_tables
 
     steps = [r for r in records if r.get("kind") == "step"]
@@ -198,6 +210,9 @@ def arm_summary(records: list[dict], eval_tokens_per_call: int, rollouts: list[d
     last_epoch = max((r.get("epoch", 0) for r in steps), default=0)
     per_epoch, _ = template_tables(rollouts or [], epochs)
     templ = [r for r in per_epoch if r["templated_rollouts"]]
+    templated = {(r["epoch"], r["problem_id"]) for r in rollouts or [] if r["template"]}
+    control = [r["reward"] > 0 for r in control_rollouts or []
+               if not r["template"] and (r["epoch"], r["problem_id"]) in templated]
 
     def pooled(key_n: str, key_rate: str) -> float | None:  # a success rate pooled over templated epochs
         rs = [r for r in templ if r.get(key_rate) is not None and r.get(key_n)]
@@ -218,6 +233,7 @@ def arm_summary(records: list[dict], eval_tokens_per_call: int, rollouts: list[d
         "hard_count_last": last.get("hard_count"),
         "templated_success": _mean(steps, "templated_success"), "mask_rate": _mean(steps, "mask_rate"),
         "hard_plain_before": pooled("plain_rollouts_prev_epoch", "plain_success_prev_epoch"),
+        "hard_plain_control": sum(control) / len(control) if control else None,
         "hard_plain_after_greedy": pooled("plain_after_problems", "plain_after_greedy"),
         "hard_plain_after_sampled": pooled("plain_after_problems", "plain_after_sampled"),
         # 0 (not missing) for a P2O run whose GEPA rounds produced no template: it trained like GRPO
@@ -238,6 +254,7 @@ def _interval(vals: list) -> tuple[float | None, float | None, float | None]:
 SUMMARY_COLUMNS = [("signal_frac", "groups with signal"), ("reward_first_epoch", "reward (epoch 1)"),
                    ("reward_last_epoch", "reward (last epoch)"), ("templated_success", "templated success (hard)"),
                    ("hard_plain_before", "plain success when mined (hard)"),
+                   ("hard_plain_control", "GRPO's plain success, same problems and epoch (hard)"),
                    ("hard_plain_after_greedy", "plain after, greedy (hard)"),
                    ("hard_plain_after_sampled", "plain after, sampled (hard)"), ("mask_rate", "mask rate"),
                    ("gepa_rounds", "GEPA rounds"), ("gepa_rounds_with_template", "rounds with a template"),
@@ -339,8 +356,10 @@ def summary_markdown(s: Settings, per_arm: dict[str, list[dict]], comparisons: l
                   f"base config {s.config}, task setting and overrides: {setting or '(none)'}. Held-out accuracy is "
                   f"measured at the end of each epoch without templates. 'groups with signal': 1 - the zero-variance "
                   f"group fraction over all steps. Hard samples (P2O): templated-rollout success, the same problems' "
-                  f"plain-prompt success when mined (their rollouts one epoch earlier), and after their templated "
-                  f"epoch (the trainer's evaluation, greedy and 4 samples), pooled over templated epochs. GEPA eval "
+                  f"plain-prompt success when mined (their rollouts one epoch earlier), the plain rollouts of the same "
+                  f"problems in the same epoch by the GRPO arm with the same K and seed (the control: what the plain "
+                  f"prompt achieved there), and after their templated epoch (the trainer's evaluation, greedy and 4 "
+                  f"samples), pooled over templated epochs. GEPA eval "
                   f"tokens = budget_used x gepa.eval_n x gepa.eval_max_tokens (an upper bound). The paired "
                   f"bootstrap treats (seed, problem) pairs as exchangeable units; the t-interval over the per-seed "
                   f"differences is the more conservative reading with few seeds. '(n of N seeds)': the mean over the "
@@ -458,7 +477,11 @@ def write_report(out: Path, s: Settings) -> Path:
             if not recs or not (rdir / "config.yaml").is_file():
                 continue
             rollouts = _read_rollouts(rdir, list(read_metrics(rdir, "step")))
-            per_arm.setdefault(a, []).append(arm_summary(recs, tokens_per_call(rdir), rollouts))
+            control = control_arm(a, s.arms)
+            cdir = run_dir(out, control, seed) if control else None
+            control_rollouts = (_read_rollouts(cdir, list(read_metrics(cdir, "step")))
+                                if cdir is not None and (cdir / "metrics.jsonl").is_file() else None)
+            per_arm.setdefault(a, []).append(arm_summary(recs, tokens_per_call(rdir), rollouts, control_rollouts))
             records.setdefault(a, []).append(recs)
             seeds_of.setdefault(a, []).append(seed)
             if runs.run_finished(rdir):

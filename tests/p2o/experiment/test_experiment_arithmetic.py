@@ -62,6 +62,22 @@ def test_arm_summary_counts_gepa_tokens_and_pools_hard_sample_success():
     assert (none["templated_problems"], none["gepa_rounds_with_template"], none["templated_success"]) == (0, 0, None)
 
 
+def test_control_is_grpo_plain_success_on_the_templated_problems_in_their_epoch():
+    recs = [{"kind": "gepa", "step": 1, "epoch": 0, "budget_used": 1, "covered_templates": 1}]
+    rollouts = [{"step": 2, "epoch": 1, "problem_id": "a", "template": "Z", "reward": 0.0},
+                {"step": 2, "epoch": 1, "problem_id": "b", "template": "", "reward": 1.0}]  # b: not templated
+    control = [{"step": 2, "epoch": 1, "problem_id": p, "template": "", "reward": r}
+               for p, r in (("a", 1.0), ("a", 1.0), ("a", 0.0), ("b", 0.0), ("b", 0.0))]
+    control += [{"step": 1, "epoch": 0, "problem_id": "a", "template": "", "reward": 0.0}]  # another epoch
+    s = arithmetic.arm_summary(recs, 1, rollouts, control_rollouts=control)
+    assert s["hard_plain_control"] == 2 / 3
+    assert arithmetic.arm_summary(recs, 1, rollouts)["hard_plain_control"] is None
+    assert arithmetic.control_arm("p2o-k4", arithmetic.DEFAULT_ARMS) == "grpo-k4"
+    assert arithmetic.control_arm("p2o-k4-nodistill", ["grpo-k8", "p2o-k4-nodistill", "grpo-k4"]) == "grpo-k4"
+    assert arithmetic.control_arm("p2o-k4", ["grpo-k8", "p2o-k4"]) is None
+    assert arithmetic.control_arm("grpo-k4", arithmetic.DEFAULT_ARMS) is None
+
+
 def test_summary_cell_says_how_many_seeds_have_the_value():
     assert arithmetic._cell([0.2, None, 0.4], "templated_success").endswith("(2 of 3 seeds)")
     m, lo, hi = t_interval([0.2, 0.4])
