@@ -462,6 +462,9 @@ def write_report(out: Path, s: Settings) -> Path:
     from p2o.telemetry.metrics import read_metrics
     from p2o.telemetry.report import _read_rollouts
 
+    def rollouts_of(rdir: Path) -> list[dict]:  # saved rollouts with their epochs
+        return _read_rollouts(rdir, list(read_metrics(rdir, "step")))
+
     def tokens_per_call(rdir: Path) -> int:  # from the run's own resolved config (the base config may have changed)
         g = load_config(rdir / "config.yaml").gepa
         return g.eval_n * g.eval_max_tokens
@@ -476,12 +479,11 @@ def write_report(out: Path, s: Settings) -> Path:
             recs = runs.load_records(rdir)
             if not recs or not (rdir / "config.yaml").is_file():
                 continue
-            rollouts = _read_rollouts(rdir, list(read_metrics(rdir, "step")))
             control = control_arm(a, s.arms)
             cdir = run_dir(out, control, seed) if control else None
-            control_rollouts = (_read_rollouts(cdir, list(read_metrics(cdir, "step")))
-                                if cdir is not None and (cdir / "metrics.jsonl").is_file() else None)
-            per_arm.setdefault(a, []).append(arm_summary(recs, tokens_per_call(rdir), rollouts, control_rollouts))
+            control_rollouts = rollouts_of(cdir) if cdir is not None and (cdir / "metrics.jsonl").is_file() else None
+            per_arm.setdefault(a, []).append(arm_summary(recs, tokens_per_call(rdir), rollouts_of(rdir),
+                                                         control_rollouts))
             records.setdefault(a, []).append(recs)
             seeds_of.setdefault(a, []).append(seed)
             if runs.run_finished(rdir):
